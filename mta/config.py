@@ -1,0 +1,347 @@
+"""Typed daemon settings read from YAML.
+
+Every key has one name, one type and one default here; `config/mta.example.yaml`
+documents each of them. Loading is strict: an unknown key or a value of the wrong
+type is an error that names the key path and the line of the YAML file, so a typo
+never silently falls back to a default.
+
+Durations are written with a unit (`30s`, `5m`, `4h`, `5d`) or as seconds;
+sizes with a unit (`25MiB`, `512KiB`) or as bytes. Secrets may come from the
+environment instead of the file (see ENVIRONMENT_OVERRIDES).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+    "parse_size",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key path and (when known) the line."""
+
+    def __init__(self, path: str, message: str, line: int | None = None, source: str = ""):
+        self.key_path = path
+        self.line = line
+        where = f"{source}:{line}: " if line is not None and source else (
+            f"line {line}: " if line is not None else "")
+        super().__init__(f"{where}{path or '<top>'}: {message}")
+
+
+class Duration(float):
+    """Seconds, written in YAML as `30s`, `5m`, `4h`, `5d` or a plain number."""
+
+
+class Size(int):
+    """Bytes, written in YAML as `25MiB`, `512KiB`, `5MB` or a plain number."""
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+               "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 4h")
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*", str(value))
+    if not m:
+        raise ValueError(f"expected a duration such as 30s, 5m or 4h, got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 25MiB")
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as 25MiB or 512KiB, got {value!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+# --- the settings tree ------------------------------------------------------------
+
+
+@dataclass
+class NodeSettings:
+    hostname: str = "localhost"
+    node_id: str | None = None  # defaults to hostname:pid; names the lease owner in the queue
+
+
+@dataclass
+class Listener:
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass
+class Listeners:
+    mx: Listener = field(default_factory=lambda: Listener(port=2525))
+    submission: Listener = field(default_factory=lambda: Listener(port=4650))
+    submission_starttls: Listener = field(
+        default_factory=lambda: Listener(enabled=False, port=5870))
+    http: Listener = field(default_factory=lambda: Listener(port=8080))
+    metrics: Listener = field(default_factory=lambda: Listener(port=9325))
+
+
+@dataclass
+class DatabaseSettings:
+    url: str | None = None  # absent -> embedded cluster under state_dir
+    pool_size: int = 10
+    connect_timeout: Duration = Duration(10)
+
+
+@dataclass
+class Nameserver:
+    address: str = "127.0.0.1"
+    port: int = 53
+
+
+@dataclass
+class DnsSettings:
+    nameservers: list[Nameserver] = field(default_factory=list)  # empty -> /etc/resolv.conf
+    timeout: Duration = Duration(5)
+    cache_size: int = 10000
+    min_ttl: Duration = Duration(0)
+    max_ttl: Duration = Duration(86400)
+
+
+@dataclass
+class Limits:
+    inbound_message_size: Size = Size(25 * 1024 * 1024)
+    submission_message_size: Size = Size(5 * 1024 * 1024)
+    recipients_per_message: int = 100
+    max_sessions: int = 1000
+    max_sessions_per_ip: int = 20
+    errors_before_disconnect: int = 10
+    command_timeout: Duration = Duration(300)
+    data_timeout: Duration = Duration(600)
+    rules_per_zone: int = 200
+    addresses_per_account: int = 200
+    domains_per_zone: int = 30
+
+
+@dataclass
+class RetrySettings:
+    first_retry: Duration = Duration(300)
+    backoff_factor: float = 2.0
+    max_interval: Duration = Duration(3600)
+    max_age: Duration = Duration(5 * 86400)
+    jitter: float = 0.1
+    delay_warning: Duration | None = Duration(4 * 3600)  # null turns delay DSNs off
+
+
+@dataclass
+class SrsSettings:
+    domain: str | None = None
+    secrets: list[str] = field(default_factory=list)  # first one signs; env MTA_SRS_SECRETS
+    max_age_days: int = 21
+
+
+@dataclass
+class LoggingSettings:
+    level: str = "info"
+    format: str = "json"  # json (one object a line) | text
+
+
+@dataclass
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    state_dir: str = "/var/lib/mta"
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    listeners: Listeners = field(default_factory=Listeners)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    limits: Limits = field(default_factory=Limits)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    srs: SrsSettings = field(default_factory=SrsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
+    source: str = field(default="", metadata={"internal": True})
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+
+# Environment variables that take precedence over the file, so secrets need not be
+# written into it. Values are plain strings; lists are comma separated.
+ENVIRONMENT_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "MTA_DATABASE_URL": ("database", "url"),
+    "MTA_SRS_SECRETS": ("srs", "secrets"),
+    "MTA_SECRET_KEY": ("secret_key",),
+    "MTA_STATE_DIR": ("state_dir",),
+}
+
+
+# --- strict conversion from YAML nodes --------------------------------------------
+
+
+def _line(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _convert(tp: Any, node: yaml.Node, path: str, src: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], node, path, src)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return tp()
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(path, "expected a mapping", _line(node), src)
+        return _build(tp, node, path, src)
+    if origin is list:
+        if not isinstance(node, yaml.SequenceNode):
+            raise ConfigError(path, "expected a list", _line(node), src)
+        return [_convert(args[0], item, f"{path}[{i}]", src) for i, item in enumerate(node.value)]
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(path, f"expected a {_type_name(tp)}", _line(node), src)
+    value = yaml.safe_load(yaml.serialize(node))
+    try:
+        return _scalar(tp, value)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc), _line(node), src) from None
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean",
+            Duration: "duration", Size: "size"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _scalar(tp: Any, value: Any) -> Any:
+    if tp is Duration:
+        return Duration(parse_duration(value))
+    if tp is Size:
+        return Size(parse_size(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ValueError(f"expected a string, got {value!r}")
+        return str(value)
+    raise ValueError(f"unsupported type {tp!r}")
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls: type, node: yaml.MappingNode, path: str, src: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = _fields(cls)
+    kwargs: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        key_path = f"{path}.{key}" if path else key
+        if key not in known:
+            hint = ", ".join(sorted(known))
+            raise ConfigError(key_path, f"unknown key (known keys here: {hint})",
+                              _line(key_node), src)
+        if key in kwargs:
+            raise ConfigError(key_path, "key given twice", _line(key_node), src)
+        kwargs[key] = _convert(hints[key], value_node, key_path, src)
+    return cls(**kwargs)
+
+
+def _apply_environment(settings: Settings, env: typing.Mapping[str, str]) -> None:
+    for var, key_path in ENVIRONMENT_OVERRIDES.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        target: Any = settings
+        for part in key_path[:-1]:
+            target = getattr(target, part)
+        current = getattr(target, key_path[-1])
+        value: Any = [s.strip() for s in raw.split(",") if s.strip()] if isinstance(
+            current, list) else raw
+        setattr(target, key_path[-1], value)
+
+
+def _check_semantics(s: Settings) -> None:
+    src = s.source
+    if s.logging.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("logging.level", "must be debug, info, warning or error", source=src)
+    if s.logging.format not in ("json", "text"):
+        raise ConfigError("logging.format", "must be json or text", source=src)
+    for name in ("mx", "submission", "submission_starttls", "http", "metrics"):
+        lst: Listener = getattr(s.listeners, name)
+        if not 0 <= lst.port <= 65535:
+            raise ConfigError(f"listeners.{name}.port", "must be between 0 and 65535", source=src)
+        if bool(lst.tls_cert) != bool(lst.tls_key):
+            raise ConfigError(f"listeners.{name}", "tls_cert and tls_key go together", source=src)
+    if s.retry.backoff_factor < 1:
+        raise ConfigError("retry.backoff_factor", "must be at least 1", source=src)
+    if not 0 <= s.retry.jitter < 1:
+        raise ConfigError("retry.jitter", "must be in [0, 1)", source=src)
+
+
+def settings_from_text(text: str, source: str = "<string>",
+                       env: typing.Mapping[str, str] | None = None) -> Settings:
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                          mark.line + 1 if mark else None, source) from None
+    if root is None:
+        settings = Settings()
+    elif not isinstance(root, yaml.MappingNode):
+        raise ConfigError("", "the top level must be a mapping", _line(root), source)
+    else:
+        settings = _build(Settings, root, "", source)
+    settings.source = source
+    _apply_environment(settings, os.environ if env is None else env)
+    _check_semantics(settings)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str],
+                  env: typing.Mapping[str, str] | None = None) -> Settings:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc.strerror}") from None
+    settings = settings_from_text(text, str(p), env)
+    # A relative state_dir is relative to the config file, so the example config works
+    # from a checkout without writing under /var/lib.
+    if not Path(settings.state_dir).is_absolute():
+        settings.state_dir = str((p.parent / settings.state_dir).resolve())
+    return settings

@@ -1,0 +1,104 @@
+"""One asynchronous DNS resolver with a cache, used by every check and by delivery.
+
+The one distinction every caller needs is kept explicit: a name that does not exist
+or has no records of the type asked (an empty answer) is not an error, while SERVFAIL,
+a timeout or no reachable server is `DnsTempError` — which checks must turn into a
+temporary failure (4xx), never into "no record".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+__all__ = ["DnsError", "DnsPermError", "DnsResolver", "DnsTempError"]
+
+
+class DnsError(Exception):
+    pass
+
+
+class DnsTempError(DnsError):
+    """SERVFAIL, timeout, refused or unreachable server: try again later."""
+
+
+class DnsPermError(DnsError):
+    """A malformed name or answer that retrying cannot fix."""
+
+
+@dataclass(frozen=True)
+class NameserverAddress:
+    address: str
+    port: int = 53
+
+
+class DnsResolver:
+    def __init__(self, nameservers: Sequence[NameserverAddress] | Sequence[dict] = (),
+                 timeout: float = 5.0, cache_size: int = 10000) -> None:
+        if nameservers:
+            r = dns.asyncresolver.Resolver(configure=False)
+            r.nameservers = [
+                dns.nameserver.Do53Nameserver(ns["address"], ns.get("port", 53))
+                if isinstance(ns, dict) else dns.nameserver.Do53Nameserver(ns.address, ns.port)
+                for ns in nameservers]
+        else:
+            r = dns.asyncresolver.Resolver()
+        r.lifetime = timeout
+        r.timeout = min(timeout, max(timeout / 2, 0.5))
+        r.retry_servfail = False
+        r.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
+        self._resolver = r
+
+    @classmethod
+    def from_settings(cls, dns_settings) -> DnsResolver:
+        return cls([{"address": ns.address, "port": ns.port} for ns in dns_settings.nameservers],
+                   timeout=dns_settings.timeout, cache_size=dns_settings.cache_size)
+
+    async def query(self, name: str, rdtype: str | int) -> dns.resolver.Answer | None:
+        """The answer, or None when the name or the record type does not exist."""
+        try:
+            return await self._resolver.resolve(name, rdtype, search=False,
+                                                raise_on_no_answer=True)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        except (dns.resolver.NoNameservers, dns.exception.Timeout,
+                dns.resolver.LifetimeTimeout) as exc:
+            raise DnsTempError(f"{name}/{rdtype}: {exc}") from None
+        except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong,
+                dns.resolver.YXDOMAIN) as exc:
+            raise DnsPermError(f"{name}/{rdtype}: {exc}") from None
+        except dns.exception.DNSException as exc:
+            raise DnsTempError(f"{name}/{rdtype}: {exc}") from None
+
+    async def txt(self, name: str) -> list[str]:
+        """TXT records, each one's strings joined (RFC 7208 §3.3)."""
+        answer = await self.query(name, "TXT")
+        if answer is None:
+            return []
+        return [b"".join(rd.strings).decode("utf-8", "replace") for rd in answer]
+
+    async def addresses(self, name: str, rdtype: str = "A") -> list[str]:
+        answer = await self.query(name, rdtype)
+        return [rd.address for rd in answer] if answer is not None else []
+
+    async def mx(self, name: str) -> list[tuple[int, str]] | None:
+        """(preference, host) pairs, or None when there is no MX record set."""
+        answer = await self.query(name, "MX")
+        if answer is None:
+            return None
+        return sorted((rd.preference, rd.exchange.to_text(omit_final_dot=True).lower())
+                      for rd in answer)
+
+    async def ptr(self, ip: str) -> list[str]:
+        name = dns.reversename.from_address(str(ipaddress.ip_address(ip)))
+        answer = await self.query(name.to_text(), "PTR")
+        return [rd.target.to_text(omit_final_dot=True) for rd in answer] if answer else []

@@ -1,0 +1,212 @@
+"""A private PostgreSQL cluster under the state directory.
+
+Used when no database URL is configured, and by the test suite. The server listens
+on a unix socket only (no TCP), in a directory only its owner can enter. PostgreSQL
+refuses to run as root, so when we are root the cluster belongs to an unprivileged
+system user (created if needed) and initdb/pg_ctl run as that user.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("mta.store.embedded")
+
+__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "find_pg_bin"]
+
+DEFAULT_SYSTEM_USER = "mta"
+
+
+class EmbeddedPostgresError(RuntimeError):
+    pass
+
+
+def find_pg_bin() -> Path:
+    """The directory holding initdb, pg_ctl and postgres: PATH first, then the
+    Debian layout /usr/lib/postgresql/<version>/bin (newest version)."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                        key=lambda p: int(Path(p).parent.parent.name)
+                        if Path(p).parent.parent.name.isdigit() else 0)
+    if candidates:
+        return Path(candidates[-1]).parent
+    raise EmbeddedPostgresError(
+        "PostgreSQL server binaries (initdb, pg_ctl) were not found on PATH or under "
+        "/usr/lib/postgresql/*/bin; install them with `apt-get install -y postgresql` "
+        "or configure database.url")
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    subprocess.run([useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                    "--shell", "/usr/sbin/nologin", name], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return pwd.getpwnam(name)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """One cluster in `base_dir` (data/ and run/ inside it)."""
+
+    base_dir: Path
+    database: str = "mta"
+    system_user: str = DEFAULT_SYSTEM_USER
+    extra_settings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.base_dir = Path(self.base_dir)
+        self.bin = find_pg_bin()
+        self._owner: pwd.struct_passwd | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base_dir / "run"
+
+    @property
+    def owner(self) -> pwd.struct_passwd:
+        if self._owner is None:
+            if os.geteuid() == 0:
+                self._owner = _ensure_system_user(self.system_user)
+            else:
+                self._owner = pwd.getpwuid(os.geteuid())
+        return self._owner
+
+    @property
+    def role(self) -> str:
+        return self.owner.pw_name
+
+    def url(self, database: str | None = None, driver: str = "asyncpg") -> str:
+        db = database or self.database
+        return f"postgresql+{driver}://{self.role}@/{db}?host={self.socket_dir}"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _run(self, args: list[str], **kw) -> subprocess.CompletedProcess:
+        as_other = os.geteuid() == 0
+        env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+        try:
+            return subprocess.run(
+                args, check=True, capture_output=True, text=True, env=env,
+                user=self.owner.pw_uid if as_other else None,
+                group=self.owner.pw_gid if as_other else None,
+                extra_groups=[] if as_other else None, cwd="/", **kw)
+        except subprocess.CalledProcessError as exc:
+            raise EmbeddedPostgresError(
+                f"{Path(args[0]).name} failed ({exc.returncode}): "
+                f"{(exc.stderr or exc.stdout).strip()}") from None
+
+    def _prepare_dirs(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        for d in (self.base_dir, self.socket_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chown(d, self.owner.pw_uid, self.owner.pw_gid)
+            d.chmod(0o700)
+        # The server user must be able to reach base_dir through its parents.
+        parent = self.base_dir.parent
+        while os.geteuid() == 0 and parent != parent.parent:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
+            parent = parent.parent
+
+    @property
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> bool:
+        """Create the cluster on first use; returns True when it was created now."""
+        self._prepare_dirs()
+        if self.initialised:
+            return False
+        log.info("initialising embedded PostgreSQL in %s", self.data_dir)
+        self._run([str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", self.role,
+                   "--auth-local=peer", "--auth-host=reject", "-E", "UTF8",
+                   "--locale=C.UTF-8", "--no-instructions"])
+        conf = self.data_dir / "postgresql.conf"
+        with conf.open("a") as f:
+            f.write("\n# written by mta: unix socket only, private directory\n")
+            f.write("listen_addresses = ''\n")
+            f.write(f"unix_socket_directories = '{self.socket_dir}'\n")
+            f.write("unix_socket_permissions = 0700\n")
+            for line in self.extra_settings:
+                f.write(line + "\n")
+        # Root connects to the cluster owned by the system user: map root to that role.
+        ident = self.data_dir / "pg_ident.conf"
+        with ident.open("a") as f:
+            f.write(f"mta root {self.role}\nmta {self.role} {self.role}\n")
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("local all all peer map=mta\n")
+        return True
+
+    @property
+    def running(self) -> bool:
+        pid = self.data_dir / "postmaster.pid"
+        if not pid.exists():
+            return False
+        try:
+            self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "status"])
+            return True
+        except EmbeddedPostgresError:
+            return False
+
+    def start(self, timeout: float = 60) -> None:
+        created = self.init()
+        if not self.running:
+            logfile = self.base_dir / "postgresql.log"
+            if not logfile.exists():
+                logfile.touch()
+                os.chown(logfile, self.owner.pw_uid, self.owner.pw_gid)
+            self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(logfile),
+                       "-w", "-t", str(int(timeout)), "-o", "-c listen_addresses=",
+                       "start"])
+        self._wait_ready(timeout)
+        self.create_database(self.database, exist_ok=not created)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._run([str(self.bin / "pg_isready"), "-h", str(self.socket_dir), "-q"])
+                return
+            except EmbeddedPostgresError:
+                time.sleep(0.1)
+        raise EmbeddedPostgresError("PostgreSQL did not become ready in time; see "
+                                    f"{self.base_dir / 'postgresql.log'}")
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        return self._run([str(self.bin / "psql"), "-h", str(self.socket_dir), "-U", self.role,
+                          "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql]).stdout
+
+    def create_database(self, name: str, exist_ok: bool = True, template: str | None = None
+                        ) -> None:
+        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip()
+        if exists:
+            if not exist_ok:
+                raise EmbeddedPostgresError(f"database {name} exists")
+            return
+        tmpl = f' TEMPLATE "{template}"' if template else ""
+        self.psql(f'CREATE DATABASE "{name}"{tmpl}')
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.running:
+            log.info("stopping embedded PostgreSQL")
+            self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w",
+                       "stop"])

@@ -1,0 +1,368 @@
+"""The database schema: SQLAlchemy 2.0 typed models.
+
+Every schema change needs an Alembic revision in `migrations/versions/`;
+`tests/test_migrations.py` fails when these models and the migrations disagree.
+
+Identifiers that the admin API shows (accounts, zones, rules, addresses, suppressions,
+sending subdomains) are 32 hex characters, like the reference API's; internal rows
+(messages, deliveries, attempts, events) use integers or UUIDs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_tag() -> str:
+    """A 32-hex identifier, the shape of the reference API's ids."""
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+Tag = String(32)
+Timestamp = DateTime(timezone=True)
+
+
+def created_col() -> Mapped[datetime]:
+    return mapped_column(Timestamp, server_default=func.now(), nullable=False)
+
+
+def modified_col() -> Mapped[datetime]:
+    return mapped_column(Timestamp, server_default=func.now(), onupdate=func.now(),
+                         nullable=False)
+
+
+# --- tenancy and credentials ------------------------------------------------------
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = created_col()
+
+
+class ApiToken(Base):
+    """A Bearer token; only its SHA-256 is stored. `permissions` names what it may do
+    (e.g. `email_routing:read`, `email_routing:edit`, `email_sending:send`)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True, nullable=False)
+    permissions: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False,
+                                                   server_default="{}")
+    created_at: Mapped[datetime] = created_col()
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+# --- routing ------------------------------------------------------------------------
+
+
+class Zone(Base):
+    """A DNS zone the operator owns, with its Email Routing settings."""
+
+    __tablename__ = "zones"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
+    routing_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                                  server_default=text("false"))
+    support_subaddress: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                                     server_default=text("true"))
+    # ready | unconfigured | misconfigured | misconfigured/locked | unlocked
+    routing_status: Mapped[str] = mapped_column(String(32), nullable=False,
+                                                server_default="unconfigured")
+    created_at: Mapped[datetime] = created_col()
+    modified_at: Mapped[datetime] = modified_col()
+
+    domains: Mapped[list[RoutingDomain]] = relationship(back_populates="zone",
+                                                        cascade="all, delete-orphan")
+
+
+class RoutingDomain(Base):
+    """A domain that receives mail through routing: the zone apex or one of its
+    subdomains (at most `limits.domains_per_zone` per zone)."""
+
+    __tablename__ = "routing_domains"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_at: Mapped[datetime] = created_col()
+
+    zone: Mapped[Zone] = relationship(back_populates="domains")
+
+
+class RoutingRule(Base):
+    """A rule: matchers [{type: literal, field: to, value}] or [{type: all}], actions
+    [{type: forward|worker|drop, value: [...]}]. The catch-all is the one rule per zone
+    with `is_catch_all`."""
+
+    __tablename__ = "routing_rules"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256), nullable=False, server_default="")
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    is_catch_all: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                               server_default=text("false"))
+    matchers: Mapped[list[dict]] = mapped_column(JSONB, nullable=False)
+    actions: Mapped[list[dict]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = created_col()
+    modified_at: Mapped[datetime] = modified_col()
+
+    __table_args__ = (
+        Index("uq_routing_rules_catch_all", "zone_id", unique=True,
+              postgresql_where=text("is_catch_all")),
+    )
+
+
+class DestinationAddress(Base):
+    """An account-level forwarding destination; rules forward only to verified ones."""
+
+    __tablename__ = "destination_addresses"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    verification_token_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    verification_sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = created_col()
+    modified_at: Mapped[datetime] = modified_col()
+
+    __table_args__ = (
+        Index("uq_destination_addresses_account_email", "account_id", text("lower(email)"),
+              unique=True),
+    )
+
+
+# --- sending --------------------------------------------------------------------------
+
+
+class SendingDomain(Base):
+    """A domain or subdomain onboarded for sending: DKIM selector, bounce
+    (return-path) subdomain and the live DNS status."""
+
+    __tablename__ = "sending_domains"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
+    dkim_selector: Mapped[str] = mapped_column(String(63), nullable=False)
+    return_path_domain: Mapped[str] = mapped_column(String(253), nullable=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    status: Mapped[str] = mapped_column(String(32), nullable=False, server_default="pending")
+    created_at: Mapped[datetime] = created_col()
+    modified_at: Mapped[datetime] = modified_col()
+
+
+class DkimKey(Base):
+    """A DKIM key pair for a domain. The private key (PKCS#8 DER) is encrypted at rest
+    with the node's secret key; `public_key` is the base64 `p=` value."""
+
+    __tablename__ = "dkim_keys"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    domain: Mapped[str] = mapped_column(String(253), nullable=False, index=True)
+    selector: Mapped[str] = mapped_column(String(63), nullable=False)
+    algorithm: Mapped[str] = mapped_column(String(16), nullable=False)  # rsa | ed25519
+    private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    public_key: Mapped[str] = mapped_column(Text, nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_at: Mapped[datetime] = created_col()
+    retired_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (UniqueConstraint("domain", "selector", "algorithm"),
+                      CheckConstraint("algorithm in ('rsa', 'ed25519')", name="algorithm"))
+
+
+# --- messages and the delivery queue ------------------------------------------------------
+
+
+class Message(Base):
+    """One message as received or submitted: raw bytes plus envelope and the facts
+    of its arrival. Stored before the 250/200 acknowledgement."""
+
+    __tablename__ = "messages"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True,
+                                          default=uuid.uuid4)
+    direction: Mapped[str] = mapped_column(String(8), nullable=False)  # inbound | outbound
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # mx|api|submission|...
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id",
+                                                              ondelete="SET NULL"))
+    message_id_header: Mapped[str | None] = mapped_column(Text)
+    mail_from: Mapped[str] = mapped_column(Text, nullable=False)  # "" is the null sender
+    rcpt_to: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    raw: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    received_at: Mapped[datetime] = created_col()
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    client_ip: Mapped[str | None] = mapped_column(INET)
+    client_ptr: Mapped[str | None] = mapped_column(Text)
+    helo: Mapped[str | None] = mapped_column(Text)
+    tls: Mapped[dict | None] = mapped_column(JSONB)  # {"version": ..., "cipher": ...}
+    auth_results: Mapped[dict | None] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(32), nullable=False, server_default="received")
+
+    __table_args__ = (Index("ix_messages_received_at", "received_at"),)
+
+
+class Delivery(Base):
+    """One recipient of one message on its way out: the unit the queue schedules.
+
+    Workers claim due rows with FOR UPDATE SKIP LOCKED and set a lease
+    (`lease_owner`, `lease_expires_at`); a row whose lease expired is due again.
+    """
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"),
+                                                  index=True)
+    recipient: Mapped[str] = mapped_column(Text, nullable=False)
+    domain: Mapped[str] = mapped_column(String(253), nullable=False)
+    envelope_from: Mapped[str] = mapped_column(Text, nullable=False)  # SRS/VERP per delivery
+    # queued | delivered | failed | expired | suppressed | held
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="queued")
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False,
+                                                      server_default=func.now())
+    created_at: Mapped[datetime] = created_col()
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    delay_notified_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        Index("ix_deliveries_due", "next_attempt_at", "priority",
+              postgresql_where=text("status = 'queued'")),
+    )
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"),
+                                             index=True)
+    started_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    node: Mapped[str | None] = mapped_column(String(128))
+    mx_host: Mapped[str | None] = mapped_column(String(253))
+    ip: Mapped[str | None] = mapped_column(INET)
+    tls_version: Mapped[str | None] = mapped_column(String(16))
+    result: Mapped[str] = mapped_column(String(16), nullable=False)  # delivered|deferred|failed
+    reply_code: Mapped[int | None] = mapped_column(SmallInteger)
+    enhanced_code: Mapped[str | None] = mapped_column(String(16))
+    reply_text: Mapped[str | None] = mapped_column(Text)
+
+
+class Suppression(Base):
+    """A recipient we must not send to. Scope is the whole account or one sending
+    domain; complaint entries are read-only."""
+
+    __tablename__ = "suppressions"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320), nullable=False)  # stored lower-cased
+    # manual | complaint | hard_bounce | soft_bounce | policy
+    reason: Mapped[str] = mapped_column(String(16), nullable=False)
+    scope_type: Mapped[str] = mapped_column(String(16), nullable=False,
+                                            server_default="account")
+    scope_value: Mapped[str] = mapped_column(String(253), nullable=False, server_default="")
+    note: Mapped[str | None] = mapped_column(Text)
+    read_only: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                            server_default=text("false"))
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = created_col()
+    modified_at: Mapped[datetime] = modified_col()
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "email", "scope_type", "scope_value"),
+        CheckConstraint("scope_type in ('account', 'sending_domain')", name="scope_type"),
+    )
+
+
+# --- observability --------------------------------------------------------------------------
+
+
+class Event(Base):
+    """The activity log: one row per message outcome (inbound or outbound)."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = created_col()
+    message_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True)
+    account_id: Mapped[str | None] = mapped_column(Tag)
+    zone_id: Mapped[str | None] = mapped_column(Tag)
+    direction: Mapped[str] = mapped_column(String(8), nullable=False)
+    # Forwarded | Handled | Dropped | Rejected | Delivery failed | Error | Sent | Delivered ...
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
+    mail_from: Mapped[str | None] = mapped_column(Text)
+    rcpt_to: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    domain: Mapped[str | None] = mapped_column(String(253))
+    rule_id: Mapped[str | None] = mapped_column(Tag)
+    action: Mapped[str | None] = mapped_column(String(16))
+    spf: Mapped[str | None] = mapped_column(String(16))
+    dkim: Mapped[str | None] = mapped_column(String(16))
+    dmarc: Mapped[str | None] = mapped_column(String(16))
+    arc: Mapped[str | None] = mapped_column(String(16))
+    details: Mapped[dict | None] = mapped_column(JSONB)
+
+    __table_args__ = (Index("ix_events_ts", "ts"), Index("ix_events_status_ts", "status", "ts"))
+
+
+class AuditEntry(Base):
+    """Who changed which configuration, when, from what to what."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = created_col()
+    actor: Mapped[str] = mapped_column(Text, nullable=False)  # token:<id> | cli:<user>
+    account_id: Mapped[str | None] = mapped_column(Tag)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)  # create|update|delete
+    resource_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    before: Mapped[dict | None] = mapped_column(JSONB)
+    after: Mapped[dict | None] = mapped_column(JSONB)
+
+    __table_args__ = (Index("ix_audit_log_ts", "ts"),)

@@ -1,0 +1,1 @@
+"""Real peers for tests: PostgreSQL, an authoritative DNS server, SMTP sinks, nodes."""

@@ -1,0 +1,140 @@
+"""A real SMTP server on a loopback address that records what it receives.
+
+It runs aiosmtpd in its own thread, so tests in any event loop (or none) can use it.
+Replies can be scripted per recipient or for DATA (`sink.rcpt_replies["a@x"] = "550 5.1.1 no"`,
+`sink.data_replies.append("451 4.3.0 try later")`), and STARTTLS is offered when a
+certificate is given (see `tls_context_for` in conftest).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+__all__ = ["ReceivedMessage", "SmtpSink"]
+
+
+@dataclass
+class ReceivedMessage:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    tls: bool
+    peer: tuple
+    helo: str | None
+    received_at: float = field(default_factory=time.time)
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        scripted = self.sink._next_reply(self.sink.rcpt_replies, address.lower())
+        if scripted:
+            return scripted
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        scripted = None
+        with self.sink._lock:
+            if self.sink.data_replies:
+                scripted = self.sink.data_replies.popleft()
+        if scripted and not scripted.startswith("2"):
+            return scripted
+        msg = ReceivedMessage(
+            mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
+            data=envelope.original_content or envelope.content,
+            tls=session.ssl is not None, peer=session.peer, helo=session.host_name)
+        with self.sink._lock:
+            self.sink.messages.append(msg)
+            self.sink._arrived.notify_all()
+        return scripted or "250 2.0.0 queued as sink"
+
+
+class _Controller(Controller):
+    def __init__(self, sink: SmtpSink, **kw) -> None:
+        self._sink = sink
+        super().__init__(_Handler(sink), **kw)
+
+    def factory(self) -> SMTP:
+        return SMTP(self.handler, hostname=self._sink.hostname, decode_data=False,
+                    tls_context=self._sink.tls_context,
+                    require_starttls=self._sink.require_starttls,
+                    enable_SMTPUTF8=True, data_size_limit=self._sink.size_limit)
+
+    def _trigger_server(self) -> None:
+        # The base class connects to the listening port to wake the server; with
+        # STARTTLS offered that would need TLS, so a plain connect is enough here.
+        family = socket.AF_INET6 if ":" in self.hostname else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(self.ready_timeout)
+            s.connect((self.hostname, self.port))
+            s.recv(1024)
+
+
+class SmtpSink:
+    def __init__(self, address: str = "127.0.0.2", port: int = 0,
+                 tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
+                 hostname: str = "sink.test", size_limit: int = 64 * 1024 * 1024) -> None:
+        self.address = address
+        self.port = port or _free_port(address)
+        self.tls_context = tls_context
+        self.require_starttls = require_starttls
+        self.hostname = hostname
+        self.size_limit = size_limit
+        self.messages: list[ReceivedMessage] = []
+        # Scripted replies: per recipient (lower-cased) a queue of replies used one per RCPT.
+        self.rcpt_replies: dict[str, deque[str] | str] = {}
+        self.data_replies: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._controller: _Controller | None = None
+
+    def _next_reply(self, table: dict, key: str) -> str | None:
+        with self._lock:
+            entry = table.get(key)
+            if entry is None:
+                return None
+            if isinstance(entry, str):
+                return entry
+            return entry.popleft() if entry else None
+
+    def start(self) -> SmtpSink:
+        self._controller = _Controller(self, hostname=self.address, port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def wait_for(self, count: int = 1, timeout: float = 10.0) -> list[ReceivedMessage]:
+        """Block until `count` messages have arrived (or fail with AssertionError)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self.messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"sink {self.address}:{self.port} got {len(self.messages)} "
+                        f"message(s), expected {count}")
+                self._arrived.wait(left)
+            return list(self.messages)
+
+
+def _free_port(address: str) -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
