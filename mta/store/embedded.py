@@ -168,7 +168,7 @@ class EmbeddedPostgres:
             return False
 
     def start(self, timeout: float = 60) -> None:
-        created = self.init()
+        self.init()
         if not self.running:
             logfile = self.base_dir / "postgresql.log"
             if not logfile.exists():
@@ -178,7 +178,7 @@ class EmbeddedPostgres:
                        "-w", "-t", str(int(timeout)), "-o", "-c listen_addresses=",
                        "start"])
         self._wait_ready(timeout)
-        self.create_database(self.database, exist_ok=not created)
+        self.create_database(self.database, exist_ok=True)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
