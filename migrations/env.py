@@ -3,7 +3,7 @@
 import asyncio
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mta.store.models import Base
@@ -11,10 +11,16 @@ from mta.store.models import Base
 target_metadata = Base.metadata
 
 
+# Several nodes may start at once against one database: the first to take this lock
+# migrates, the others wait and then find nothing left to do.
+MIGRATION_LOCK_KEY = 746_001
+
+
 def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
                       compare_type=True, compare_server_default=True)
     with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

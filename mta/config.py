@@ -167,6 +167,44 @@ class LoggingSettings:
 
 
 @dataclass
+class RblSettings:
+    zones: list[str] = field(default_factory=list)  # e.g. zen.spamhaus.org
+    allowlist: list[str] = field(default_factory=list)  # networks never checked (CIDR)
+
+
+@dataclass
+class InboundPolicy:
+    """What the MX listener does with the authentication results of a message."""
+
+    require_spf_or_dkim: bool = True  # reject unless SPF passes or a DKIM signature verifies
+    enforce_dmarc_reject: bool = True  # reject DMARC failures under p=reject (sp=, pct= apply)
+    trusted_arc_sealers: list[str] = field(default_factory=list)  # their ARC pass overrides
+    monitor_only: bool = False  # record and mark, never reject on authentication
+
+
+@dataclass
+class InboundDomainPolicy:
+    """Policy overrides for mail to one of our routing domains; unset keys inherit."""
+
+    domain: str = ""
+    require_spf_or_dkim: bool | None = None
+    enforce_dmarc_reject: bool | None = None
+    trusted_arc_sealers: list[str] | None = None
+    monitor_only: bool | None = None
+
+
+@dataclass
+class InboundSettings:
+    authserv_id: str | None = None  # Authentication-Results id; defaults to node.hostname
+    bare_line_endings: str = "reject"  # reject | normalize (bare CR/LF in DATA)
+    rbl: RblSettings = field(default_factory=RblSettings)
+    policy: InboundPolicy = field(default_factory=InboundPolicy)
+    domain_policies: list[InboundDomainPolicy] = field(default_factory=list)
+    recipient_cache_ttl: Duration = Duration(5)  # routing data cached per domain; 0 = off
+    ptr_timeout: Duration = Duration(5)
+
+
+@dataclass
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     state_dir: str = "/var/lib/mta"
@@ -177,6 +215,7 @@ class Settings:
     retry: RetrySettings = field(default_factory=RetrySettings)
     srs: SrsSettings = field(default_factory=SrsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    inbound: InboundSettings = field(default_factory=InboundSettings)
     secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
     source: str = field(default="", metadata={"internal": True})
 
@@ -306,10 +345,33 @@ def _check_semantics(s: Settings) -> None:
             raise ConfigError(f"listeners.{name}.port", "must be between 0 and 65535", source=src)
         if bool(lst.tls_cert) != bool(lst.tls_key):
             raise ConfigError(f"listeners.{name}", "tls_cert and tls_key go together", source=src)
+    _check_inbound(s.inbound, src)
     if s.retry.backoff_factor < 1:
         raise ConfigError("retry.backoff_factor", "must be at least 1", source=src)
     if not 0 <= s.retry.jitter < 1:
         raise ConfigError("retry.jitter", "must be in [0, 1)", source=src)
+
+
+def _check_inbound(inbound: InboundSettings, src: str) -> None:
+    import ipaddress
+
+    if inbound.bare_line_endings not in ("reject", "normalize"):
+        raise ConfigError("inbound.bare_line_endings", "must be reject or normalize", source=src)
+    for i, net in enumerate(inbound.rbl.allowlist):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"inbound.rbl.allowlist[{i}]",
+                              f"not an IP network: {net!r}", source=src) from None
+    seen: set[str] = set()
+    for i, dp in enumerate(inbound.domain_policies):
+        name = dp.domain.strip().lower().rstrip(".")
+        if not name:
+            raise ConfigError(f"inbound.domain_policies[{i}].domain", "is required", source=src)
+        if name in seen:
+            raise ConfigError(f"inbound.domain_policies[{i}].domain",
+                              f"{name} is given twice", source=src)
+        seen.add(name)
 
 
 def settings_from_text(text: str, source: str = "<string>",

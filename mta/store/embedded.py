@@ -176,7 +176,10 @@ class EmbeddedPostgres:
                 os.chown(logfile, self.owner.pw_uid, self.owner.pw_gid)
             self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(logfile),
                        "-w", "-t", str(int(timeout)), "-o", "-c listen_addresses=",
-                       "start"])
+                       "start"],
+                      # Its own session: Ctrl-C on the terminal reaches the node, which
+                      # finishes its work first and then stops the cluster itself.
+                      start_new_session=True)
         self._wait_ready(timeout)
         self.create_database(self.database, exist_ok=True)
 

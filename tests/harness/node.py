@@ -66,9 +66,13 @@ class NodeProcess:
 
     def start(self, timeout: float = 60) -> NodeProcess:
         env = dict(os.environ, **self.env)
+        with self._lock:  # a restart must not see the previous run's "ready" line
+            self.log_lines.clear()
+            self._raw_lines.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mta", "serve", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            start_new_session=True)
         threading.Thread(target=self._read_output, daemon=True).start()
         self.wait_for_log(lambda e: e.get("event") == "node.ready", timeout=timeout)
         return self
@@ -107,6 +111,11 @@ class NodeProcess:
     def signal(self, sig: int) -> None:
         assert self.proc
         self.proc.send_signal(sig)
+
+    def interrupt(self) -> None:
+        """Ctrl-C on a terminal: SIGINT to the node's whole process group."""
+        assert self.proc
+        os.killpg(self.proc.pid, signal.SIGINT)
 
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

@@ -1,0 +1,93 @@
+"""The `mta` command.
+
+Core commands live here (serve, config, db); each area adds its own in a module of
+`mta/commands/` exposing `register(subparsers)`. A command's handler takes
+`(args, settings)` and returns an exit code; it may be a coroutine function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import pkgutil
+import sys
+
+import mta.commands
+from mta.config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = os.environ.get("MTA_CONFIG", "/etc/mta/mta.yaml")
+
+
+def _cmd_serve(args, settings: Settings) -> int:
+    from mta.node import run_node
+
+    run_node(settings, args.config)
+    return 0
+
+
+def _cmd_config_check(args, settings: Settings) -> int:
+    print(f"{args.path}: ok")
+    return 0
+
+
+def _cmd_db_upgrade(args, settings: Settings) -> int:
+    from mta.node import database_url
+    from mta.store.migrate import upgrade
+
+    url, embedded = database_url(settings)
+    try:
+        upgrade(url, args.revision)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(f"database at {args.revision}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mta", description="Self-hosted mail transfer agent")
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                        help=f"daemon configuration (default {DEFAULT_CONFIG}, or $MTA_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run one node (every listener and worker)")
+    serve.add_argument("--config", "-c", default=argparse.SUPPRESS)
+    serve.set_defaults(func=_cmd_serve)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a configuration file")
+    check.add_argument("path")
+    check.set_defaults(func=_cmd_config_check, config_from="path")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply migrations")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=_cmd_db_upgrade)
+
+    for info in pkgutil.iter_modules(mta.commands.__path__):
+        module = importlib.import_module(f"mta.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config_path = getattr(args, getattr(args, "config_from", "config"))
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        print(f"mta: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "config_from", None):
+        args.config = config_path
+    result = args.func(args, settings)
+    if inspect.isawaitable(result):
+        result = asyncio.run(result)
+    return int(result or 0)

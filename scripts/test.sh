@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (what is missing) and run the whole default test suite. Extra arguments go
+# to pytest (e.g. a path, or -m slow for the long soak runs).
+source "$(dirname "$0")/setup.sh"
+# Real peers used by the tests: Mail::DKIM (independent DKIM/ARC verifier), curl (an
+# SMTPS client), swaks.
+ensure_debian_packages libmail-dkim-perl curl swaks
+ensure_venv "[test]"
+exec .venv/bin/pytest -q "$@"

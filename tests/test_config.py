@@ -1,0 +1,66 @@
+"""`mta config check` and the strict settings loader."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mta.config import ConfigError, load_settings, settings_from_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mta", "config", "check", str(path)],
+                          capture_output=True, text=True)
+
+
+def test_example_config_is_valid():
+    result = run_check(ROOT / "config" / "mta.example.yaml")
+    assert result.returncode == 0, result.stderr
+
+
+def test_misspelled_key_names_key_and_line(tmp_path):
+    cfg = tmp_path / "mta.yaml"
+    cfg.write_text("node:\n  hostname: mx.test\nlisteners:\n  mx:\n    addres: 0.0.0.0\n")
+    result = run_check(cfg)
+    assert result.returncode != 0
+    assert "listeners.mx.addres" in result.stderr
+    assert f"{cfg}:5:" in result.stderr
+
+
+def test_wrong_type_names_key_and_line(tmp_path):
+    cfg = tmp_path / "mta.yaml"
+    cfg.write_text("limits:\n  max_sessions_per_ip: twenty\n")
+    result = run_check(cfg)
+    assert result.returncode != 0
+    assert "limits.max_sessions_per_ip" in result.stderr and ":2:" in result.stderr
+    assert "integer" in result.stderr
+
+
+@pytest.mark.parametrize("text, key", [
+    ("limits:\n  inbound_message_size: big\n", "limits.inbound_message_size"),
+    ("retry:\n  first_retry: soon\n", "retry.first_retry"),
+    ("dns:\n  nameservers: 127.0.0.1\n", "dns.nameservers"),
+    ("listeners:\n  http:\n    enabled: yes please\n", "listeners.http.enabled"),
+    ("logging:\n  level: loud\n", "logging.level"),
+    ("listeners:\n  mx:\n    port: 70000\n", "listeners.mx.port"),
+])
+def test_bad_values_are_rejected_with_their_key(text, key):
+    with pytest.raises(ConfigError) as err:
+        settings_from_text(text, env={})
+    assert err.value.key_path == key
+
+
+def test_units_and_environment_overrides(tmp_path):
+    cfg = tmp_path / "mta.yaml"
+    cfg.write_text("state_dir: st\nlimits:\n  inbound_message_size: 10MiB\n"
+                   "retry:\n  max_age: 2d\n  delay_warning: null\n")
+    s = load_settings(cfg, env={"MTA_DATABASE_URL": "postgresql+asyncpg://u@h/db",
+                                "MTA_SRS_SECRETS": "new, old"})
+    assert s.limits.inbound_message_size == 10 * 1024 * 1024
+    assert s.retry.max_age == 2 * 86400 and s.retry.delay_warning is None
+    assert s.database.url == "postgresql+asyncpg://u@h/db"
+    assert s.srs.secrets == ["new", "old"]
+    assert s.state_dir == str(tmp_path / "st")  # relative to the config file
