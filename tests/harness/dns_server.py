@@ -223,7 +223,9 @@ class TestDnsServer:
         self.port = port
         self._servers = [udp, tcp]
         for srv in self._servers:
-            threading.Thread(target=srv.serve_forever, daemon=True,
+            # A short poll interval keeps shutdown (once per test) fast.
+            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True,
                              name=f"test-dns-{type(srv).__name__}").start()
         return self
 
