@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,11 +28,20 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CONFORMANCE = SHARED / "conformance"
 
 
+def server_owned_dir(prefix: str) -> Path:
+    """A fresh directory outside pytest's tmp tree for a PostgreSQL cluster: when we are
+    root the server runs as an unprivileged user that must traverse its parents, and
+    pytest resets its own tmp root to mode 0700 at every start (also in parallel runs)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def pg(tmp_path_factory) -> TestPostgres:
-    server = TestPostgres(tmp_path_factory.mktemp("pg")).start()
+def pg() -> TestPostgres:
+    base = server_owned_dir("mta-test-pg-")
+    server = TestPostgres(base).start()
     yield server
     server.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -107,11 +118,12 @@ def smtp_sink(make_sink) -> SmtpSink:
 
 
 @pytest.fixture
-def make_node(tmp_path, dns_server):
+def make_node(dns_server):
     nodes: list[NodeProcess] = []
+    base = server_owned_dir("mta-test-node-")
 
     def factory(config: dict | None = None, **kw) -> NodeProcess:
-        node = NodeProcess(tmp_path / f"node{len(nodes)}", config or {},
+        node = NodeProcess(base / f"node{len(nodes)}", config or {},
                            dns_nameserver=dns_server.nameserver, **kw)
         node.start()
         nodes.append(node)
@@ -120,6 +132,7 @@ def make_node(tmp_path, dns_server):
     yield factory
     for n in nodes:
         n.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def conformance_file(*parts: str) -> Path:
