@@ -205,6 +205,39 @@ class InboundSettings:
 
 
 @dataclass
+class DeliverySettings:
+    """Outbound SMTP (queue workers, sending, in-session forwards)."""
+
+    port: int = 25  # TCP port of remote MX hosts; tests point it at loopback sinks
+
+
+@dataclass
+class RoutingSettings:
+    """Forwarding and destination-address verification (Email Routing, issue 5)."""
+
+    # In-session delivery of a forward to a single destination: the sender waits at
+    # most this long for the upstream answer; past it the copy is queued (250).
+    in_session_timeout: Duration = Duration(30)
+    # DKIM/ARC domain of forwarded mail; null = srs.domain. Its key is taken from
+    # dkim_keys or generated on first use (publish it: the log gives the record).
+    forwarding_domain: str | None = None
+    dkim_selector: str = "mta-fwd"
+    # Also sign forwarded mail for the routing domain, when it has an active RSA key.
+    sign_routing_domain: bool = False
+    # From: domain with p=quarantine/reject and no aligned valid DKIM signature:
+    # rewrite (From: at forwarding_domain) | forward (unchanged) | reject (550 5.7.1).
+    dmarc_safe_from: str = "rewrite"
+    rewritten_from_local: str = "forwarded"
+    # Loop protection: more than this many Received fields or ARC sets -> 554 5.4.6.
+    max_received: int = 50
+    max_arc_instances: int = 10
+    # Destination address verification mail: sender, link base and token lifetime.
+    verification_from: str | None = None  # null = noreply@<forwarding domain>
+    verification_base_url: str | None = None  # null = http://<listeners.http address:port>
+    verification_ttl: Duration = Duration(3 * 86400)
+
+
+@dataclass
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     state_dir: str = "/var/lib/mta"
@@ -216,6 +249,8 @@ class Settings:
     srs: SrsSettings = field(default_factory=SrsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     inbound: InboundSettings = field(default_factory=InboundSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
     source: str = field(default="", metadata={"internal": True})
 
@@ -346,6 +381,11 @@ def _check_semantics(s: Settings) -> None:
         if bool(lst.tls_cert) != bool(lst.tls_key):
             raise ConfigError(f"listeners.{name}", "tls_cert and tls_key go together", source=src)
     _check_inbound(s.inbound, src)
+    if s.routing.dmarc_safe_from not in ("rewrite", "forward", "reject"):
+        raise ConfigError("routing.dmarc_safe_from", "must be rewrite, forward or reject",
+                          source=src)
+    if not 0 < s.delivery.port <= 65535:
+        raise ConfigError("delivery.port", "must be between 1 and 65535", source=src)
     if s.retry.backoff_factor < 1:
         raise ConfigError("retry.backoff_factor", "must be at least 1", source=src)
     if not 0 <= s.retry.jitter < 1:

@@ -89,6 +89,10 @@ def build_services(ctx: NodeContext) -> list[Service]:
         services.append(MetricsListener(ctx))
     if listeners.http.enabled:
         services.append(HttpListener(ctx))
+    if listeners.mx.enabled:
+        from mta.smtp.mx import MxServer
+
+        services.append(MxServer(ctx))
     return services
 
 

@@ -1,0 +1,98 @@
+"""Prometheus metrics of the node, all defined here so the names stay consistent.
+
+Naming convention: `mta_<subsystem>_<what>_<unit>`, counters end in `_total`, durations
+are histograms in seconds ending in `_seconds`; label values come from small fixed sets
+(a reason code, a check result, a configured zone) — never an address or a free text.
+Metrics live in prometheus_client's default registry, which the metrics listener
+(`listeners.metrics`) exposes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "AUTH_RESULTS",
+    "INBOUND_CHECK_SECONDS",
+    "INBOUND_MESSAGES",
+    "INBOUND_REJECTIONS",
+    "INBOUND_SIZE_BYTES",
+    "RBL_HITS",
+    "SMTP_REPLIES",
+    "SMTP_SESSIONS",
+    "SMTP_SESSIONS_ACTIVE",
+    "SMTP_SESSIONS_REFUSED",
+]
+
+SMTP_SESSIONS = Counter(
+    "mta_smtp_sessions_total", "SMTP sessions opened, by listener", ["listener"])
+SMTP_SESSIONS_ACTIVE = Gauge(
+    "mta_smtp_sessions_active", "SMTP sessions open now, by listener", ["listener"])
+SMTP_SESSIONS_REFUSED = Counter(
+    "mta_smtp_sessions_refused_total",
+    "SMTP sessions refused at connect (limit = sessions | sessions_per_ip)",
+    ["listener", "limit"])
+SMTP_REPLIES = Counter(
+    "mta_smtp_replies_total", "SMTP replies sent, by listener and basic code class",
+    ["listener", "class"])
+INBOUND_MESSAGES = Counter(
+    "mta_inbound_messages_total",
+    "Messages at the end of DATA on the MX listener, by outcome "
+    "(accepted | quarantined | rejected | tempfailed | error)",
+    ["outcome"])
+INBOUND_REJECTIONS = Counter(
+    "mta_inbound_rejections_total",
+    "Refusals on the MX listener by stable reason (relay_denied, unknown_recipient, rbl, "
+    "not_authenticated, dmarc_reject, too_big, bare_line_ending, ...)",
+    ["reason"])
+AUTH_RESULTS = Counter(
+    "mta_auth_results_total", "Authentication results of inbound messages",
+    ["method", "result"])
+RBL_HITS = Counter("mta_rbl_hits_total", "Client addresses found listed, by zone", ["zone"])
+INBOUND_SIZE_BYTES = Histogram(
+    "mta_inbound_message_size_bytes", "Size of messages received on the MX listener",
+    buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 33554432))
+INBOUND_CHECK_SECONDS = Histogram(
+    "mta_inbound_check_seconds",
+    "Time from end of DATA to the decision (authentication checks and policy)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+# --- outbound delivery queue (mta/queue/delivery.py) ------------------------------------
+
+QUEUE_DEPTH = Gauge(
+    "mta_queue_depth",
+    "Queued deliveries by state (due | waiting | in_flight), sampled "
+    "periodically by each node's delivery workers",
+    ["status"])
+QUEUE_OLDEST_DUE_SECONDS = Gauge(
+    "mta_queue_oldest_due_seconds",
+    "How long the oldest due delivery has been waiting past its attempt time")
+DELIVERY_ATTEMPTS = Counter(
+    "mta_delivery_attempts_total",
+    "Delivery attempts per recipient by result (delivered | deferred | failed | expired)",
+    ["result"])
+DELIVERY_SECONDS = Histogram(
+    "mta_delivery_seconds",
+    "Time from enqueue to the final outcome of a recipient (delivered | failed | expired)",
+    ["result"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400,
+             432000))
+DELIVERY_ATTEMPT_SECONDS = Histogram(
+    "mta_delivery_attempt_seconds",
+    "Duration of one SMTP transaction with a remote server (connection reuse included)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+DSN_QUEUED = Counter(
+    "mta_dsn_queued_total", "Delivery status notifications queued, by kind "
+    "(failed | expired | delayed)", ["kind"])
+SUPPRESSIONS_ADDED = Counter(
+    "mta_suppressions_added_total", "Automatic suppression entries, by reason",
+    ["reason"])
+BOUNCES_RECEIVED = Counter(
+    "mta_bounces_received_total",
+    "Reports received at VERP addresses by kind (dsn | arf | fallback | unparsed | forged)",
+    ["kind"])
+
+__all__ += [
+    "BOUNCES_RECEIVED", "DELIVERY_ATTEMPTS", "DELIVERY_ATTEMPT_SECONDS", "DELIVERY_SECONDS",
+    "DSN_QUEUED", "QUEUE_DEPTH", "QUEUE_OLDEST_DUE_SECONDS", "SUPPRESSIONS_ADDED",
+]

@@ -1,0 +1,109 @@
+"""Parsing the MAIL FROM / RCPT TO arguments (RFC 5321 §4.1.2, RFC 1870, RFC 6152).
+
+Returns values or raises `PathError` with a kind the session maps to a reply:
+- `syntax`: not a path we can read;
+- `non_ascii_local`: an internationalised local part. We do not offer SMTPUTF8
+  (docs "Known limitations": EAI local parts are not supported) and refuse such
+  addresses with 553 5.6.7 (RFC 6531 §3.7.4.1) instead of mangling them;
+- internationalised *domains* are accepted, as U-labels or A-labels, and turned into
+  their A-label form (IDNA 2008 with UTS #46 mapping), so they compare with our data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from mta.routing.rules import normalize_domain
+
+__all__ = ["Path", "PathError", "parse_path"]
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
+_DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?\Z")
+
+
+class PathError(ValueError):
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(detail or kind)
+        self.kind = kind  # syntax | non_ascii_local | bad_parameter
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Path:
+    address: str  # local@a-label-domain, "" for the null reverse-path
+    params: dict[str, str | None] = field(default_factory=dict)  # upper-cased keys
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+
+def _check_domain(domain: str) -> str:
+    if domain.startswith("[") and domain.endswith("]"):
+        return domain  # address literal (RFC 5321 §4.1.3); routing will not match it
+    if not domain.isascii():
+        try:
+            domain = normalize_domain(domain)
+        except Exception:
+            raise PathError("syntax", "invalid internationalised domain") from None
+        if not domain.isascii():
+            raise PathError("syntax", "invalid internationalised domain")
+    domain = domain.rstrip(".")
+    if not domain or len(domain) > 253 or not all(_LABEL.match(p) for p in domain.split(".")):
+        raise PathError("syntax", "invalid domain")
+    return domain.lower()
+
+
+def parse_address(text: str) -> str:
+    """`local@domain` checked and normalised (domain A-label, lower case); the local
+    part keeps its case (it is case-insensitive only for our matching)."""
+    local, at, domain = text.rpartition("@")
+    if not at or not local:
+        raise PathError("syntax", "address needs a local part and a domain")
+    if not local.isascii():
+        raise PathError("non_ascii_local")
+    if len(local) > 64:
+        raise PathError("syntax", "local part longer than 64 characters")
+    if not (_DOT_ATOM.match(local) or _QUOTED.match(local)):
+        raise PathError("syntax", "invalid local part")
+    return f"{local}@{_check_domain(domain)}"
+
+
+def parse_path(arg: str | None, keyword: str, *, null_ok: bool) -> Path:
+    """Parse `FROM:<a@b> SIZE=123` (keyword "FROM") or `TO:<a@b>` (keyword "TO")."""
+    if not arg:
+        raise PathError("syntax", f"expected {keyword}:<address>")
+    head, colon, rest = arg.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        raise PathError("syntax", f"expected {keyword}:<address>")
+    rest = rest.lstrip(" ")
+    if rest.startswith("<"):
+        close = rest.find(">")
+        if close < 0:
+            raise PathError("syntax", "missing >")
+        inner, tail = rest[1:close], rest[close + 1:]
+    else:  # lenient: a bare address, as some old clients send
+        inner, _, tail = rest.partition(" ")
+    if tail and not tail.startswith(" "):
+        raise PathError("syntax", "text after the address")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in inner):
+        raise PathError("syntax", "control character in address")
+    if ":" in inner and inner.startswith("@"):
+        inner = inner.split(":", 1)[1]  # an obsolete source route: ignored (§4.1.2)
+    if inner == "":
+        if not null_ok:
+            raise PathError("syntax", "the null address is not a recipient")
+        address = ""
+    else:
+        address = parse_address(inner)
+    params: dict[str, str | None] = {}
+    for token in tail.split():
+        m = _PARAM.match(token)
+        if not m:
+            raise PathError("bad_parameter", token[:64])
+        params[m.group(1).upper()] = m.group(2)
+    return Path(address, params)

@@ -1,0 +1,149 @@
+"""Running the authentication checks of one received message.
+
+The MX session starts the SPF check and the client's PTR lookup early (at MAIL and at
+connect: maddy's "start DNS early, wait at end of DATA"), then at the end of DATA calls
+`run_checks`, which verifies every DKIM signature and the ARC chain concurrently, runs
+DMARC from the SPF and DKIM results, and returns one `AuthResults` value (checks/results)
+plus the reduced `AuthVerdicts` the policy reads. Checks never write replies; this module
+never decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from mta.checks.arc import ArcResult, verify_arc
+from mta.checks.dkim import verify_dkim
+from mta.checks.dmarc import check_dmarc
+from mta.checks.policy import AuthVerdicts
+from mta.checks.results import AuthResults, IprevResult
+from mta.checks.spf import SpfResult, check_spf
+from mta.dnscache import DnsError, DnsResolver, DnsTempError
+from mta.routing.rules import normalize_domain
+
+__all__ = ["FromHeader", "Reverse", "from_header", "lookup_reverse", "run_checks",
+           "start_spf", "verdicts_of"]
+
+log = logging.getLogger("mta.smtp.auth")
+
+
+@dataclass(frozen=True)
+class Reverse:
+    """The client's PTR name and whether it resolves back to the client (iprev)."""
+
+    ptr: str | None
+    iprev: IprevResult
+
+
+async def lookup_reverse(resolver: DnsResolver, ip: str, timeout: float) -> Reverse:
+    """PTR of `ip`, forward-confirmed (RFC 8601 §3: iprev). Never raises."""
+    try:
+        async with asyncio.timeout(timeout):
+            names = await resolver.ptr(ip)
+            if not names:
+                return Reverse(None, IprevResult("permerror", ip))
+            addr = ipaddress.ip_address(ip)
+            rdtype = "AAAA" if addr.version == 6 else "A"
+            for name in names[:5]:
+                found = await resolver.addresses(name, rdtype)
+                if any(ipaddress.ip_address(a) == addr for a in found):
+                    return Reverse(name.lower(), IprevResult("pass", ip, name.lower()))
+            return Reverse(names[0].lower(), IprevResult("fail", ip, names[0].lower()))
+    except (DnsTempError, TimeoutError):
+        return Reverse(None, IprevResult("temperror", ip))
+    except (DnsError, ValueError):
+        return Reverse(None, IprevResult("permerror", ip))
+
+
+def start_spf(resolver: DnsResolver, ip: str, mail_from: str, helo: str,
+              receiver: str) -> asyncio.Task[SpfResult]:
+    """SPF for MAIL FROM (the HELO identity for the null sender), running in the
+    background while the client sends recipients and data."""
+    return asyncio.ensure_future(check_spf(resolver, ip, mail_from, helo, receiver=receiver))
+
+
+@dataclass(frozen=True)
+class FromHeader:
+    domain: str | None  # the RFC 5322 From domain DMARC evaluates
+    problem: str | None = None  # why the message has no single usable author domain
+
+
+def _header_section(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[:end + 2]
+
+
+def from_header(raw: bytes) -> FromHeader:
+    """The author domain. RFC 7489 §6.6.1: a message without a From field, with several
+    From fields, or with authors in several domains cannot be evaluated reliably (a
+    second From is the classic way to show one author and authenticate another)."""
+    values: list[str] = []
+    current: list[bytes] | None = None
+    for line in _header_section(raw).split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and current is not None:
+            current.append(line)
+            continue
+        if current is not None:
+            values.append(b"".join(current).decode("utf-8", "replace"))
+            current = None
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"from":
+            current = [value]
+    if current is not None:
+        values.append(b"".join(current).decode("utf-8", "replace"))
+    if not values:
+        return FromHeader(None, "the message has no From header")
+    if len(values) > 1:
+        return FromHeader(None, "the message has more than one From header")
+    addresses = [a for _, a in email.utils.getaddresses(values) if a]
+    domains = {normalize_domain(a.rpartition("@")[2]) for a in addresses if "@" in a}
+    if not domains:
+        return FromHeader(None, "the From header holds no address")
+    if len(domains) > 1:
+        return FromHeader(None, "the From header names authors in several domains")
+    return FromHeader(domains.pop())
+
+
+async def run_checks(resolver: DnsResolver, raw: bytes, spf_task: asyncio.Task[SpfResult],
+                     author: FromHeader, iprev: IprevResult | None = None) -> AuthResults:
+    """Every check of one message; DMARC last, from the SPF and DKIM results."""
+    dkim_task = asyncio.ensure_future(verify_dkim(resolver, raw))
+    arc_task = asyncio.ensure_future(verify_arc(resolver, raw))
+    try:
+        spf, dkim, arc = await asyncio.gather(spf_task, dkim_task, arc_task)
+    except BaseException:
+        for t in (dkim_task, arc_task):
+            t.cancel()
+        raise
+    dmarc = None
+    if author.domain:
+        dmarc = await check_dmarc(resolver, author.domain, (spf.result, spf.domain), dkim)
+    return AuthResults(spf=spf, dkim=list(dkim), dmarc=dmarc, arc=arc, iprev=iprev)
+
+
+def _aar_results(arc: ArcResult | None) -> dict[str, str]:
+    if arc is None or arc.aar is None:
+        return {}
+    out: dict[str, str] = {}
+    for method in ("spf", "dkim", "dmarc"):
+        result = arc.aar.result_of(method)
+        if result:
+            out[method] = result
+    return out
+
+
+def verdicts_of(results: AuthResults) -> AuthVerdicts:
+    d = results.dmarc
+    return AuthVerdicts(
+        spf=results.spf_result,
+        dkim=tuple(s.result for s in results.dkim),
+        dmarc=results.dmarc_result,
+        dmarc_disposition=d.disposition if d else "none",
+        dmarc_domain=(d.policy_domain or d.from_domain) if d else "",
+        arc=results.arc_result,
+        arc_sealer=results.arc.latest_sealer if results.arc else None,
+        arc_aar=_aar_results(results.arc))

@@ -1,0 +1,259 @@
+"""What the MX listener does with a client and a message, apart from the protocol.
+
+`Intake` is shared by every session of one listener. It answers the questions a session
+asks — is the client on a block list, do we take mail for this recipient, what is the
+policy for that domain — and at the end of DATA runs the pipeline for one message:
+
+    checks (authcheck) -> decision (checks.policy, a value) -> side effects:
+      accept: strip forged Authentication-Results, prepend Received and ours, commit the
+              message and its events in ONE transaction, then 250 (never before);
+      refuse: an event with the reason and the auth results, then the 4xx/5xx reply.
+
+A failure to commit is 451 4.3.0: the client keeps the message and retries.
+Settings read: `inbound.*`, `limits.inbound_message_size`, `node.hostname`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from mta.checks.policy import Decision, EffectivePolicy, decide, effective_policy
+from mta.checks.rbl import RblChecker, RblResult
+from mta.checks.results import AuthResults, strip_our_auth_results
+from mta.config import Settings
+from mta.dnscache import DnsResolver
+from mta.observe import metrics
+from mta.observe.events import event_rows, record_events, record_events_now
+from mta.smtp import replies
+from mta.smtp.authcheck import Reverse, from_header, run_checks, verdicts_of
+from mta.smtp.headers import auth_results_field, header_value, prepend, received_field
+from mta.smtp.recipients import RecipientDirectory, RecipientVerdict
+from mta.smtp.replies import Reply
+from mta.store.db import Database
+from mta.store.models import Message
+
+__all__ = ["ClientInfo", "Intake", "Transaction"]
+
+log = logging.getLogger("mta.smtp.mx")
+
+
+@dataclass
+class ClientInfo:
+    """Facts about the connected client, recorded with every message."""
+
+    session_id: str
+    ip: str
+    port: int
+    helo: str | None = None
+    reverse: Reverse | None = None
+    tls: dict[str, Any] | None = None
+
+
+@dataclass
+class Transaction:
+    """One MAIL ... DATA transaction."""
+
+    mail_from: str
+    spf_task: asyncio.Task | None = None
+    recipients: list[RecipientVerdict] = field(default_factory=list)
+    policy: EffectivePolicy | None = None
+
+    def cancel(self) -> None:
+        if self.spf_task is not None and not self.spf_task.done():
+            self.spf_task.cancel()
+
+
+class Intake:
+    def __init__(self, settings: Settings, db: Database, resolver: DnsResolver) -> None:
+        self.settings = settings
+        self.db = db
+        self.resolver = resolver
+        inbound = settings.inbound
+        self.hostname = settings.node.hostname
+        self.authserv_id = inbound.authserv_id or settings.node.hostname
+        self.size_limit = int(settings.limits.inbound_message_size)
+        self.bare = inbound.bare_line_endings
+        self.directory = RecipientDirectory(db, inbound.recipient_cache_ttl)
+        self.rbl = RblChecker(resolver, inbound.rbl.zones, inbound.rbl.allowlist)
+        # The routing pipeline (mta.routing.inbound.InboundRouter, duck-typed so this
+        # module does not depend on it): `route(...)` -> Routed(reply | stage()). None =
+        # accepted mail stays stored as "received" for a later consumer.
+        self.router: Any = None
+
+    # -- questions during the session ----------------------------------------------------
+
+    async def check_rbl(self, ip: str) -> RblResult:
+        """Never raises: an unusable address or DNS trouble fails open (logged)."""
+        if self.rbl.allowlisted(ip) or not self.rbl.zones:
+            return RblResult(listed=False, skipped_by_allowlist=self.rbl.allowlisted(ip))
+        try:
+            result = await self.rbl.check(ip)
+        except Exception as exc:
+            log.warning("RBL check of %s failed, not counted as listed: %s", ip, exc)
+            return RblResult(listed=False, errors=["*"])
+        for zone in result.listed_zones:
+            metrics.RBL_HITS.labels(zone).inc()
+        return result
+
+    def rbl_reply(self, ip: str, result: RblResult) -> Reply:
+        zones = ", ".join(result.listed_zones or [result.zone or "?"])
+        return replies.RBL_LISTED.format(ip=ip, zones=zones)
+
+    async def recipient(self, address: str) -> RecipientVerdict:
+        # routing (issue 5): bounces to our SRS addresses; forged/expired -> 550 5.1.1
+        srs = self.router.srs_recipient(address) if self.router is not None else None
+        if srs is not None:
+            return srs
+        return await self.directory.lookup(address)
+
+    def policy_for(self, domain: str) -> EffectivePolicy:
+        inbound = self.settings.inbound
+        return effective_policy(inbound.policy, inbound.domain_policies, domain)
+
+    async def refused(self, client: ClientInfo, reason: str, reply: Reply, *,
+                      mail_from: str | None = None, recipients: list[str] | None = None,
+                      auth: AuthResults | None = None, extra: dict | None = None) -> None:
+        """Count and log a refusal as an activity event (best effort, never raises)."""
+        metrics.INBOUND_REJECTIONS.labels(reason).inc()
+        details = {"reason": reason, "reply": reply.line(), "client_ip": client.ip,
+                   "helo": client.helo, "session_id": client.session_id,
+                   "temporary": reply.temporary}
+        if auth is not None:
+            details["auth_results"] = auth.to_json()
+        details.update(extra or {})
+        rows = event_rows(direction="inbound", status="Rejected", recipients=recipients or [],
+                          mail_from=mail_from, auth=_auth_summary(auth), details=details)
+        await record_events_now(self.db, rows)
+
+    # -- end of DATA ---------------------------------------------------------------------
+
+    async def finish(self, client: ClientInfo, txn: Transaction, content: bytes) -> Reply:
+        """Check, decide and (when accepted) store one message; the reply to send."""
+        metrics.INBOUND_SIZE_BYTES.observe(len(content))
+        rcpts = [r.address for r in txn.recipients]
+        started = time.perf_counter()
+        author = from_header(content)
+        try:
+            spf_task = txn.spf_task
+            assert spf_task is not None
+            iprev = client.reverse.iprev if client.reverse else None
+            results = await run_checks(self.resolver, content, spf_task, author, iprev)
+        except Exception:
+            log.exception("authentication checks failed for session %s", client.session_id)
+            metrics.INBOUND_MESSAGES.labels("error").inc()
+            await self.refused(client, "check_error", replies.LOCAL_ERROR,
+                               mail_from=txn.mail_from, recipients=rcpts)
+            return replies.LOCAL_ERROR
+        verdicts = verdicts_of(results)
+        if author.problem:
+            verdicts = _with_from_problem(verdicts, author.problem)
+        policy = txn.policy or self.policy_for(rcpts[0].rpartition("@")[2])
+        decision = decide(verdicts, policy)
+        metrics.INBOUND_CHECK_SECONDS.observe(time.perf_counter() - started)
+        _count_auth(results)
+        if not decision.accepted:
+            assert decision.reply is not None
+            metrics.INBOUND_MESSAGES.labels(
+                "tempfailed" if decision.verdict == "tempfail" else "rejected").inc()
+            await self.refused(client, decision.reason, decision.reply, mail_from=txn.mail_from,
+                               recipients=rcpts, auth=results,
+                               extra={"subject": header_value(content, "Subject")})
+            return decision.reply
+        return await self._store(client, txn, content, results, decision)
+
+    async def _store(self, client: ClientInfo, txn: Transaction, content: bytes,
+                     results: AuthResults, decision: Decision) -> Reply:
+        message_id = uuid.uuid4()
+        rcpts = [r.address for r in txn.recipients]
+        raw = strip_our_auth_results(content, self.authserv_id)
+        raw = prepend(
+            raw,
+            received_field(helo=client.helo, ptr=client.reverse.ptr if client.reverse else None,
+                           ip=client.ip, hostname=self.hostname, session_id=client.session_id,
+                           tls=client.tls, recipient=rcpts[0] if len(rcpts) == 1 else None),
+            auth_results_field(results.to_header(self.authserv_id, fold=True)))
+        auth_json = results.to_json()
+        auth_json["policy"] = {"reason": decision.reason, "quarantine": decision.quarantine,
+                               "would_be": decision.would_be}
+        first = txn.recipients[0].routing
+        subject = header_value(content, "Subject")
+        per_rcpt = {
+            r.address: {"zone_id": r.routing.zone_id if r.routing else None,
+                        "account_id": r.routing.account_id if r.routing else None,
+                        "rule_id": r.match.rule.id if r.match else None}
+            for r in txn.recipients}
+        message = Message(
+            id=message_id, direction="inbound", source="mx",
+            account_id=first.account_id if first else None,
+            message_id_header=(header_value(content, "Message-ID") or "")[:998] or None,
+            mail_from=txn.mail_from, rcpt_to=rcpts, raw=raw, size=len(raw),
+            session_id=client.session_id, client_ip=client.ip,
+            client_ptr=client.reverse.ptr if client.reverse else None, helo=client.helo,
+            tls=client.tls, auth_results=auth_json, status="received")
+        rows = event_rows(
+            direction="inbound", status="Received", recipients=rcpts, mail_from=txn.mail_from,
+            message_id=message_id, subject=subject, auth=_auth_summary(results),
+            per_recipient=per_rcpt,
+            details={"reason": decision.reason, "quarantine": decision.quarantine,
+                     "would_be": decision.would_be, "client_ip": client.ip,
+                     "session_id": client.session_id, "size": len(raw)})
+        routed = None
+        if self.router is not None:
+            try:
+                routed = await self.router.route(
+                    mail_from=txn.mail_from, recipients=txn.recipients, raw=raw, auth=results,
+                    subject=subject, session_id=client.session_id)
+            except Exception:
+                log.exception("routing failed for session %s", client.session_id)
+                metrics.INBOUND_MESSAGES.labels("error").inc()
+                return replies.LOCAL_ERROR
+            if routed.reply is not None:  # refused by routing; it wrote its events
+                metrics.INBOUND_MESSAGES.labels("rejected").inc()
+                return routed.reply
+        try:
+            async with self.db.session() as s:
+                s.add(message)
+                await s.flush()  # the message row first: events reference it
+                record_events(s, rows)
+                if routed is not None:
+                    await routed.stage(s, message)  # same transaction: one commit, then 250
+        except Exception as exc:
+            log.error("could not store message from %s (session %s): %s", client.ip,
+                      client.session_id, exc, extra={"event": "mx.store_failed"})
+            metrics.INBOUND_MESSAGES.labels("error").inc()
+            return replies.STORE_FAILED
+        metrics.INBOUND_MESSAGES.labels(
+            "quarantined" if decision.quarantine else "accepted").inc()
+        log.info("accepted message %s from %s for %s (%s)", message_id, client.ip,
+                 ",".join(rcpts), decision.reason,
+                 extra={"event": "mx.accepted", "message_id": str(message_id),
+                        "session_id": client.session_id, "reason": decision.reason})
+        return replies.QUEUED.format(queue_id=message_id.hex)
+
+
+def _with_from_problem(v, problem: str):
+    from dataclasses import replace
+
+    return replace(v, from_problem=problem)
+
+
+def _auth_summary(auth: AuthResults | None) -> dict[str, str] | None:
+    if auth is None:
+        return None
+    return {"spf": auth.spf_result, "dkim": auth.dkim_result, "dmarc": auth.dmarc_result,
+            "arc": auth.arc_result}
+
+
+def _count_auth(results: AuthResults) -> None:
+    metrics.AUTH_RESULTS.labels("spf", results.spf_result).inc()
+    for sig in results.dkim or ():
+        metrics.AUTH_RESULTS.labels("dkim", sig.result).inc()
+    if not results.dkim:
+        metrics.AUTH_RESULTS.labels("dkim", "none").inc()
+    metrics.AUTH_RESULTS.labels("dmarc", results.dmarc_result).inc()
+    metrics.AUTH_RESULTS.labels("arc", results.arc_result).inc()

@@ -1,0 +1,158 @@
+"""Every SMTP reply the listeners send, named once (after mox's `smtp/codes.go`).
+
+Nothing else in the code writes a reply string: a session picks a `Reply` from this
+table by name and, where the reply carries a detail (an IP address, a zone, a size),
+fills it with `Reply.format(...)`. A test checks that every 4xx reply carries a 4.x.x
+enhanced code and every 5xx a 5.x.x one (RFC 3463 §2: the class digits must agree).
+
+References: RFC 5321 §4.2 (basic codes), RFC 3463 and the IANA "SMTP Enhanced Status
+Codes" registry (enhanced codes), RFC 7372 (X.7.2x authentication codes), RFC 6531
+(X.6.7 non-ASCII addresses), RFC 1870 (SIZE), RFC 3207 (STARTTLS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Reply", "ehlo_lines", "all_replies"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: basic code, enhanced status code (RFC 3463) and text."""
+
+    code: int
+    enhanced: str | None
+    text: str
+
+    def format(self, **values: object) -> Reply:
+        """The same reply with `{name}` placeholders of the text filled in."""
+        return Reply(self.code, self.enhanced, self.text.format(**values))
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    @property
+    def positive(self) -> bool:
+        return self.code < 400
+
+    def line(self) -> str:
+        """The reply as one line, without CRLF (enhanced code only when present)."""
+        parts = [str(self.code)]
+        if self.enhanced:
+            parts.append(self.enhanced)
+        parts.append(self.text)
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        return self.line()
+
+
+def ehlo_lines(hostname: str, greeting: str, extensions: list[str]) -> list[str]:
+    """The multi-line 250 reply to EHLO (RFC 5321 §4.1.1.1): hostname first, then one
+    extension keyword a line; every line but the last has `250-`."""
+    lines = [f"{hostname} {greeting}", *extensions]
+    return [f"250{'-' if i < len(lines) - 1 else ' '}{text}" for i, text in enumerate(lines)]
+
+
+# --- 2xx / 3xx ----------------------------------------------------------------------------
+
+GREETING = Reply(220, None, "{hostname} ESMTP ready")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+CLOSING = Reply(221, "2.0.0", "{hostname} closing connection")
+HELO_OK = Reply(250, None, "{hostname} greets {helo}")
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+RESET_OK = Reply(250, "2.0.0", "Reset state")
+NOOP_OK = Reply(250, "2.0.0", "OK")
+QUEUED = Reply(250, "2.0.0", "OK: queued as {queue_id}")
+VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS")
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+# --- 4xx: try again later -------------------------------------------------------------------
+
+# RFC 5321 §3.8: 421 and close when the server must shut the session.
+TOO_MANY_SESSIONS = Reply(421, "4.7.0", "{hostname} too many connections, try again later")
+TOO_MANY_SESSIONS_FROM_IP = Reply(421, "4.7.0",
+                                  "{hostname} too many connections from your address")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "{hostname} too many errors, closing connection")
+TIMEOUT = Reply(421, "4.4.2", "{hostname} timeout exceeded, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2", "{hostname} service shutting down, try again later")
+TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+STORE_FAILED = Reply(451, "4.3.0", "Message could not be stored, try again later")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+# A recipient whose domain applies a different inbound policy than the recipients
+# already accepted: the client retries it in a new transaction (like 4.5.3).
+RECIPIENT_NEEDS_OWN_TRANSACTION = Reply(
+    452, "4.5.3", "Recipient needs a separate transaction, send it again")
+# RFC 7372: SPF validation error (temperror) / other temporary authentication failure.
+SPF_TEMPERROR = Reply(451, "4.7.24", "Temporary SPF validation error ({detail}), try again later")
+AUTH_TEMPERROR = Reply(451, "4.7.0",
+                       "Temporary DNS failure during authentication checks ({detail}), "
+                       "try again later")
+
+# --- 5xx: refused ---------------------------------------------------------------------------
+
+SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error, command unrecognized")
+LINE_TOO_LONG = Reply(500, "5.5.6", "Command line too long")
+BARE_LINE_END_IN_COMMAND = Reply(
+    500, "5.5.2", "Command must end with <CR><LF>; bare <CR> or <LF> refused (RFC 5321 2.3.8)")
+NUL_IN_COMMAND = Reply(500, "5.5.2", "NUL character in command refused")
+NON_ASCII_COMMAND = Reply(500, "5.5.2", "Command contains invalid characters")
+UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command not recognized")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+PARAMETER_SYNTAX = Reply(501, "5.5.4", "Syntax error in parameters or arguments: {detail}")
+HELO_SYNTAX = Reply(501, "5.5.4", "Syntax: {verb} <hostname>")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
+UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Parameter not recognized or not implemented: {detail}")
+NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already given")
+NEED_MAIL = Reply(503, "5.5.1", "Send MAIL first")
+NEED_RCPT = Reply(503, "5.5.1", "Send RCPT first")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+ALREADY_TLS = Reply(503, "5.5.1", "TLS already active")
+NEED_TLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size of {limit} bytes")
+# RFC 5321 2.3.8 / the SMTP smuggling family (CVE-2023-51764 ...): DATA must end only at
+# <CR><LF>.<CR><LF> and lines only at <CR><LF>.
+BARE_LINE_END_IN_DATA = Reply(
+    550, "5.6.0", "Message refused: bare <CR> or <LF> in message data; lines must end with <CR><LF>")
+BAD_FROM_HEADER = Reply(550, "5.6.0", "Message refused: {detail}")
+NON_ASCII_ADDRESS = Reply(
+    553, "5.6.7", "Internationalised local parts are not supported (only the domain may be non-ASCII)")
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: {domain} is not a domain served here")
+UNKNOWN_RECIPIENT = Reply(550, "5.1.1", "Recipient address rejected: no such user {address}")
+RBL_LISTED = Reply(554, "5.7.1", "{ip} found on one or more RBLs ({zones})")
+# RFC 7372 5.7.26: neither SPF nor DKIM passed.
+NOT_AUTHENTICATED = Reply(
+    550, "5.7.26",
+    "Message refused: it must pass SPF or carry a valid DKIM signature (SPF {spf}, DKIM {dkim})")
+DMARC_REJECT = Reply(
+    550, "5.7.1", "Message refused: it fails the DMARC policy (p=reject) of {domain}")
+
+
+def all_replies() -> dict[str, Reply]:
+    """Every named reply of this module, for the class-consistency test and docs."""
+    return {name: value for name, value in globals().items() if isinstance(value, Reply)}
+
+
+# --- routing (issue 5: forwarding, SRS bounces) ----------------------------------------------
+
+# RFC 3463 X.4.6: routing loop detected (too many Received fields or ARC sets).
+ROUTING_LOOP = Reply(554, "5.4.6", "Routing loop detected: {detail}")
+# The forwarding destination refused the message during our in-session attempt; the
+# upstream code, enhanced code and text replace these (mta.routing.inbound).
+FORWARD_REFUSED = Reply(550, "5.0.0", "{text}")
+# routing.dmarc_safe_from = reject: forwarding unchanged would fail DMARC downstream.
+FORWARD_DMARC_REFUSED = Reply(
+    550, "5.7.1", "Message refused: it cannot be forwarded without failing the DMARC "
+    "policy (p={policy}) of {domain}; sign it with DKIM aligned with the From domain")

@@ -1,0 +1,324 @@
+"""One inbound SMTP session: the command state machine of the MX listener.
+
+It reads commands through `Wire` (strict CRLF, no NUL, bounded lines), answers with
+replies from `replies.py` only, and asks `Intake` everything that is not protocol
+(block lists, recipients, policy, the end-of-DATA pipeline). The socket side — aiosmtpd,
+TLS, timers — is behind the `Connection` protocol that `mx.py` implements, so this
+module does not import aiosmtpd.
+
+Limits (settings `limits.*`): recipients per message (452 4.5.3), message size (SIZE
+in EHLO, SIZE= at MAIL and the data itself: 552 5.3.4), errors before disconnect
+(421 4.7.0 and close), command and data timeouts (set on the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from mta.checks.rbl import RblResult
+from mta.config import Settings
+from mta.smtp import replies
+from mta.smtp.address import PathError, parse_path
+from mta.smtp.authcheck import Reverse, lookup_reverse, start_spf
+from mta.smtp.intake import ClientInfo, Intake, Transaction
+from mta.smtp.replies import Reply
+from mta.smtp.wire import Wire
+
+__all__ = ["Connection", "MxSession"]
+
+log = logging.getLogger("mta.smtp.mx")
+
+
+class Connection(Protocol):
+    """The transport side of a session (implemented in mx.py)."""
+
+    wire: Wire
+
+    async def send(self, reply: Reply) -> None: ...
+
+    async def send_lines(self, lines: list[str]) -> None: ...
+
+    @property
+    def tls_available(self) -> bool: ...
+
+    @property
+    def tls_active(self) -> bool: ...
+
+    async def starttls(self) -> dict: ...
+
+    def set_timeout(self, seconds: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MxSession:
+    def __init__(self, conn: Connection, intake: Intake, settings: Settings,
+                 client: ClientInfo) -> None:
+        self.conn = conn
+        self.intake = intake
+        self.limits = settings.limits
+        self.hostname = settings.node.hostname
+        self.ptr_timeout = settings.inbound.ptr_timeout
+        self.client = client
+        self.extended = False
+        self.txn: Transaction | None = None
+        self.errors = 0
+        self.idle = False  # waiting for a command: safe to close at shutdown
+        self.closing = False
+        self._rbl: asyncio.Task[RblResult] | None = None
+        self._reverse: asyncio.Task[Reverse] | None = None
+        self._commands = {
+            "EHLO": self.ehlo, "HELO": self.helo, "MAIL": self.mail, "RCPT": self.rcpt,
+            "DATA": self.data, "RSET": self.rset, "NOOP": self.noop, "QUIT": self.quit,
+            "STARTTLS": self.starttls, "VRFY": self.vrfy, "HELP": self.help,
+            "EXPN": self.not_implemented, "BDAT": self.not_implemented,
+            "AUTH": self.not_implemented, "TURN": self.not_implemented,
+        }
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        ip = self.client.ip
+        self._rbl = asyncio.ensure_future(self.intake.check_rbl(ip))
+        self._reverse = asyncio.ensure_future(
+            lookup_reverse(self.intake.resolver, ip, self.ptr_timeout))
+        try:
+            await self.reply(replies.GREETING.format(hostname=self.hostname))
+            while not self.closing:
+                if stopping.is_set():
+                    await self.reply(replies.SHUTTING_DOWN.format(hostname=self.hostname))
+                    break
+                self.conn.set_timeout(self.limits.command_timeout)
+                self.idle = True
+                line = await self.conn.wire.read_command()
+                self.idle = False
+                if line is None:
+                    break
+                await self.dispatch(line)
+                if self.errors >= self.limits.errors_before_disconnect and not self.closing:
+                    await self.conn.send(replies.TOO_MANY_ERRORS.format(hostname=self.hostname))
+                    break
+        finally:
+            self.idle = False
+            self._reset()
+            for task in (self._rbl, self._reverse):
+                if task is not None and not task.done():
+                    task.cancel()
+            self.conn.close()
+
+    async def dispatch(self, line) -> None:
+        if line.too_long:
+            return await self.reply(replies.LINE_TOO_LONG)
+        if line.has_nul:
+            return await self.reply(replies.NUL_IN_COMMAND)
+        if line.bare_line_end:
+            return await self.reply(replies.BARE_LINE_END_IN_COMMAND)
+        try:
+            text = line.text.decode("utf-8")
+        except UnicodeDecodeError:
+            return await self.reply(replies.NON_ASCII_COMMAND)
+        verb, _, arg = text.partition(" ")
+        handler = self._commands.get(verb.upper()) if verb.isascii() else None
+        if handler is None:
+            return await self.reply(replies.UNKNOWN_COMMAND)
+        await handler(arg.strip() or None)
+
+    async def reply(self, reply: Reply) -> None:
+        if reply.code >= 400:
+            self.errors += 1
+        await self.conn.send(reply)
+
+    def _reset(self) -> None:
+        if self.txn is not None:
+            self.txn.cancel()
+        self.txn = None
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def ehlo(self, arg: str | None) -> None:
+        if not arg:
+            return await self.reply(replies.HELO_SYNTAX.format(verb="EHLO"))
+        self._reset()
+        self.client.helo = arg.split()[0]
+        self.extended = True
+        extensions = ["PIPELINING", f"SIZE {self.intake.size_limit}", "8BITMIME",
+                      "ENHANCEDSTATUSCODES"]
+        if self.conn.tls_available and not self.conn.tls_active:
+            extensions.append("STARTTLS")
+        await self.conn.send_lines(replies.ehlo_lines(
+            self.hostname, f"greets {self.client.helo}", extensions))
+
+    async def helo(self, arg: str | None) -> None:
+        if not arg:
+            return await self.reply(replies.HELO_SYNTAX.format(verb="HELO"))
+        self._reset()
+        self.client.helo = arg.split()[0]
+        self.extended = False
+        await self.reply(replies.HELO_OK.format(hostname=self.hostname, helo=self.client.helo))
+
+    async def mail(self, arg: str | None) -> None:
+        if not self.client.helo:
+            return await self.reply(replies.NEED_HELO)
+        if self.txn is not None:
+            return await self.reply(replies.NESTED_MAIL)
+        try:
+            path = parse_path(arg, "FROM", null_ok=True)
+        except PathError as exc:
+            return await self.reply(self._path_error(exc, replies.BAD_SENDER_SYNTAX))
+        for key, value in path.params.items():
+            if key == "SIZE" and self.extended:
+                if not value or not value.isdigit():
+                    return await self.reply(replies.PARAMETER_SYNTAX.format(detail="SIZE"))
+                if int(value) > self.intake.size_limit:
+                    await self.intake.refused(self.client, "too_big", replies.MESSAGE_TOO_BIG,
+                                              mail_from=path.address)
+                    return await self.reply(
+                        replies.MESSAGE_TOO_BIG.format(limit=self.intake.size_limit))
+            elif key == "BODY" and self.extended:
+                if (value or "").upper() not in ("7BIT", "8BITMIME"):
+                    return await self.reply(replies.PARAMETER_SYNTAX.format(detail="BODY"))
+            else:
+                return await self.reply(replies.UNKNOWN_PARAMETER.format(detail=key))
+        assert self._rbl is not None
+        listed = await self._rbl
+        if listed.listed:
+            reply = self.intake.rbl_reply(self.client.ip, listed)
+            await self.intake.refused(self.client, "rbl", reply, mail_from=path.address,
+                                      extra={"zones": listed.listed_zones})
+            return await self.reply(reply)
+        self.txn = Transaction(mail_from=path.address, spf_task=start_spf(
+            self.intake.resolver, self.client.ip, path.address, self.client.helo,
+            self.hostname))
+        await self.reply(replies.SENDER_OK)
+
+    async def rcpt(self, arg: str | None) -> None:
+        txn = self.txn
+        if txn is None:
+            return await self.reply(replies.NEED_MAIL)
+        try:
+            path = parse_path(arg, "TO", null_ok=False)
+        except PathError as exc:
+            return await self.reply(self._path_error(exc, replies.BAD_RECIPIENT_SYNTAX))
+        if path.params:
+            return await self.reply(replies.UNKNOWN_PARAMETER.format(
+                detail=next(iter(path.params))))
+        if len(txn.recipients) >= self.limits.recipients_per_message:
+            return await self.reply(replies.TOO_MANY_RECIPIENTS)
+        try:
+            verdict = await self.intake.recipient(path.address)
+        except Exception as exc:
+            log.error("recipient lookup failed for %s: %s", path.address, exc)
+            return await self.reply(replies.LOCAL_ERROR)
+        if verdict.kind == "relay_denied":
+            reply = replies.RELAY_DENIED.format(domain=verdict.domain)
+            await self.intake.refused(self.client, "relay_denied", reply,
+                                      mail_from=txn.mail_from, recipients=[verdict.address])
+            return await self.reply(reply)
+        if verdict.kind == "unknown":
+            reply = replies.UNKNOWN_RECIPIENT.format(address=verdict.address)
+            await self.intake.refused(self.client, "unknown_recipient", reply,
+                                      mail_from=txn.mail_from, recipients=[verdict.address])
+            return await self.reply(reply)
+        if any(r.address == verdict.address for r in txn.recipients):
+            return await self.reply(replies.RECIPIENT_OK)  # a duplicate: deliver once
+        policy = self.intake.policy_for(verdict.domain)
+        if txn.policy is not None and policy != txn.policy:
+            # One DATA reply covers every recipient, so a transaction keeps one policy.
+            return await self.reply(replies.RECIPIENT_NEEDS_OWN_TRANSACTION)
+        txn.policy = policy
+        txn.recipients.append(verdict)
+        await self.reply(replies.RECIPIENT_OK)
+
+    async def data(self, arg: str | None) -> None:
+        if arg:
+            return await self.reply(replies.PARAMETER_SYNTAX.format(detail="DATA takes none"))
+        txn = self.txn
+        if txn is None:
+            return await self.reply(replies.NEED_MAIL)
+        if not txn.recipients:
+            return await self.reply(replies.NO_VALID_RECIPIENTS)
+        await self.conn.send(replies.START_DATA)
+        timeout = self.limits.data_timeout
+        self.conn.set_timeout(timeout)
+        result = await self.conn.wire.read_data(
+            self.intake.size_limit, self.intake.bare,
+            on_chunk=lambda: self.conn.set_timeout(timeout))
+        if result is None:  # the client went away mid-data: nothing was accepted
+            self._reset()
+            self.closing = True
+            return
+        rcpts = [r.address for r in txn.recipients]
+        if result.too_big:
+            reply = replies.MESSAGE_TOO_BIG.format(limit=self.intake.size_limit)
+            await self.intake.refused(self.client, "too_big", reply, mail_from=txn.mail_from,
+                                      recipients=rcpts, extra={"size": result.size})
+            self._reset()
+            return await self.reply(reply)
+        if not result.content:
+            reply = replies.BARE_LINE_END_IN_DATA
+            await self.intake.refused(self.client, "bare_line_ending", reply,
+                                      mail_from=txn.mail_from, recipients=rcpts)
+            self._reset()
+            return await self.reply(reply)
+        if self._reverse is not None:
+            self.client.reverse = await self._reverse
+        self.txn = None  # the transaction ends here whatever the outcome (RFC 5321 §4.1.1.4)
+        reply = await self.intake.finish(self.client, txn, result.content)
+        txn.cancel()
+        await self.reply(reply)
+
+    async def rset(self, arg: str | None) -> None:
+        self._reset()
+        await self.reply(replies.RESET_OK)
+
+    async def noop(self, arg: str | None) -> None:
+        await self.reply(replies.NOOP_OK)
+
+    async def quit(self, arg: str | None) -> None:
+        self.closing = True
+        await self.conn.send(replies.CLOSING.format(hostname=self.hostname))
+
+    async def vrfy(self, arg: str | None) -> None:
+        await self.reply(replies.VRFY_CANNOT)
+
+    async def help(self, arg: str | None) -> None:
+        await self.reply(replies.HELP)
+
+    async def not_implemented(self, arg: str | None) -> None:
+        await self.reply(replies.NOT_IMPLEMENTED)
+
+    async def starttls(self, arg: str | None) -> None:
+        if arg:
+            return await self.reply(replies.PARAMETER_SYNTAX.format(detail="STARTTLS takes none"))
+        if self.conn.tls_active:
+            return await self.reply(replies.ALREADY_TLS)
+        if not self.conn.tls_available:
+            return await self.reply(replies.TLS_NOT_AVAILABLE)
+        await self.conn.send(replies.READY_FOR_TLS)
+        # RFC 3207 §4.2 and CVE-2021-38371-style injection: anything pipelined in the
+        # clear after STARTTLS is discarded, and the session starts over. The 220 has
+        # been drained, and nothing yields between this discard and the transport
+        # switching to TLS, so no plaintext can slip in between; what arrives later is
+        # decrypted (a client may send its next command with its handshake Finished).
+        self.conn.wire.discard_buffered()
+        try:
+            self.client.tls = await self.conn.starttls()
+        except Exception as exc:
+            log.info("TLS handshake with %s failed: %s", self.client.ip, exc)
+            self.closing = True
+            return
+        self._reset()
+        self.client.helo = None
+        self.extended = False
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _path_error(exc: PathError, syntax: Reply) -> Reply:
+        if exc.kind == "non_ascii_local":
+            return replies.NON_ASCII_ADDRESS
+        if exc.kind == "bad_parameter":
+            return replies.PARAMETER_SYNTAX.format(detail=exc.detail)
+        return syntax

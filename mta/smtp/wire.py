@@ -1,0 +1,176 @@
+"""Reading SMTP from the wire strictly: command lines and the DATA section.
+
+The product's job where aiosmtpd is lenient (notes/library-pitfalls.md):
+- a command line ends only at <CR><LF>; a bare CR or LF, or a NUL, makes the line
+  invalid (RFC 5321 §2.3.8) — the caller refuses it;
+- the DATA section ends only at <CR><LF>.<CR><LF>. Anything else that looks like an
+  end ("\\n.\\n", "\\r.\\r", "\\r\\n.\\r", ... — the SMTP smuggling family,
+  CVE-2023-51764 and friends) is message content. A message holding a bare CR or LF
+  is refused whole (`bare="reject"`, default) or has its line ends normalised to
+  CRLF (`bare="normalize"`); either way no second message can start inside it;
+- size is counted as RFC 1870 does (after dot-unstuffing, without the final dot);
+  reading goes on to the end of the data without keeping more than about 4/3 of the
+  limit in memory, so the refusal comes after the whole message, as SMTP needs.
+
+`Wire` owns the read buffer, so bytes a client sent after a command stay in order for
+the next command (PIPELINING) and can be dropped wholesale at STARTTLS (RFC 3207 §4.2).
+The pure functions (`find_data_end`, `decode_data`) are what the tests exercise byte
+for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+__all__ = ["CommandLine", "DataResult", "Wire", "decode_data", "find_data_end"]
+
+CHUNK = 65536
+END = b"\r\n.\r\n"
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    text: bytes  # without the line end
+    too_long: bool = False
+    bare_line_end: bool = False  # ended by a bare LF, or holds a bare CR
+    has_nul: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.too_long or self.bare_line_end or self.has_nul)
+
+
+@dataclass(frozen=True)
+class DataResult:
+    content: bytes  # the message, unstuffed, ending with CRLF (empty when refused)
+    size: int  # RFC 1870 size of what was sent
+    too_big: bool = False
+    bare_line_end: bool = False  # held bare CR/LF (refused, or normalised)
+
+
+def find_data_end(buf: bytes | bytearray, start: int = 0, at_start: bool = True) -> int:
+    """Index just past the end-of-data marker, or -1. `buf` begins right after the
+    DATA command when `at_start`: that command's CRLF counts as the line end before
+    a first line of just ".", so an empty message is ".\\r\\n" right away."""
+    if at_start and buf[:3] == b".\r\n":
+        return 3
+    i = buf.find(END, max(0, start))
+    return -1 if i < 0 else i + len(END)
+
+
+def _has_bare(content: bytes) -> bool:
+    crlf = content.count(b"\r\n")
+    return content.count(b"\r") != crlf or content.count(b"\n") != crlf
+
+
+def decode_data(section: bytes, bare: str = "reject") -> tuple[bytes, bool]:
+    """The message from a DATA section that ends with the marker (as `find_data_end`
+    found it): (content, had_bare_line_end). With `bare="reject"` and bare line ends
+    the content is returned as is (the caller refuses it)."""
+    body = b"" if section == b".\r\n" else section[:-3]  # keep the last line's CRLF
+    had_bare = _has_bare(body)
+    # RFC 5321 §4.5.2: remove one leading dot of each line; only lines that start
+    # after a real CRLF are lines.
+    unstuffed = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
+    if had_bare and bare == "normalize":
+        unstuffed = (unstuffed.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                     .replace(b"\n", b"\r\n"))
+    return unstuffed, had_bare
+
+
+class Wire:
+    """The read side of one SMTP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_line: int = 1000) -> None:
+        self.reader = reader
+        self.max_line = max_line
+        self.buf = bytearray()
+        self.eof = False
+
+    def discard_buffered(self) -> int:
+        """Drop whatever the client sent ahead (STARTTLS: nothing sent in clear before
+        the handshake may be read as a command after it)."""
+        n = len(self.buf) + len(getattr(self.reader, "_buffer", b""))
+        self.buf.clear()
+        inner = getattr(self.reader, "_buffer", None)
+        if inner is not None:
+            inner.clear()  # what asyncio already read from the socket
+        return n
+
+    async def _fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk = await self.reader.read(CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    async def read_command(self) -> CommandLine | None:
+        """The next command line, or None at end of stream."""
+        scanned = 0
+        while True:
+            nl = self.buf.find(b"\n", scanned)
+            if nl >= 0:
+                break
+            if len(self.buf) > self.max_line:
+                return await self._skip_long_line()
+            scanned = len(self.buf)
+            if not await self._fill():
+                return None
+        line = bytes(self.buf[:nl + 1])
+        del self.buf[:nl + 1]
+        if len(line) > self.max_line + 2:
+            return CommandLine(line[:64], too_long=True)
+        crlf = line.endswith(b"\r\n")
+        text = line[:-2] if crlf else line[:-1]
+        return CommandLine(text, bare_line_end=(not crlf) or b"\r" in text,
+                           has_nul=b"\x00" in text)
+
+    async def _skip_long_line(self) -> CommandLine | None:
+        head = bytes(self.buf[:64])
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                del self.buf[:nl + 1]
+                return CommandLine(head, too_long=True)
+            self.buf.clear()
+            if not await self._fill():
+                return None
+
+    async def read_data(self, limit: int, bare: str = "reject",
+                        on_chunk=None) -> DataResult | None:
+        """The DATA section up to <CR><LF>.<CR><LF>, or None at end of stream.
+        `on_chunk()` is called after each read (to push the data timeout forward)."""
+        cap = limit + limit // 3 + len(END) + 2  # dot-stuffing adds at most 1 byte per 3
+        overflow = False
+        dropped = 0
+        scanned = 0
+        while True:
+            end = find_data_end(self.buf, scanned, at_start=dropped == 0)
+            if end >= 0:
+                break
+            if len(self.buf) > cap:
+                # Certainly too big: keep only a tail that may hold the start of the marker.
+                overflow = True
+                keep = len(END) - 1
+                dropped += len(self.buf) - keep
+                del self.buf[:-keep]
+            scanned = max(0, len(self.buf) - (len(END) - 1))
+            if not await self._fill():
+                return None
+            if on_chunk is not None:
+                on_chunk()
+        section = bytes(self.buf[:end])
+        del self.buf[:end]
+        if overflow:
+            return DataResult(b"", dropped + len(section), too_big=True)
+        content, had_bare = decode_data(section, bare)
+        size = len(content)
+        if size > limit:
+            return DataResult(b"", size, too_big=True, bare_line_end=had_bare)
+        if had_bare and bare != "normalize":
+            return DataResult(b"", size, bare_line_end=True)
+        return DataResult(content, size, bare_line_end=had_bare)
