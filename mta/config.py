@@ -99,7 +99,8 @@ class Listener:
 @dataclass
 class Listeners:
     mx: Listener = field(default_factory=lambda: Listener(port=2525))
-    submission: Listener = field(default_factory=lambda: Listener(port=4650))
+    # Off until the operator gives it a certificate: credentials travel only over TLS.
+    submission: Listener = field(default_factory=lambda: Listener(enabled=False, port=4650))
     submission_starttls: Listener = field(
         default_factory=lambda: Listener(enabled=False, port=5870))
     http: Listener = field(default_factory=lambda: Listener(port=8080))
@@ -138,6 +139,8 @@ class Limits:
     errors_before_disconnect: int = 10
     command_timeout: Duration = Duration(300)
     data_timeout: Duration = Duration(600)
+    submission_auth_timeout: Duration = Duration(30)  # until AUTH succeeds
+    submission_data_timeout: Duration = Duration(300)  # DATA without progress
     rules_per_zone: int = 200
     addresses_per_account: int = 200
     domains_per_zone: int = 30
@@ -209,6 +212,25 @@ class DeliverySettings:
     """Outbound SMTP (queue workers, sending, in-session forwards)."""
 
     port: int = 25  # TCP port of remote MX hosts; tests point it at loopback sinks
+    workers: int = 8  # concurrent delivery jobs per node
+    per_domain_sessions: int = 4  # concurrent SMTP sessions per destination domain
+    batch_size: int = 20  # recipients claimed per job (one SMTP session)
+    lease_seconds: Duration = Duration(300)  # a claim not finished by then is retried
+    poll_interval: Duration = Duration(1)  # how often idle workers look for due mail
+
+
+@dataclass
+class SendingSettings:
+    """Rate limits and quotas for the send API, SMTP submission and bindings; shared by
+    every node through PostgreSQL. 0 turns a limit off."""
+
+    rate_window: Duration = Duration(60)
+    account_rate: int = 1200  # recipients per rate_window per account
+    domain_rate: int = 0  # recipients per rate_window per sending domain
+    account_daily: int = 100_000  # recipients per UTC day per account
+    domain_daily: int = 0
+    # A send waits at most this long for its first delivery attempt before answering.
+    sync_delivery_timeout: Duration = Duration(5)
 
 
 @dataclass
@@ -238,6 +260,33 @@ class RoutingSettings:
 
 
 @dataclass
+class MtaStsSettings:
+    """The MTA-STS policy (RFC 8461) we publish for our routing domains, served at
+    /.well-known/mta-sts.txt by the HTTP listener, and the TLS-RPT (RFC 8460) address
+    that `mta dns DOMAIN --mta-sts` prints."""
+
+    enabled: bool = True  # serve the policy (404 when off)
+    mode: str = "testing"  # enforce | testing | none; start with testing (RFC 8461 §5)
+    mx: list[str] = field(default_factory=list)  # MX patterns; empty = the MX hosts we print
+    max_age: Duration = Duration(7 * 86400)  # how long senders cache it; at most 31557600 s
+    tls_rpt_rua: list[str] = field(default_factory=list)  # empty = mailto:postmaster@<domain>
+
+
+@dataclass
+class ObserveSettings:
+    """Activity log and audit log housekeeping (mta/observe/retention.py)."""
+
+    event_retention: Duration = Duration(31 * 86400)  # activity events older are deleted
+    # Messages older than this whose deliveries are all finished are deleted (never one
+    # with a delivery still queued or held, nor one waiting for a handler).
+    message_retention: Duration = Duration(31 * 86400)
+    audit_retention: Duration | None = None  # null keeps the audit log forever
+    retention_interval: Duration = Duration(3600)  # how often each node runs the job
+    retention_batch: int = 1000  # rows per DELETE transaction
+    retention_enabled: bool = True
+
+
+@dataclass
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     state_dir: str = "/var/lib/mta"
@@ -251,6 +300,9 @@ class Settings:
     inbound: InboundSettings = field(default_factory=InboundSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    sending: SendingSettings = field(default_factory=SendingSettings)
+    mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
+    observe: ObserveSettings = field(default_factory=ObserveSettings)
     secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
     source: str = field(default="", metadata={"internal": True})
 
@@ -276,7 +328,10 @@ def _line(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
 
-def _convert(tp: Any, node: yaml.Node, path: str, src: str) -> Any:
+def _convert(tp: Any, node: yaml.Node, path: str, src: str, default: Any = None) -> Any:
+    """Convert one YAML node to `tp`. A mapping for a settings section starts from that
+    field's own default (e.g. the submission listener is off unless enabled), so a
+    partial section changes only the keys it names."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -284,13 +339,13 @@ def _convert(tp: Any, node: yaml.Node, path: str, src: str) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], node, path, src)
+        return _convert(inner[0], node, path, src, default)
     if dataclasses.is_dataclass(tp):
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
-            return tp()
+            return default if default is not None else tp()
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError(path, "expected a mapping", _line(node), src)
-        return _build(tp, node, path, src)
+        return _build(tp, node, path, src, default)
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
             raise ConfigError(path, "expected a list", _line(node), src)
@@ -337,7 +392,15 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
 
 
-def _build(cls: type, node: yaml.MappingNode, path: str, src: str) -> Any:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _build(cls: type, node: yaml.MappingNode, path: str, src: str, base: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
     known = _fields(cls)
     kwargs: dict[str, Any] = {}
@@ -350,8 +413,9 @@ def _build(cls: type, node: yaml.MappingNode, path: str, src: str) -> Any:
                               _line(key_node), src)
         if key in kwargs:
             raise ConfigError(key_path, "key given twice", _line(key_node), src)
-        kwargs[key] = _convert(hints[key], value_node, key_path, src)
-    return cls(**kwargs)
+        kwargs[key] = _convert(hints[key], value_node, key_path, src,
+                               _field_default(known[key]))
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def _apply_environment(settings: Settings, env: typing.Mapping[str, str]) -> None:
@@ -380,6 +444,12 @@ def _check_semantics(s: Settings) -> None:
             raise ConfigError(f"listeners.{name}.port", "must be between 0 and 65535", source=src)
         if bool(lst.tls_cert) != bool(lst.tls_key):
             raise ConfigError(f"listeners.{name}", "tls_cert and tls_key go together", source=src)
+    for name in ("submission", "submission_starttls"):
+        lst = getattr(s.listeners, name)
+        if lst.enabled and not lst.tls_cert:
+            raise ConfigError(f"listeners.{name}", "SMTP submission needs tls_cert and tls_key "
+                              "(clients send their API token over it); set them, or set "
+                              "enabled: false", source=src)
     _check_inbound(s.inbound, src)
     if s.routing.dmarc_safe_from not in ("rewrite", "forward", "reject"):
         raise ConfigError("routing.dmarc_safe_from", "must be rewrite, forward or reject",
@@ -390,6 +460,24 @@ def _check_semantics(s: Settings) -> None:
         raise ConfigError("retry.backoff_factor", "must be at least 1", source=src)
     if not 0 <= s.retry.jitter < 1:
         raise ConfigError("retry.jitter", "must be in [0, 1)", source=src)
+    if s.observe.retention_batch < 1:
+        raise ConfigError("observe.retention_batch", "must be at least 1", source=src)
+    _check_mta_sts(s.mta_sts, src)
+
+
+def _check_mta_sts(sts: MtaStsSettings, src: str) -> None:
+    if sts.mode not in ("enforce", "testing", "none"):
+        raise ConfigError("mta_sts.mode", "must be enforce, testing or none", source=src)
+    if not 0 < sts.max_age <= 31557600 or sts.max_age != int(sts.max_age):
+        raise ConfigError("mta_sts.max_age", "must be whole seconds, at most one year "
+                          "(RFC 8461 §3.2)", source=src)
+    for i, mx in enumerate(sts.mx):
+        if not re.fullmatch(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\.?", mx):
+            raise ConfigError(f"mta_sts.mx[{i}]", f"not an MX pattern: {mx!r}", source=src)
+    for i, uri in enumerate(sts.tls_rpt_rua):
+        if not uri.startswith(("mailto:", "https://")):
+            raise ConfigError(f"mta_sts.tls_rpt_rua[{i}]", "must be a mailto: or https: URI",
+                              source=src)
 
 
 def _check_inbound(inbound: InboundSettings, src: str) -> None:

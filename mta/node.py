@@ -79,20 +79,53 @@ def describe_database(url: str, embedded: EmbeddedPostgres | None) -> dict:
     return {"kind": "external", "url": u.render_as_string(hide_password=True)}
 
 
+class _SendingPipeline:
+    """Holds the node's one SendingService so shutdown waits for its in-flight
+    immediate delivery attempts (it stops after the front doors, before the workers)."""
+
+    name = "sending"
+
+    def __init__(self, ctx: NodeContext, workers) -> None:
+        from mta.sending.service import SendingService
+
+        self.service = SendingService(ctx, workers=workers)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.service.close()
+
+    def describe(self) -> dict:
+        return {"service": self.name}
+
+
 def build_services(ctx: NodeContext) -> list[Service]:
-    """Every service this node runs, in start order."""
+    """Every service this node runs, in start order (they stop in reverse)."""
     from mta.api.server import HttpListener, MetricsListener
+    from mta.observe.retention import RetentionJob
+    from mta.queue.delivery import DeliveryWorkers
 
     listeners = ctx.settings.listeners
     services: list[Service] = []
     if listeners.metrics.enabled:
         services.append(MetricsListener(ctx))
+    services.append(RetentionJob(ctx))  # activity/message retention (observe.*)
+    workers = DeliveryWorkers(ctx)
+    sending = _SendingPipeline(ctx, workers)
+    services += [workers, sending]
     if listeners.http.enabled:
-        services.append(HttpListener(ctx))
+        services.append(HttpListener(ctx, sending=sending.service))
     if listeners.mx.enabled:
+        from mta.routing.inbound import InboundRouter
         from mta.smtp.mx import MxServer
 
-        services.append(MxServer(ctx))
+        router = InboundRouter(ctx.settings, ctx.db, ctx.resolver, clock=ctx.clock)
+        services.append(MxServer(ctx, router=router))
+    if listeners.submission.enabled or listeners.submission_starttls.enabled:
+        from mta.smtp.submission import submission_services
+
+        services.extend(submission_services(ctx, sending=sending.service))
     return services
 
 

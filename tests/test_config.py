@@ -64,3 +64,12 @@ def test_units_and_environment_overrides(tmp_path):
     assert s.database.url == "postgresql+asyncpg://u@h/db"
     assert s.srs.secrets == ["new", "old"]
     assert s.state_dir == str(tmp_path / "st")  # relative to the config file
+
+
+def test_partial_section_keeps_that_sections_own_defaults():
+    s = settings_from_text("listeners:\n  submission:\n    port: 4650\n  mx:\n    port: 25\n",
+                           env={})
+    assert s.listeners.submission.enabled is False  # off until given a certificate
+    assert s.listeners.submission.port == 4650
+    assert s.listeners.mx.enabled is True and s.listeners.mx.port == 25
+    assert s.listeners.submission_starttls.port == 5870

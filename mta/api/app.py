@@ -8,10 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mta.api.wellknown import routes as wellknown_routes
+
 __all__ = ["build_app"]
 
 
-def build_app(ctx) -> Starlette:
+def build_app(ctx, sending=None) -> Starlette:
+    """`sending`: the node's SendingService; without it the send routes make their own
+    on first use (tests that run the app alone)."""
     async def healthz(request: Request) -> JSONResponse:
         """Liveness plus database reachability, for load balancers and systemd checks."""
         try:
@@ -24,4 +28,13 @@ def build_app(ctx) -> Starlette:
 
     app = Starlette(routes=[Route("/healthz", healthz)])
     app.state.ctx = ctx
+    if sending is not None:
+        app.state.sending = sending
+    from mta.api import admin, sending
+    from mta.routing import verification
+
+    admin.install(app)
+    app.router.routes.extend(sending.routes())  # POST .../email/sending/send, send_raw
+    app.router.routes.extend(verification.routes())  # GET /email/routing/verify?token=
+    app.router.routes.extend(wellknown_routes())  # GET /.well-known/mta-sts.txt
     return app

@@ -58,10 +58,10 @@ class HttpListener(_UvicornService):
 
     name = "http"
 
-    def __init__(self, ctx) -> None:
+    def __init__(self, ctx, sending=None) -> None:
         from mta.api.app import build_app
 
-        super().__init__(ctx.settings.listeners.http, build_app(ctx))
+        super().__init__(ctx.settings.listeners.http, build_app(ctx, sending=sending))
 
 
 class MetricsListener(_UvicornService):

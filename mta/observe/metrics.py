@@ -96,3 +96,29 @@ __all__ += [
     "BOUNCES_RECEIVED", "DELIVERY_ATTEMPTS", "DELIVERY_ATTEMPT_SECONDS", "DELIVERY_SECONDS",
     "DSN_QUEUED", "QUEUE_DEPTH", "QUEUE_OLDEST_DUE_SECONDS", "SUPPRESSIONS_ADDED",
 ]
+
+# --- SMTP submission (mta/smtp/submission.py) --------------------------------------------
+
+SUBMISSION_AUTH = Counter(
+    "mta_submission_auth_total",
+    "AUTH attempts on the submission listeners by mechanism (plain | login) and result "
+    "(ok | failed | cancelled | error)",
+    ["mechanism", "result"])
+SUBMISSION_MESSAGES = Counter(
+    "mta_submission_messages_total",
+    "Messages at the end of DATA on the submission listeners, by outcome "
+    "(accepted | rejected | tempfailed)",
+    ["outcome"])
+SUBMISSION_REJECTIONS = Counter(
+    "mta_submission_rejections_total",
+    "Refusals on the submission listeners by stable reason (an error code such as "
+    "E_SENDER_DOMAIN_NOT_AVAILABLE, or too_many_recipients, too_big, auth_required)",
+    ["reason"])
+SUBMISSION_SECONDS = Histogram(
+    "mta_submission_seconds",
+    "Time from end of DATA to the final reply (validation, signing, durable enqueue)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+__all__ += [
+    "SUBMISSION_AUTH", "SUBMISSION_MESSAGES", "SUBMISSION_REJECTIONS", "SUBMISSION_SECONDS",
+]

@@ -156,3 +156,28 @@ FORWARD_REFUSED = Reply(550, "5.0.0", "{text}")
 FORWARD_DMARC_REFUSED = Reply(
     550, "5.7.1", "Message refused: it cannot be forwarded without failing the DMARC "
     "policy (p={policy}) of {domain}; sign it with DKIM aligned with the From domain")
+
+
+# --- submission (issue 6: SMTP submission on 465 / 587) -------------------------------------
+# Texts follow the reference's transcript ([SMTP > Raw SMTP transcript]). Refusals that are
+# sending errors (530, 535, 550 5.7.1, 452 4.5.3, 552 5.3.4 ...) come from mta/errors.py.
+
+SUBMISSION_HELP = Reply(
+    214, "2.0.0", "See RFC 5321 and RFC 4954; commands: EHLO HELO AUTH MAIL RCPT DATA RSET "
+    "NOOP QUIT STARTTLS")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+# RFC 4954 §4: a server challenge is "334 " and base64 text (empty for PLAIN).
+AUTH_CHALLENGE = Reply(334, None, "{challenge}")
+SUBMISSION_SENDER_OK = Reply(250, "2.1.0", "Ok")
+SUBMISSION_RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+SUBMISSION_START_DATA = Reply(354, None, "Start mail input; end with <CR><LF>.<CR><LF>")
+# The final reply carries the Message-ID we assigned (with its angle brackets).
+SUBMISSION_ACCEPTED = Reply(250, "2.0.0", "Ok {message_id}")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_DURING_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+# RFC 4954 §4: 501 for a cancelled exchange or a response that is not base64,
+# 504 for a mechanism we do not offer.
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Cannot decode the authentication response")
+AUTH_MECHANISM_UNKNOWN = Reply(504, "5.5.4", "Unrecognized authentication mechanism; use PLAIN or LOGIN")
+SUBMISSION_NULL_SENDER = Reply(501, "5.1.7", "A submitted message needs a sender address")

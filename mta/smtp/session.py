@@ -1,4 +1,6 @@
-"""One inbound SMTP session: the command state machine of the MX listener.
+"""SMTP sessions: `SmtpSession`, the command loop every listener shares, and
+`MxSession`, the command state machine of the MX listener (the submission listener's
+is `submission_session.SubmissionSession`).
 
 It reads commands through `Wire` (strict CRLF, no NUL, bounded lines), answers with
 replies from `replies.py` only, and asks `Intake` everything that is not protocol
@@ -26,7 +28,7 @@ from mta.smtp.intake import ClientInfo, Intake, Transaction
 from mta.smtp.replies import Reply
 from mta.smtp.wire import Wire
 
-__all__ = ["Connection", "MxSession"]
+__all__ = ["Connection", "MxSession", "SmtpSession"]
 
 log = logging.getLogger("mta.smtp.mx")
 
@@ -53,44 +55,57 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
-class MxSession:
-    def __init__(self, conn: Connection, intake: Intake, settings: Settings,
-                 client: ClientInfo) -> None:
+class SmtpSession:
+    """What every listener's session shares: the command loop over `Wire` (strict
+    lines, errors counted, 421 after too many), EHLO/HELO, RSET, NOOP, QUIT, VRFY,
+    HELP and STARTTLS. Subclasses add their commands to `_commands` and override the
+    hooks (`extensions`, `command_timeout`, `_begin`, `_end`, `_reset`)."""
+
+    def __init__(self, conn: Connection, settings: Settings, client: ClientInfo) -> None:
         self.conn = conn
-        self.intake = intake
         self.limits = settings.limits
         self.hostname = settings.node.hostname
-        self.ptr_timeout = settings.inbound.ptr_timeout
         self.client = client
         self.extended = False
-        self.txn: Transaction | None = None
         self.errors = 0
         self.idle = False  # waiting for a command: safe to close at shutdown
         self.closing = False
-        self._rbl: asyncio.Task[RblResult] | None = None
-        self._reverse: asyncio.Task[Reverse] | None = None
         self._commands = {
-            "EHLO": self.ehlo, "HELO": self.helo, "MAIL": self.mail, "RCPT": self.rcpt,
-            "DATA": self.data, "RSET": self.rset, "NOOP": self.noop, "QUIT": self.quit,
-            "STARTTLS": self.starttls, "VRFY": self.vrfy, "HELP": self.help,
-            "EXPN": self.not_implemented, "BDAT": self.not_implemented,
-            "AUTH": self.not_implemented, "TURN": self.not_implemented,
+            "EHLO": self.ehlo, "HELO": self.helo, "RSET": self.rset, "NOOP": self.noop,
+            "QUIT": self.quit, "STARTTLS": self.starttls, "VRFY": self.vrfy,
+            "HELP": self.help, "EXPN": self.not_implemented, "BDAT": self.not_implemented,
+            "TURN": self.not_implemented,
         }
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords after the greeting line."""
+        return []
+
+    def command_timeout(self) -> float:
+        return self.limits.command_timeout
+
+    def _begin(self) -> None:
+        """Called before the greeting."""
+
+    def _end(self) -> None:
+        """Called when the session ends, whatever the reason."""
+
+    def _reset(self) -> None:
+        """Drop the mail transaction (RSET, EHLO, STARTTLS, end of session)."""
 
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
-        ip = self.client.ip
-        self._rbl = asyncio.ensure_future(self.intake.check_rbl(ip))
-        self._reverse = asyncio.ensure_future(
-            lookup_reverse(self.intake.resolver, ip, self.ptr_timeout))
+        self._begin()
         try:
             await self.reply(replies.GREETING.format(hostname=self.hostname))
             while not self.closing:
                 if stopping.is_set():
                     await self.reply(replies.SHUTTING_DOWN.format(hostname=self.hostname))
                     break
-                self.conn.set_timeout(self.limits.command_timeout)
+                self.conn.set_timeout(self.command_timeout())
                 self.idle = True
                 line = await self.conn.wire.read_command()
                 self.idle = False
@@ -103,9 +118,7 @@ class MxSession:
         finally:
             self.idle = False
             self._reset()
-            for task in (self._rbl, self._reverse):
-                if task is not None and not task.done():
-                    task.cancel()
+            self._end()
             self.conn.close()
 
     async def dispatch(self, line) -> None:
@@ -130,12 +143,7 @@ class MxSession:
             self.errors += 1
         await self.conn.send(reply)
 
-    def _reset(self) -> None:
-        if self.txn is not None:
-            self.txn.cancel()
-        self.txn = None
-
-    # -- commands ------------------------------------------------------------------------
+    # -- commands every listener has -----------------------------------------------------
 
     async def ehlo(self, arg: str | None) -> None:
         if not arg:
@@ -143,12 +151,8 @@ class MxSession:
         self._reset()
         self.client.helo = arg.split()[0]
         self.extended = True
-        extensions = ["PIPELINING", f"SIZE {self.intake.size_limit}", "8BITMIME",
-                      "ENHANCEDSTATUSCODES"]
-        if self.conn.tls_available and not self.conn.tls_active:
-            extensions.append("STARTTLS")
         await self.conn.send_lines(replies.ehlo_lines(
-            self.hostname, f"greets {self.client.helo}", extensions))
+            self.hostname, f"greets {self.client.helo}", self.extensions()))
 
     async def helo(self, arg: str | None) -> None:
         if not arg:
@@ -157,6 +161,98 @@ class MxSession:
         self.client.helo = arg.split()[0]
         self.extended = False
         await self.reply(replies.HELO_OK.format(hostname=self.hostname, helo=self.client.helo))
+
+    async def rset(self, arg: str | None) -> None:
+        self._reset()
+        await self.reply(replies.RESET_OK)
+
+    async def noop(self, arg: str | None) -> None:
+        await self.reply(replies.NOOP_OK)
+
+    async def quit(self, arg: str | None) -> None:
+        self.closing = True
+        await self.conn.send(replies.CLOSING.format(hostname=self.hostname))
+
+    async def vrfy(self, arg: str | None) -> None:
+        await self.reply(replies.VRFY_CANNOT)
+
+    async def help(self, arg: str | None) -> None:
+        await self.reply(replies.HELP)
+
+    async def not_implemented(self, arg: str | None) -> None:
+        await self.reply(replies.NOT_IMPLEMENTED)
+
+    async def starttls(self, arg: str | None) -> None:
+        if arg:
+            return await self.reply(replies.PARAMETER_SYNTAX.format(detail="STARTTLS takes none"))
+        if self.conn.tls_active:
+            return await self.reply(replies.ALREADY_TLS)
+        if not self.conn.tls_available:
+            return await self.reply(replies.TLS_NOT_AVAILABLE)
+        await self.conn.send(replies.READY_FOR_TLS)
+        # RFC 3207 §4.2 and CVE-2021-38371-style injection: anything pipelined in the
+        # clear after STARTTLS is discarded, and the session starts over. The 220 has
+        # been drained, and nothing yields between this discard and the transport
+        # switching to TLS, so no plaintext can slip in between; what arrives later is
+        # decrypted (a client may send its next command with its handshake Finished).
+        self.conn.wire.discard_buffered()
+        try:
+            self.client.tls = await self.conn.starttls()
+        except Exception as exc:
+            log.info("TLS handshake with %s failed: %s", self.client.ip, exc)
+            self.closing = True
+            return
+        self._reset()
+        self.client.helo = None
+        self.extended = False
+
+    @staticmethod
+    def _path_error(exc: PathError, syntax: Reply) -> Reply:
+        if exc.kind == "non_ascii_local":
+            return replies.NON_ASCII_ADDRESS
+        if exc.kind == "bad_parameter":
+            return replies.PARAMETER_SYNTAX.format(detail=exc.detail)
+        return syntax
+
+
+class MxSession(SmtpSession):
+    def __init__(self, conn: Connection, intake: Intake, settings: Settings,
+                 client: ClientInfo) -> None:
+        super().__init__(conn, settings, client)
+        self.intake = intake
+        self.ptr_timeout = settings.inbound.ptr_timeout
+        self.txn: Transaction | None = None
+        self._rbl: asyncio.Task[RblResult] | None = None
+        self._reverse: asyncio.Task[Reverse] | None = None
+        self._commands.update({
+            "MAIL": self.mail, "RCPT": self.rcpt, "DATA": self.data,
+            "AUTH": self.not_implemented,
+        })
+
+    def extensions(self) -> list[str]:
+        extensions = ["PIPELINING", f"SIZE {self.intake.size_limit}", "8BITMIME",
+                      "ENHANCEDSTATUSCODES"]
+        if self.conn.tls_available and not self.conn.tls_active:
+            extensions.append("STARTTLS")
+        return extensions
+
+    def _begin(self) -> None:
+        ip = self.client.ip
+        self._rbl = asyncio.ensure_future(self.intake.check_rbl(ip))
+        self._reverse = asyncio.ensure_future(
+            lookup_reverse(self.intake.resolver, ip, self.ptr_timeout))
+
+    def _end(self) -> None:
+        for task in (self._rbl, self._reverse):
+            if task is not None and not task.done():
+                task.cancel()
+
+    def _reset(self) -> None:
+        if self.txn is not None:
+            self.txn.cancel()
+        self.txn = None
+
+    # -- commands ------------------------------------------------------------------------
 
     async def mail(self, arg: str | None) -> None:
         if not self.client.helo:
@@ -268,57 +364,3 @@ class MxSession:
         reply = await self.intake.finish(self.client, txn, result.content)
         txn.cancel()
         await self.reply(reply)
-
-    async def rset(self, arg: str | None) -> None:
-        self._reset()
-        await self.reply(replies.RESET_OK)
-
-    async def noop(self, arg: str | None) -> None:
-        await self.reply(replies.NOOP_OK)
-
-    async def quit(self, arg: str | None) -> None:
-        self.closing = True
-        await self.conn.send(replies.CLOSING.format(hostname=self.hostname))
-
-    async def vrfy(self, arg: str | None) -> None:
-        await self.reply(replies.VRFY_CANNOT)
-
-    async def help(self, arg: str | None) -> None:
-        await self.reply(replies.HELP)
-
-    async def not_implemented(self, arg: str | None) -> None:
-        await self.reply(replies.NOT_IMPLEMENTED)
-
-    async def starttls(self, arg: str | None) -> None:
-        if arg:
-            return await self.reply(replies.PARAMETER_SYNTAX.format(detail="STARTTLS takes none"))
-        if self.conn.tls_active:
-            return await self.reply(replies.ALREADY_TLS)
-        if not self.conn.tls_available:
-            return await self.reply(replies.TLS_NOT_AVAILABLE)
-        await self.conn.send(replies.READY_FOR_TLS)
-        # RFC 3207 §4.2 and CVE-2021-38371-style injection: anything pipelined in the
-        # clear after STARTTLS is discarded, and the session starts over. The 220 has
-        # been drained, and nothing yields between this discard and the transport
-        # switching to TLS, so no plaintext can slip in between; what arrives later is
-        # decrypted (a client may send its next command with its handshake Finished).
-        self.conn.wire.discard_buffered()
-        try:
-            self.client.tls = await self.conn.starttls()
-        except Exception as exc:
-            log.info("TLS handshake with %s failed: %s", self.client.ip, exc)
-            self.closing = True
-            return
-        self._reset()
-        self.client.helo = None
-        self.extended = False
-
-    # -- helpers -------------------------------------------------------------------------
-
-    @staticmethod
-    def _path_error(exc: PathError, syntax: Reply) -> Reply:
-        if exc.kind == "non_ascii_local":
-            return replies.NON_ASCII_ADDRESS
-        if exc.kind == "bad_parameter":
-            return replies.PARAMETER_SYNTAX.format(detail=exc.detail)
-        return syntax

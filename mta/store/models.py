@@ -190,6 +190,11 @@ class SendingDomain(Base):
     return_path_domain: Mapped[str] = mapped_column(String(253), nullable=False)
     enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     status: Mapped[str] = mapped_column(String(32), nullable=False, server_default="pending")
+    # Editable through PATCH .../email/sending/subdomains/{id} (migration 0003).
+    drop_suppressed_recipients: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                                             server_default=text("false"))
+    preview_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                                  server_default=text("false"))
     created_at: Mapped[datetime] = created_col()
     modified_at: Mapped[datetime] = modified_col()
 
@@ -211,6 +216,19 @@ class DkimKey(Base):
 
     __table_args__ = (UniqueConstraint("domain", "selector", "algorithm"),
                       CheckConstraint("algorithm in ('rsa', 'ed25519')", name="algorithm"))
+
+
+class SendCounter(Base):
+    """A rate-limit / daily-quota counter window shared by every node (mta/sending/limits.py)."""
+
+    __tablename__ = "send_counters"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)  # account | domain
+    key: Mapped[str] = mapped_column(String(253), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)  # rate | day
+    window_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
+    __table_args__ = (Index("ix_send_counters_window_start", "window_start"),)
 
 
 # --- messages and the delivery queue ------------------------------------------------------

@@ -1,0 +1,249 @@
+"""Destination addresses: /accounts/{account_id}/email/routing/addresses[...].
+
+Account-level forwarding destinations ([Email routing rules and addresses]). Adding one
+creates its verification token; until it is verified, rules forwarding to it are
+inactive. Deleting one disables every rule that forwards to it (audited per rule).
+At most `limits.addresses_per_account` per account.
+
+Verification token: `<address id>.<HMAC-SHA256 of id and address under secret_key>`,
+so whoever mails the verification link can recompute it from the row
+(`verification_token`), and the stored `verification_token_hash` (its SHA-256) finds the
+row. Without a `secret_key` no token can be signed and only an operator can verify
+(`mta addresses verify --id`). `verify_with_token` is what the link or
+`mta addresses verify TOKEN` calls.
+
+PATCH `status`: any editor may set an address back to `unverified`; setting `verified`
+needs an operator ([Update destination address]: "requires admin privileges"), so the API
+answers 403 and points at the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mta.api.auth import is_tag, require
+from mta.api.envelope import api_error, body_str, isotime, json_body, ok, page_request, query_bool
+from mta.config import Settings
+from mta.observe import audit
+from mta.store.models import DestinationAddress, RoutingRule, Zone
+
+__all__ = ["address_body", "disable_rules_forwarding_to", "mark_verified", "normalize_email",
+           "routes", "verification_token", "verify_with_token"]
+
+READ, EDIT = "email_routing:read", "email_routing:edit"
+_AUDIT_FIELDS = ("email", "verified_at")
+_EMAIL_RE = re.compile(r"[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+
+
+def normalize_email(value: str, *, field: str = "email") -> str:
+    """The lower-cased address, or a validation error naming `field`."""
+    v = value.strip()
+    if len(v) > 320 or not _EMAIL_RE.fullmatch(v):
+        raise api_error("E_VALIDATION_ERROR", f"{value!r} is not an email address", field=field)
+    return v.lower()
+
+
+def address_body(row: DestinationAddress) -> dict[str, Any]:
+    return {"id": row.id, "tag": row.id, "email": row.email, "created": isotime(row.created_at),
+            "modified": isotime(row.modified_at), "verified": isotime(row.verified_at)}
+
+
+# --- verification tokens ---------------------------------------------------------------------
+
+
+def verification_token(settings: Settings, address_id: str, email: str) -> str | None:
+    if not settings.secret_key:
+        return None
+    key = hashlib.sha256(b"mta destination verification\0" + settings.secret_key.encode()).digest()
+    mac = hmac.new(key, f"{address_id}:{email.lower()}".encode(), hashlib.sha256).digest()
+    return f"{address_id}.{base64.urlsafe_b64encode(mac[:24]).decode()}"
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def verify_with_token(session: AsyncSession, settings: Settings, token: str,
+                            now: datetime, actor: str) -> DestinationAddress:
+    """Mark the address of `token` verified; LookupError when the token is not valid."""
+    address_id, _, _ = token.strip().partition(".")
+    row = await session.get(DestinationAddress, address_id, with_for_update=True) \
+        if is_tag(address_id) else None
+    expected = verification_token(settings, address_id, row.email) if row else None
+    if (row is None or expected is None or not hmac.compare_digest(expected, token.strip())
+            or row.verification_token_hash not in (None, _token_hash(expected))):
+        raise LookupError("invalid or expired verification token")
+    return mark_verified(session, row, now, actor)
+
+
+def mark_verified(session: AsyncSession, row: DestinationAddress, now: datetime,
+                  actor: str) -> DestinationAddress:
+    if row.verified_at is None:
+        before = audit.snapshot(row, _AUDIT_FIELDS)
+        row.verified_at = now
+        audit.record(session, actor=actor, action="verify", resource_type="destination_address",
+                     resource_id=row.id, account_id=row.account_id, before=before,
+                     after=audit.snapshot(row, _AUDIT_FIELDS))
+    return row
+
+
+async def disable_rules_forwarding_to(session: AsyncSession, account_id: str, email: str,
+                                      actor: str) -> list[str]:
+    """Disable the account's enabled rules that forward to `email`; their ids."""
+    rows = (await session.execute(
+        select(RoutingRule).join(Zone, Zone.id == RoutingRule.zone_id)
+        .where(Zone.account_id == account_id, RoutingRule.enabled.is_(True))
+        .with_for_update(of=RoutingRule))).scalars()
+    target = email.lower()
+    changed: list[str] = []
+    for rule in rows:
+        if any(a.get("type") == "forward" and target in (str(v).strip().lower()
+                                                          for v in a.get("value") or ())
+               for a in rule.actions or ()):
+            rule.enabled = False
+            changed.append(rule.id)
+            audit.record(session, actor=actor, action="disable", resource_type="routing_rule",
+                         resource_id=rule.id, account_id=account_id, before={"enabled": True},
+                         after={"enabled": False, "reason": f"destination {email} deleted"})
+    return changed
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def _address(session: AsyncSession, account_id: str, address_id: str,
+                   for_update: bool = False) -> DestinationAddress:
+    row = None
+    if is_tag(address_id):
+        row = await session.get(DestinationAddress, address_id, with_for_update=for_update)
+    if row is None or row.account_id != account_id:
+        raise api_error("E_NOT_FOUND", f"destination address {address_id} not found")
+    return row
+
+
+async def list_addresses(request: Request) -> JSONResponse:
+    account_id = request.path_params["account_id"]
+    await require(request, READ, account_id=account_id)
+    page = page_request(request)
+    verified = query_bool(request, "verified")
+    direction = request.query_params.get("direction", "asc")
+    if direction not in ("asc", "desc"):
+        raise api_error("E_VALIDATION_ERROR", "direction must be asc or desc", field="direction")
+    where = [DestinationAddress.account_id == account_id]
+    if verified is not None:
+        where.append(DestinationAddress.verified_at.is_not(None) if verified
+                     else DestinationAddress.verified_at.is_(None))
+    order = [DestinationAddress.created_at, DestinationAddress.id]
+    if direction == "desc":
+        order = [o.desc() for o in order]
+    async with request.app.state.ctx.db.session() as s:
+        total = (await s.execute(select(func.count()).select_from(DestinationAddress)
+                                 .where(*where))).scalar_one()
+        rows = list((await s.execute(select(DestinationAddress).where(*where).order_by(*order)
+                                     .offset(page.offset).limit(page.per_page))).scalars())
+    result = [address_body(r) for r in rows]
+    return ok(result, result_info=page.info(len(result), total))
+
+
+async def create_address(request: Request) -> JSONResponse:
+    account_id = request.path_params["account_id"]
+    p = await require(request, EDIT, account_id=account_id)
+    body = await json_body(request)
+    email = normalize_email(body_str(body, "email", required=True) or "")
+    ctx = request.app.state.ctx
+    async with ctx.db.session() as s:
+        # Serialise creates per account so the limit and the duplicate check hold.
+        await s.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"addr:{account_id}"))))
+        exists = (await s.execute(select(DestinationAddress.id).where(
+            DestinationAddress.account_id == account_id,
+            func.lower(DestinationAddress.email) == email))).first()
+        if exists:
+            raise api_error("E_VALIDATION_ERROR", f"{email} is already a destination address",
+                            field="email")
+        limit = ctx.settings.limits.addresses_per_account
+        count = (await s.execute(select(func.count()).select_from(DestinationAddress).where(
+            DestinationAddress.account_id == account_id))).scalar_one()
+        if count >= limit:
+            raise api_error("E_VALIDATION_ERROR", f"the account already has {limit} destination "
+                            "addresses (limits.addresses_per_account)", field="email")
+        row = DestinationAddress(account_id=account_id, email=email)
+        s.add(row)
+        await s.flush()
+        token = verification_token(ctx.settings, row.id, email)
+        if token:
+            row.verification_token_hash = _token_hash(token)
+        await s.flush()
+        await s.refresh(row)
+        audit.record(s, actor=p.actor, action="create", resource_type="destination_address",
+                     resource_id=row.id, account_id=account_id,
+                     after=audit.snapshot(row, _AUDIT_FIELDS))
+        return ok(address_body(row))
+
+
+async def get_address(request: Request) -> JSONResponse:
+    account_id = request.path_params["account_id"]
+    await require(request, READ, account_id=account_id)
+    async with request.app.state.ctx.db.session() as s:
+        row = await _address(s, account_id, request.path_params["address_id"])
+        return ok(address_body(row))
+
+
+async def edit_address(request: Request) -> JSONResponse:
+    account_id = request.path_params["account_id"]
+    p = await require(request, EDIT, account_id=account_id)
+    status = body_str(await json_body(request), "status", required=True)
+    if status not in ("verified", "unverified"):
+        raise api_error("E_VALIDATION_ERROR", "status must be verified or unverified",
+                        field="status")
+    async with request.app.state.ctx.db.session() as s:
+        row = await _address(s, account_id, request.path_params["address_id"], for_update=True)
+        if status == "verified" and row.verified_at is None:
+            raise api_error("E_FORBIDDEN", "only an operator can mark an address verified "
+                            "(mta addresses verify); the owner verifies through the link")
+        if status == "unverified" and row.verified_at is not None:
+            before = audit.snapshot(row, _AUDIT_FIELDS)
+            row.verified_at = None
+            await s.flush()
+            await s.refresh(row)
+            audit.record(s, actor=p.actor, action="unverify",
+                         resource_type="destination_address", resource_id=row.id,
+                         account_id=account_id, before=before,
+                         after=audit.snapshot(row, _AUDIT_FIELDS))
+        return ok(address_body(row))
+
+
+async def delete_address(request: Request) -> JSONResponse:
+    account_id = request.path_params["account_id"]
+    p = await require(request, EDIT, account_id=account_id)
+    async with request.app.state.ctx.db.session() as s:
+        row = await _address(s, account_id, request.path_params["address_id"], for_update=True)
+        body = address_body(row)
+        await disable_rules_forwarding_to(s, account_id, row.email, p.actor)
+        audit.record(s, actor=p.actor, action="delete", resource_type="destination_address",
+                     resource_id=row.id, account_id=account_id,
+                     before=audit.snapshot(row, _AUDIT_FIELDS))
+        await s.delete(row)
+        return ok(body)
+
+
+def routes() -> list[Route]:
+    a = "/accounts/{account_id}/email/routing/addresses"
+    return [
+        Route(a, list_addresses, methods=["GET"]),
+        Route(a, create_address, methods=["POST"]),
+        Route(a + "/{address_id}", get_address, methods=["GET"]),
+        Route(a + "/{address_id}", edit_address, methods=["PATCH"]),
+        Route(a + "/{address_id}", delete_address, methods=["DELETE"]),
+    ]

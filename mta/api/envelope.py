@@ -1,0 +1,237 @@
+"""The reference API's response envelope, request-body parsing and list pagination.
+
+Every response under /client/v4 is `{success, errors, messages, result, result_info?}`.
+Errors are `MtaError`s (mta/errors.py holds every code and its REST row); the handlers
+installed by `install_error_handlers` turn them, unknown routes and unexpected exceptions
+into that envelope with the reference's HTTP status and numeric code. An unexpected
+exception never shows internal text: it is logged and answered 500/10002.
+
+Request bodies are JSON objects. The official SDK sends `Content-Type: application/json`
+with an empty body for calls without one, so an empty body reads as `{}`. A body that is
+not JSON, or not an object, is the reference's validation error (400/10001).
+
+Pagination: page/per_page lists (`V4PagePaginationArray` in the SDK) take `page` and
+`per_page` as numbers (the SDK sends floats such as `2.0`), answer a page past the end
+with 200 and an empty `result` (the SDK stops iterating only on an empty page), and
+report `result_info {page, per_page, count, total_count, total_pages}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from mta.errors import MtaError, rest_error_body
+
+__all__ = [
+    "API_PREFIX",
+    "PageRequest",
+    "api_error",
+    "error_response",
+    "install_error_handlers",
+    "isotime",
+    "json_body",
+    "ok",
+    "page_request",
+    "query_bool",
+    "body_bool",
+    "body_int",
+    "body_list",
+    "body_str",
+]
+
+log = logging.getLogger("mta.api")
+
+API_PREFIX = "/client/v4"
+
+# [per_page] of the reference's rules and addresses lists: default 20, between 5 and 50.
+PER_PAGE_DEFAULT = 20
+PER_PAGE_MIN = 5
+PER_PAGE_MAX = 50
+
+
+def isotime(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`, as the reference writes timestamps."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def ok(result: Any = None, *, result_info: dict | None = None, status: int = 200) -> JSONResponse:
+    body: dict[str, Any] = {"success": True, "errors": [], "messages": [], "result": result}
+    if result_info is not None:
+        body["result_info"] = result_info
+    return JSONResponse(body, status_code=status)
+
+
+def api_error(code: str, message: str | None = None, *, field: str | None = None) -> MtaError:
+    """Shorthand for the errors the admin API raises (all codes live in mta/errors.py)."""
+    return MtaError(code, message, field=field)
+
+
+def error_response(err: MtaError) -> JSONResponse:
+    return JSONResponse(rest_error_body(err), status_code=err.http_status)
+
+
+# --- request bodies ----------------------------------------------------------------------
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise api_error("E_VALIDATION_ERROR", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise api_error("E_VALIDATION_ERROR", "request body must be a JSON object")
+    return data
+
+
+_MISSING = object()
+
+
+def _get(body: dict, name: str, required: bool) -> Any:
+    value = body.get(name, _MISSING)
+    if value is _MISSING or (value is None and required):
+        if required:
+            raise api_error("E_FIELD_MISSING", f"{name} is required", field=name)
+        return _MISSING
+    return value
+
+
+def body_str(body: dict, name: str, *, required: bool = False, default: str | None = None,
+             max_len: int | None = None, allow_null: bool = False) -> str | None:
+    value = _get(body, name, required)
+    if value is _MISSING:
+        return default
+    if value is None and allow_null:
+        return None
+    if not isinstance(value, str):
+        raise api_error("E_VALIDATION_ERROR", f"{name} must be a string", field=name)
+    if max_len is not None and len(value) > max_len:
+        raise api_error("E_VALIDATION_ERROR", f"{name} is longer than {max_len} characters",
+                        field=name)
+    return value
+
+
+def body_bool(body: dict, name: str, *, default: bool | None = None) -> bool | None:
+    value = _get(body, name, False)
+    if value is _MISSING:
+        return default
+    if not isinstance(value, bool):
+        raise api_error("E_VALIDATION_ERROR", f"{name} must be true or false", field=name)
+    return value
+
+
+def body_int(body: dict, name: str, *, default: int | None = None, minimum: int = 0,
+             maximum: int = 2**31 - 1) -> int | None:
+    """A whole number; the SDK types numbers as floats, so 3.0 is accepted as 3."""
+    value = _get(body, name, False)
+    if value is _MISSING:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not value.is_integer()):
+        raise api_error("E_VALIDATION_ERROR", f"{name} must be a whole number", field=name)
+    if not minimum <= value <= maximum:
+        raise api_error("E_VALIDATION_ERROR", f"{name} must be between {minimum} and {maximum}",
+                        field=name)
+    return int(value)
+
+
+def body_list(body: dict, name: str, *, required: bool = False) -> list | None:
+    value = _get(body, name, required)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, list):
+        raise api_error("E_VALIDATION_ERROR", f"{name} must be a list", field=name)
+    return value
+
+
+# --- query strings -----------------------------------------------------------------------
+
+
+def query_bool(request: Request, name: str) -> bool | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise api_error("E_VALIDATION_ERROR", f"{name} must be true or false", field=name)
+
+
+def _query_number(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value.is_integer() or not lo <= value <= hi:
+        raise api_error("E_VALIDATION_ERROR",
+                        f"{name} must be a whole number between {lo} and {hi}", field=name)
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    page: int
+    per_page: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
+
+    def info(self, count: int, total: int) -> dict[str, int]:
+        return {"page": self.page, "per_page": self.per_page, "count": count,
+                "total_count": total, "total_pages": math.ceil(total / self.per_page)}
+
+
+def page_request(request: Request) -> PageRequest:
+    return PageRequest(
+        page=_query_number(request, "page", 1, 1, 2**31 - 1),
+        per_page=_query_number(request, "per_page", PER_PAGE_DEFAULT, PER_PAGE_MIN,
+                               PER_PAGE_MAX))
+
+
+# --- error handlers ------------------------------------------------------------------------
+
+
+def install_error_handlers(app) -> None:
+    """MtaError -> its REST row; unknown route or method under /client/v4 -> the envelope;
+    anything else -> 500/10002 without internal text (the traceback goes to the log)."""
+
+    async def on_mta_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MtaError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if not request.url.path.startswith(API_PREFIX + "/"):
+            return PlainTextResponse(str(exc.detail), status_code=exc.status_code,
+                                     headers=exc.headers)
+        if exc.status_code == 404:
+            return error_response(api_error("E_NOT_FOUND", "no such API endpoint"))
+        body = rest_error_body(api_error("E_VALIDATION_ERROR", str(exc.detail)))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc,
+                  extra={"event": "api.error"})
+        return error_response(api_error("E_INTERNAL_SERVER_ERROR"))
+
+    app.add_exception_handler(MtaError, on_mta_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,308 @@
+"""Routing rules and the catch-all: /zones/{zone_id}/email/routing/rules[...] and the
+account-wide list /accounts/{account_id}/email/routing/rules.
+
+A rule has matchers (`{type: literal, field: to, value: <address on one of the zone's
+domains>}`), actions (`forward` to destination addresses of the account, `worker` with a
+handler name, `drop`), `enabled`, `priority` (lower first) and `name`. Destinations must
+already be destination addresses of the account (verified or not: an unverified one
+leaves the rule inactive until it is verified, [Email routing rules and addresses]).
+At most `limits.rules_per_zone` rules per zone.
+
+The catch-all is the zone's one rule with `is_catch_all`; it has no POST or DELETE, only
+GET and PUT, and is created (disabled, action drop) the first time it is asked for. It
+is not part of the rules list, and `catch_all` is never a rule id (ids are 32 hex), so
+its path cannot be mistaken for a rule's.
+
+`source` is always `api`: rules managed by a Worker's wrangler file do not exist here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mta.api.addresses import normalize_email
+from mta.api.auth import Principal, is_tag, require, zone_of
+from mta.api.envelope import (
+    api_error,
+    body_bool,
+    body_int,
+    body_list,
+    body_str,
+    json_body,
+    ok,
+    page_request,
+    query_bool,
+)
+from mta.observe import audit
+from mta.store.models import DestinationAddress, RoutingRule, Zone
+
+__all__ = ["ensure_catch_all", "routes", "rule_body"]
+
+READ, EDIT = "email_routing:read", "email_routing:edit"
+_AUDIT_FIELDS = ("zone_id", "name", "priority", "enabled", "is_catch_all", "matchers",
+                 "actions")
+ACTION_TYPES = ("forward", "worker", "drop")
+
+
+def rule_body(rule: RoutingRule, zone: Zone | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": rule.id, "tag": rule.id, "name": rule.name, "enabled": rule.enabled,
+        "matchers": rule.matchers, "actions": rule.actions, "source": "api"}
+    if not rule.is_catch_all:
+        body["priority"] = rule.priority
+    if zone is not None:
+        body["zone"] = {"name": zone.name, "tag": zone.id}
+    return body
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def _in_zone(zone: Zone, address: str) -> bool:
+    domain = address.rpartition("@")[2]
+    return domain == zone.name or domain.endswith("." + zone.name)
+
+
+def _matchers(zone: Zone, raw: list, *, catch_all: bool) -> list[dict]:
+    if not raw:
+        raise api_error("E_VALIDATION_ERROR", "at least one matcher is required",
+                        field="matchers")
+    out: list[dict] = []
+    for i, m in enumerate(raw):
+        where = f"matchers[{i}]"
+        if not isinstance(m, dict):
+            raise api_error("E_VALIDATION_ERROR", "a matcher is an object", field=where)
+        kind = m.get("type")
+        if catch_all:
+            if kind != "all":
+                raise api_error("E_VALIDATION_ERROR", "the catch-all matcher is {type: all}",
+                                field=f"{where}.type")
+            out.append({"type": "all"})
+            continue
+        if kind == "all":
+            raise api_error("E_VALIDATION_ERROR", "type all is the catch-all rule: use "
+                            "PUT .../rules/catch_all", field=f"{where}.type")
+        if kind != "literal":
+            raise api_error("E_VALIDATION_ERROR", "matcher type must be literal",
+                            field=f"{where}.type")
+        if m.get("field", "to") != "to":
+            raise api_error("E_VALIDATION_ERROR", "matcher field must be to",
+                            field=f"{where}.field")
+        value = m.get("value")
+        if not isinstance(value, str):
+            raise api_error("E_FIELD_MISSING", "a literal matcher needs a value",
+                            field=f"{where}.value")
+        address = normalize_email(value, field=f"{where}.value")
+        if not _in_zone(zone, address):
+            raise api_error("E_VALIDATION_ERROR",
+                            f"{value} is not an address of zone {zone.name}",
+                            field=f"{where}.value")
+        out.append({"type": "literal", "field": "to", "value": value.strip()})
+    return out
+
+
+async def _actions(session: AsyncSession, account_id: str, raw: list) -> list[dict]:
+    if not raw:
+        raise api_error("E_VALIDATION_ERROR", "at least one action is required",
+                        field="actions")
+    out: list[dict] = []
+    for i, a in enumerate(raw):
+        where = f"actions[{i}]"
+        if not isinstance(a, dict) or a.get("type") not in ACTION_TYPES:
+            raise api_error("E_VALIDATION_ERROR", "action type must be forward, worker or drop",
+                            field=f"{where}.type")
+        kind = a["type"]
+        values = a.get("value")
+        if kind == "drop":
+            out.append({"type": "drop"})
+            continue
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, str) and v.strip() for v in values):
+            raise api_error("E_FIELD_MISSING", f"a {kind} action needs a list of values",
+                            field=f"{where}.value")
+        if kind == "forward":
+            wanted = [normalize_email(v, field=f"{where}.value") for v in values]
+            known = set((await session.execute(
+                select(func.lower(DestinationAddress.email)).where(
+                    DestinationAddress.account_id == account_id,
+                    func.lower(DestinationAddress.email).in_(wanted)))).scalars())
+            missing = [v for v in wanted if v not in known]
+            if missing:
+                raise api_error("E_VALIDATION_ERROR",
+                                f"{', '.join(missing)} is not a destination address of this "
+                                "account; add it under email/routing/addresses first",
+                                field=f"{where}.value")
+            values = [v.strip() for v in values]
+        out.append({"type": kind, "value": values})
+    return out
+
+
+def _source(body: dict) -> None:
+    if body_str(body, "source", default="api") != "api":
+        raise api_error("E_VALIDATION_ERROR", "only source api is supported", field="source")
+
+
+async def _rule(session: AsyncSession, zone: Zone, rule_id: str,
+                for_update: bool = False) -> RoutingRule:
+    rule = None
+    if is_tag(rule_id):
+        rule = await session.get(RoutingRule, rule_id, with_for_update=for_update)
+    if rule is None or rule.zone_id != zone.id or rule.is_catch_all:
+        raise api_error("E_NOT_FOUND", f"rule {rule_id} not found")
+    return rule
+
+
+async def ensure_catch_all(session: AsyncSession, zone: Zone) -> RoutingRule:
+    rule = (await session.execute(select(RoutingRule).where(
+        RoutingRule.zone_id == zone.id, RoutingRule.is_catch_all.is_(True)))).scalar_one_or_none()
+    if rule is None:
+        rule = RoutingRule(zone_id=zone.id, name="", enabled=False, is_catch_all=True,
+                           matchers=[{"type": "all"}], actions=[{"type": "drop"}])
+        session.add(rule)
+        await session.flush()
+    return rule
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def _fields(request: Request, s: AsyncSession, p: Principal, zone: Zone,
+                  catch_all: bool) -> dict[str, Any]:
+    body = await json_body(request)
+    _source(body)
+    fields: dict[str, Any] = {
+        "matchers": _matchers(zone, body_list(body, "matchers", required=True) or [],
+                              catch_all=catch_all),
+        "actions": await _actions(s, p.account_id,
+                                  body_list(body, "actions", required=True) or []),
+        "name": body_str(body, "name", default="", max_len=256),
+        "enabled": body_bool(body, "enabled", default=True),
+    }
+    if not catch_all:
+        fields["priority"] = body_int(body, "priority", default=0)
+    return fields
+
+
+async def list_rules(request: Request) -> JSONResponse:
+    account_id = request.path_params.get("account_id")
+    p = await require(request, READ, account_id=account_id)
+    page = page_request(request)
+    enabled = query_bool(request, "enabled")
+    async with request.app.state.ctx.db.session() as s:
+        where = [RoutingRule.is_catch_all.is_(False)]
+        if account_id is None:
+            zone = await zone_of(s, p, request.path_params["zone_id"])
+            where.append(RoutingRule.zone_id == zone.id)
+        else:
+            where.append(Zone.account_id == account_id)
+        if enabled is not None:
+            where.append(RoutingRule.enabled.is_(enabled))
+        base = select(RoutingRule, Zone).join(Zone, Zone.id == RoutingRule.zone_id).where(*where)
+        total = (await s.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
+        rows = (await s.execute(base.order_by(
+            RoutingRule.priority, RoutingRule.created_at, RoutingRule.id)
+            .offset(page.offset).limit(page.per_page))).all()
+    result = [rule_body(r, z if account_id else None) for r, z in rows]
+    return ok(result, result_info=page.info(len(result), total))
+
+
+async def create_rule(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    ctx = request.app.state.ctx
+    async with ctx.db.session() as s:
+        # Locking the zone row serialises creates, so the limit holds under concurrency.
+        zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
+        fields = await _fields(request, s, p, zone, catch_all=False)
+        limit = ctx.settings.limits.rules_per_zone
+        count = (await s.execute(select(func.count()).select_from(RoutingRule).where(
+            RoutingRule.zone_id == zone.id, RoutingRule.is_catch_all.is_(False)))).scalar_one()
+        if count >= limit:
+            raise api_error("E_VALIDATION_ERROR", f"zone {zone.name} already has {limit} rules "
+                            "(limits.rules_per_zone)")
+        rule = RoutingRule(zone_id=zone.id, is_catch_all=False, **fields)
+        s.add(rule)
+        await s.flush()
+        audit.record(s, actor=p.actor, action="create", resource_type="routing_rule",
+                     resource_id=rule.id, account_id=zone.account_id,
+                     after=audit.snapshot(rule, _AUDIT_FIELDS))
+        return ok(rule_body(rule))
+
+
+async def get_rule(request: Request) -> JSONResponse:
+    p = await require(request, READ)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        rule = await _rule(s, zone, request.path_params["rule_id"])
+        return ok(rule_body(rule))
+
+
+async def update_rule(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        rule = await _rule(s, zone, request.path_params["rule_id"], for_update=True)
+        fields = await _fields(request, s, p, zone, catch_all=False)
+        before = audit.snapshot(rule, _AUDIT_FIELDS)
+        for k, v in fields.items():
+            setattr(rule, k, v)
+        await s.flush()
+        audit.record(s, actor=p.actor, action="update", resource_type="routing_rule",
+                     resource_id=rule.id, account_id=zone.account_id, before=before,
+                     after=audit.snapshot(rule, _AUDIT_FIELDS))
+        return ok(rule_body(rule))
+
+
+async def delete_rule(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        rule = await _rule(s, zone, request.path_params["rule_id"], for_update=True)
+        body = rule_body(rule)
+        audit.record(s, actor=p.actor, action="delete", resource_type="routing_rule",
+                     resource_id=rule.id, account_id=zone.account_id,
+                     before=audit.snapshot(rule, _AUDIT_FIELDS))
+        await s.delete(rule)
+        return ok(body)
+
+
+async def get_catch_all(request: Request) -> JSONResponse:
+    p = await require(request, READ)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
+        return ok(rule_body(await ensure_catch_all(s, zone)))
+
+
+async def update_catch_all(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
+        fields = await _fields(request, s, p, zone, catch_all=True)
+        rule = await ensure_catch_all(s, zone)
+        before = audit.snapshot(rule, _AUDIT_FIELDS)
+        for k, v in fields.items():
+            setattr(rule, k, v)
+        await s.flush()
+        audit.record(s, actor=p.actor, action="update", resource_type="routing_catch_all",
+                     resource_id=rule.id, account_id=zone.account_id, before=before,
+                     after=audit.snapshot(rule, _AUDIT_FIELDS))
+        return ok(rule_body(rule))
+
+
+def routes() -> list[Route]:
+    r = "/zones/{zone_id}/email/routing/rules"
+    return [
+        Route(f"{r}/catch_all", get_catch_all, methods=["GET"]),
+        Route(f"{r}/catch_all", update_catch_all, methods=["PUT"]),
+        Route(r, list_rules, methods=["GET"]),
+        Route(r, create_rule, methods=["POST"]),
+        Route(r + "/{rule_id}", get_rule, methods=["GET"]),
+        Route(r + "/{rule_id}", update_rule, methods=["PUT"]),
+        Route(r + "/{rule_id}", delete_rule, methods=["DELETE"]),
+        Route("/accounts/{account_id}/email/routing/rules", list_rules, methods=["GET"]),
+    ]

@@ -1,0 +1,205 @@
+"""Sending subdomains: /zones/{zone_id}/email/sending/subdomains[/{id}[/dns]].
+
+A sending (sub)domain is the zone apex or a subdomain of it, onboarded for sending:
+creating it makes an RSA-2048 DKIM key (encrypted at rest with `secret_key`, associated
+data `<domain>/<selector>`) under a dated selector `mtaYYYYMM`, and a return-path
+(bounce) domain `mta-bounce.<domain>` whose MX points back at us (the reference's
+`cf-bounce`). `.../dns` lists the records to publish (mta/api/dnsrecords.py).
+
+The identifier is `tag` (sending subdomains have no `id` in the reference), and DELETE
+answers the bare envelope `{success, errors, messages}`, as the SDK expects. A zone
+holds at most `limits.domains_per_zone` routing and sending domains combined.
+Wildcards (`*.example.com`) need an entitlement we do not have and are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mta.api.auth import is_tag, require, zone_of
+from mta.api.dnsrecords import sending_records
+from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok
+from mta.api.routing_settings import zone_domain_count
+from mta.observe import audit
+from mta.signing.keys import KeyVault, generate_private_key, public_key_b64
+from mta.store.models import DkimKey, RoutingDomain, SendingDomain, Zone
+
+__all__ = ["RETURN_PATH_LABEL", "routes", "subdomain_body"]
+
+EDIT = "email_sending:edit"
+RETURN_PATH_LABEL = "mta-bounce"
+# Editable flags; stored only once the schema has them (migration 0003_admin).
+FLAGS = ("drop_suppressed_recipients", "preview_enabled")
+_AUDIT_FIELDS = ("zone_id", "name", "dkim_selector", "return_path_domain", "enabled", *FLAGS)
+
+
+def _has_flag(name: str) -> bool:
+    return hasattr(SendingDomain, name)
+
+
+def subdomain_body(row: SendingDomain) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "tag": row.id, "name": row.name, "enabled": row.enabled,
+        "created": isotime(row.created_at), "modified": isotime(row.modified_at),
+        "dkim_selector": row.dkim_selector, "return_path_domain": row.return_path_domain}
+    for flag in FLAGS:
+        body[flag] = bool(getattr(row, flag, False))
+    return body
+
+
+def _name(zone: Zone, raw: str) -> str:
+    name = raw.strip().lower().rstrip(".")
+    if name.startswith("*"):
+        raise api_error("E_VALIDATION_ERROR", "wildcard sending domains are not supported",
+                        field="name")
+    if name != zone.name and not name.endswith("." + zone.name):
+        raise api_error("E_VALIDATION_ERROR", f"{raw} is not in zone {zone.name}", field="name")
+    if len(name) > 253 or not all(
+            0 < len(label) <= 63 and label.replace("-", "").isalnum() for label in name.split(".")):
+        raise api_error("E_VALIDATION_ERROR", f"{raw!r} is not a domain name", field="name")
+    return name
+
+
+async def _subdomain(s: AsyncSession, zone: Zone, tag: str,
+                     for_update: bool = False) -> SendingDomain:
+    row = None
+    if is_tag(tag):
+        row = await s.get(SendingDomain, tag, with_for_update=for_update)
+    if row is None or row.zone_id != zone.id:
+        raise api_error("E_NOT_FOUND", f"sending subdomain {tag} not found")
+    return row
+
+
+async def _new_key(secret_key: str, domain: str, selector: str) -> DkimKey:
+    key = await asyncio.to_thread(generate_private_key, "rsa-sha256")
+    blob = KeyVault(secret_key).encrypt(key, f"{domain}/{selector}".encode())
+    return DkimKey(domain=domain, selector=selector, algorithm="rsa",
+                   private_key_encrypted=blob, public_key=public_key_b64(key))
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def list_subdomains(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        rows = list((await s.execute(select(SendingDomain).where(
+            SendingDomain.zone_id == zone.id).order_by(SendingDomain.name))).scalars())
+    result = [subdomain_body(r) for r in rows]
+    return ok(result, result_info={"page": 1, "per_page": max(len(result), 1),
+                                   "count": len(result), "total_count": len(result),
+                                   "total_pages": 1})
+
+
+async def create_subdomain(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    body = await json_body(request)
+    raw = body_str(body, "name", required=True, max_len=253) or ""
+    ctx = request.app.state.ctx
+    if not ctx.settings.secret_key:
+        raise api_error("E_INTERNAL_SERVER_ERROR", "this node has no secret_key to encrypt "
+                        "DKIM keys with (set secret_key or MTA_SECRET_KEY)")
+    async with ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
+        name = _name(zone, raw)
+        if (await s.execute(select(SendingDomain.id).where(SendingDomain.name == name))).first():
+            raise api_error("E_VALIDATION_ERROR", f"{name} is already a sending domain",
+                            field="name")
+        routed = (await s.execute(select(RoutingDomain.id).where(
+            RoutingDomain.name == name, RoutingDomain.zone_id == zone.id))).first()
+        limit = ctx.settings.limits.domains_per_zone
+        if not routed and await zone_domain_count(s, zone.id) >= limit:
+            raise api_error("E_VALIDATION_ERROR", f"zone {zone.name} already has {limit} "
+                            "domains (limits.domains_per_zone)", field="name")
+        selector = f"mta{ctx.clock():%Y%m}"
+        await s.execute(delete(DkimKey).where(DkimKey.domain == name,
+                                              DkimKey.selector == selector))
+        s.add(await _new_key(ctx.settings.secret_key, name, selector))
+        row = SendingDomain(zone_id=zone.id, name=name, dkim_selector=selector,
+                            return_path_domain=f"{RETURN_PATH_LABEL}.{name}")
+        s.add(row)
+        await s.flush()
+        await s.refresh(row)
+        audit.record(s, actor=p.actor, action="create", resource_type="sending_subdomain",
+                     resource_id=row.id, account_id=zone.account_id,
+                     after=audit.snapshot(row, _AUDIT_FIELDS))
+        return ok(subdomain_body(row))
+
+
+async def get_subdomain(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        return ok(subdomain_body(await _subdomain(s, zone, request.path_params["tag"])))
+
+
+async def edit_subdomain(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    body = await json_body(request)
+    changes = {f: v for f in FLAGS if (v := body_bool(body, f)) is not None}
+    for flag in changes:
+        if not _has_flag(flag):
+            raise api_error("E_NOT_IMPLEMENTED", f"{flag} needs database migration 0003_admin",
+                            field=flag)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        row = await _subdomain(s, zone, request.path_params["tag"], for_update=True)
+        before = audit.snapshot(row, _AUDIT_FIELDS)
+        if any(getattr(row, f) != v for f, v in changes.items()):
+            for f, v in changes.items():
+                setattr(row, f, v)
+            await s.flush()
+            await s.refresh(row)
+            audit.record(s, actor=p.actor, action="update", resource_type="sending_subdomain",
+                         resource_id=row.id, account_id=zone.account_id, before=before,
+                         after=audit.snapshot(row, _AUDIT_FIELDS))
+        return ok(subdomain_body(row))
+
+
+async def delete_subdomain(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    async with request.app.state.ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        row = await _subdomain(s, zone, request.path_params["tag"], for_update=True)
+        audit.record(s, actor=p.actor, action="delete", resource_type="sending_subdomain",
+                     resource_id=row.id, account_id=zone.account_id,
+                     before=audit.snapshot(row, _AUDIT_FIELDS))
+        await s.execute(delete(DkimKey).where(DkimKey.domain == row.name,
+                                              DkimKey.selector == row.dkim_selector))
+        await s.delete(row)
+    return JSONResponse({"success": True, "errors": [], "messages": []})
+
+
+async def subdomain_dns(request: Request) -> JSONResponse:
+    p = await require(request, EDIT)
+    ctx = request.app.state.ctx
+    async with ctx.db.session() as s:
+        zone = await zone_of(s, p, request.path_params["zone_id"])
+        row = await _subdomain(s, zone, request.path_params["tag"])
+        keys = (await s.execute(select(DkimKey).where(
+            DkimKey.domain == row.name, DkimKey.active.is_(True))
+            .order_by(DkimKey.selector, DkimKey.algorithm))).scalars()
+        dkim = [(k.selector, f"v=DKIM1; k={k.algorithm}; p={k.public_key}") for k in keys]
+    records = sending_records(ctx.settings, row.name, row.return_path_domain, dkim)
+    return ok(records, result_info={"page": 1, "per_page": len(records), "count": len(records),
+                                    "total_count": len(records), "total_pages": 1})
+
+
+def routes() -> list[Route]:
+    d = "/zones/{zone_id}/email/sending/subdomains"
+    return [
+        Route(d, list_subdomains, methods=["GET"]),
+        Route(d, create_subdomain, methods=["POST"]),
+        Route(d + "/{tag}", get_subdomain, methods=["GET"]),
+        Route(d + "/{tag}", edit_subdomain, methods=["PATCH"]),
+        Route(d + "/{tag}", delete_subdomain, methods=["DELETE"]),
+        Route(d + "/{tag}/dns", subdomain_dns, methods=["GET"]),
+    ]

@@ -1,0 +1,103 @@
+"""`mta addresses verify TOKEN | --id ID` and `mta addresses list --account A`.
+
+`verify TOKEN` does what the verification link does; `verify --id` is the operator
+marking an address verified without the owner's token (audited as such).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from mta.api.addresses import mark_verified
+from mta.commands.accounts import resolve_account
+from mta.commands.queue import open_database
+from mta.config import Settings
+from mta.observe import audit
+from mta.routing.verification import send_pending_verifications, send_verification, verify
+from mta.store.models import DestinationAddress
+
+__all__ = ["register"]
+
+
+async def _cmd_verify(args, settings: Settings) -> int:
+    if bool(args.token) == bool(args.id):
+        print("mta: give either a TOKEN or --id ID", file=sys.stderr)
+        return 2
+    now, actor = datetime.now(UTC), audit.cli_actor()
+    async with open_database(settings) as db, db.session() as s:
+        if args.token:
+            try:
+                # routing (issue 5): the token also expires (routing.verification_ttl)
+                row = await verify(s, settings, args.token, now, actor)
+            except LookupError as exc:
+                print(f"mta: {exc}", file=sys.stderr)
+                return 1
+        else:
+            row = await s.get(DestinationAddress, args.id, with_for_update=True)
+            if row is None:
+                print(f"mta: no destination address {args.id}", file=sys.stderr)
+                return 1
+            mark_verified(s, row, now, actor)
+    print(f"verified {row.email} ({row.id})")
+    return 0
+
+
+async def _cmd_list(args, settings: Settings) -> int:
+    async with open_database(settings) as db, db.session() as s:
+        account = await resolve_account(s, args.account)
+        if account is None:
+            print(f"mta: no single account matches {args.account!r}", file=sys.stderr)
+            return 1
+        rows = (await s.execute(select(DestinationAddress).where(
+            DestinationAddress.account_id == account.id)
+            .order_by(DestinationAddress.created_at))).scalars().all()
+    print(f"{'ID':32}  {'VERIFIED':16}  EMAIL")
+    for r in rows:
+        verified = f"{r.verified_at:%Y-%m-%d %H:%M}" if r.verified_at else "pending"
+        print(f"{r.id:32}  {verified:16}  {r.email}")
+    return 0
+
+
+async def _cmd_send_verification(args, settings: Settings) -> int:
+    """routing (issue 5): (re)send the verification mail; renews the token's lifetime."""
+    from mta.routing.forward import KeyStore
+
+    now = datetime.now(UTC)
+    async with open_database(settings) as db:
+        if args.pending:
+            sent = await send_pending_verifications(db, settings, now)
+        else:
+            async with db.session() as s:
+                row = await s.get(DestinationAddress, args.id or "", with_for_update=True)
+                if row is None:
+                    print(f"mta: no destination address {args.id}", file=sys.stderr)
+                    return 1
+                if row.verified_at is not None:
+                    print(f"{row.email} is already verified")
+                    return 0
+                await send_verification(s, settings, row, now, KeyStore(db, settings))
+                sent = [row.email]
+    for email in sent:
+        print(f"verification mail queued for {email}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("addresses", help="destination addresses of routing rules")
+    ps = p.add_subparsers(dest="addresses_command", required=True)
+    c = ps.add_parser("verify", help="verify a destination address")
+    c.add_argument("token", nargs="?", help="the token from the verification mail")
+    c.add_argument("--id", help="operator override: verify this address id without a token")
+    c.set_defaults(func=_cmd_verify)
+    c = ps.add_parser("send-verification",
+                      help="(re)send the verification mail of an address")
+    c.add_argument("--id", help="the destination address id")
+    c.add_argument("--pending", action="store_true",
+                   help="every unverified address that was never mailed")
+    c.set_defaults(func=_cmd_send_verification)
+    c = ps.add_parser("list", help="list an account's destination addresses")
+    c.add_argument("--account", required=True, help="account id or name")
+    c.set_defaults(func=_cmd_list)

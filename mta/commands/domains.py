@@ -1,0 +1,152 @@
+"""`mta domains onboard|list` and `mta dns`: sending domains and the DNS they need.
+
+    mta domains onboard example.com --sending [--ed25519] [--zone ZONE_ID]
+    mta domains list
+    mta dns example.com [--json] [--no-check] [--mta-sts]
+
+`onboard` makes the domain (or subdomain: each is onboarded on its own) a sending domain
+of the account owning its zone, with DKIM keys and a bounce subdomain, then prints the
+records to publish. `dns` prints every record (bounce MX and SPF, DKIM TXT per selector,
+DMARC TXT) and checks each in live DNS through the node's resolver: ok, missing, wrong,
+or unknown when DNS cannot answer. The exit code is 0 when every record is in place,
+1 when one is missing or wrong, 3 when DNS could not say, 2 on a usage error.
+The MTA-STS and TLS-RPT records follow, unchecked; `--mta-sts` prints and checks only
+them, for any domain we receive mail for (mta/api/wellknown.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from mta.api.wellknown import POLICY_PATH, mta_sts_records
+from mta.commands.queue import open_database
+from mta.config import Settings
+from mta.dnscache import DnsResolver
+from mta.sending.domains import DomainError, check_domain, domain_records, onboard_sending_domain
+from mta.store.models import SendingDomain, Zone
+
+__all__ = ["register"]
+
+
+def _print_records(records: list[dict], states: list[str] | None = None) -> None:
+    for i, r in enumerate(records):
+        prio = f" {r['priority']}" if r["type"] == "MX" else ""
+        content = r["content"] if r["type"] == "MX" else json.dumps(r["content"])
+        state = f"{states[i]:<8} " if states else ""
+        print(f"{state}{r['type']:<4} {r['name']}{prio} {content}")
+
+
+async def _cmd_onboard(args, settings: Settings) -> int:
+    if not args.sending:
+        print("only --sending onboarding is done here (routing: the admin API or mta apply)")
+        return 2
+    async with open_database(settings) as db:
+        try:
+            async with db.session() as s:
+                row = await onboard_sending_domain(s, settings, args.domain, zone_id=args.zone,
+                                                   ed25519=args.ed25519)
+                name, bounce = row.name, row.return_path_domain
+            async with db.session() as s:
+                _, records = await domain_records(s, settings, name)
+        except DomainError as exc:
+            print(f"error: {exc}")
+            return 2
+    print(f"{name}: sending domain, bounce subdomain {bounce}. Publish:")
+    _print_records(records)
+    print(f"then check with: mta dns {name}")
+    return 0
+
+
+async def _cmd_list(args, settings: Settings) -> int:
+    async with open_database(settings) as db, db.session() as s:
+        rows = (await s.execute(select(SendingDomain, Zone.account_id).join(
+            Zone, Zone.id == SendingDomain.zone_id).order_by(SendingDomain.name))).all()
+    for d, account in rows:
+        print(f"{d.name:<40} {d.status:<13} {'enabled' if d.enabled else 'disabled':<8} "
+              f"selector {d.dkim_selector} bounce {d.return_path_domain} account {account}")
+    return 0
+
+
+async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
+    """`mta dns DOMAIN --mta-sts`: the _mta-sts and _smtp._tls TXT records of any
+    domain we receive for, checked live like the sending records (no database needed)."""
+    from mta.api.dnsrecords import check_records
+
+    records = mta_sts_records(settings, args.domain)
+    checks = None if args.no_check else await check_records(
+        DnsResolver.from_settings(settings.dns), records)
+    if args.json:
+        print(json.dumps(records if checks is None else [
+            dict(c.record, state=c.state, found=list(c.found)) for c in checks], indent=2))
+    else:
+        _print_records(records, None if checks is None else [c.state for c in checks])
+        print(f"and serve https://mta-sts.{args.domain}{POLICY_PATH} from this node's "
+              "HTTP listener behind TLS")
+    states = {c.state for c in checks or ()}
+    return 1 if states & {"missing", "wrong"} else 3 if "unknown" in states else 0
+
+
+async def _cmd_dns(args, settings: Settings) -> int:
+    if args.mta_sts:
+        return await _cmd_dns_mta_sts(args, settings)
+    resolver = DnsResolver.from_settings(settings.dns)
+    async with open_database(settings) as db:
+        try:
+            async with db.session() as s:
+                if args.no_check:
+                    _, records = await domain_records(s, settings, args.domain)
+                    checks = None
+                else:
+                    result = await check_domain(s, settings, resolver, args.domain)
+                    records = [c.record for c in result.checks]
+                    checks = result.checks
+        except DomainError as exc:
+            print(f"error: {exc}")
+            return 2
+    if args.json:
+        out = [dict(c.record, state=c.state, found=list(c.found)) for c in checks] \
+            if checks is not None else records
+        print(json.dumps(out, indent=2))
+    else:
+        _print_records(records, [c.state for c in checks] if checks is not None else None)
+        if settings.mta_sts.enabled:  # unchecked here: they concern inbound mail
+            print(f"inbound TLS (MTA-STS, TLS-RPT; check: mta dns {args.domain} --mta-sts):")
+            _print_records(mta_sts_records(settings, args.domain))
+    if checks is None:
+        return 0
+    states = {c.state for c in checks}
+    if states & {"missing", "wrong"}:
+        if not args.json:
+            print(f"{args.domain}: misconfigured")
+        return 1
+    if "unknown" in states:
+        if not args.json:
+            print(f"{args.domain}: DNS did not answer for every record; try again")
+        return 3
+    if not args.json:
+        print(f"{args.domain}: ready")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("domains", help="sending domains (DKIM keys, bounce subdomain)")
+    ps = p.add_subparsers(dest="domains_command", required=True)
+    c = ps.add_parser("onboard", help="onboard a domain or subdomain for sending")
+    c.add_argument("domain")
+    c.add_argument("--sending", action="store_true", help="onboard for Email Sending")
+    c.add_argument("--ed25519", action="store_true",
+                   help="also an Ed25519 key (RFC 8463 dual signature)")
+    c.add_argument("--zone", help="zone id (default: the zone containing the domain)")
+    c.set_defaults(func=_cmd_onboard)
+    c = ps.add_parser("list", help="list sending domains and their status")
+    c.set_defaults(func=_cmd_list)
+
+    d = sub.add_parser("dns", help="print a sending domain's DNS records and check them live")
+    d.add_argument("domain")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--no-check", action="store_true", help="print only, do not query DNS")
+    d.add_argument("--mta-sts", action="store_true",
+                   help="the _mta-sts and _smtp._tls records (any receiving domain)")
+    d.set_defaults(func=_cmd_dns)

@@ -1,0 +1,170 @@
+"""`mta events list|stats`: the activity log from the command line.
+
+The same queries as the activity API (mta/observe/analytics.py), without a token: the
+operator sees every account unless `--account` (id or name) narrows it. `--since` and
+`--until` take a time (`2024-07-15`, `2024-07-15T10:00:00Z`) or an age (`30m`, `24h`,
+`7d`: that long ago); the default range is the last 24 hours.
+
+    mta events list --status rejected --domain example.com
+    mta events stats --by status --by date --since 7d
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import or_, select
+
+from mta.commands.queue import _table, open_database
+from mta.config import Settings, parse_duration
+from mta.observe import analytics
+from mta.observe.analytics import EventFilter
+from mta.store.models import Account
+
+__all__ = ["account_ref", "parse_when", "positive", "register"]
+
+
+def parse_when(value: str, now: datetime) -> datetime:
+    """An age (`24h` = 24 hours ago), a date or an RFC 3339 time (UTC without offset)."""
+    try:
+        return now - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    if len(value) == 10:
+        d = date.fromisoformat(value)
+        return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    ts = datetime.fromisoformat(value)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+async def account_ref(session, ref: str | None) -> str | None:
+    """The account id of `ref` (id or name); raises LookupError when none or several."""
+    if ref is None:
+        return None
+    ids = (await session.execute(select(Account.id).where(
+        or_(Account.id == ref, Account.name == ref)).limit(2))).scalars().all()
+    if len(ids) != 1:
+        raise LookupError(f"no single account matches {ref!r}")
+    return ids[0]
+
+
+def _range(args, now: datetime) -> tuple[datetime, datetime]:
+    until = parse_when(args.until, now) if args.until else now
+    since = parse_when(args.since, now) if args.since else until - timedelta(hours=24)
+    return since, until
+
+
+async def _filter(args, session, now: datetime) -> EventFilter:
+    since, until = _range(args, now)
+    return EventFilter(
+        since=since, until=until, account_id=await account_ref(session, args.account),
+        status=args.status, direction=args.direction, domain=args.domain,
+        mail_from=getattr(args, "from"), rcpt_to=args.to, message_id=args.message_id,
+        event_type=args.event_type, zone_id=args.zone)
+
+
+async def _cmd_list(args, settings: Settings) -> int:
+    now = datetime.now(UTC)
+    async with open_database(settings) as db, db.session() as s:
+        try:
+            f = await _filter(args, s, now)
+        except LookupError as exc:
+            print(exc)
+            return 1
+        rows, total = await analytics.list_events(
+            s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
+            newest_first=not args.oldest_first)
+    if args.json:
+        print(json.dumps({"events": rows, "total": total}, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no events")
+        return 0
+    print(_table([[r["datetime"], r["direction"], r["status"], r["from"] or "-",
+                   r["to"] or "-", _auth(r), r["action"] or "-",
+                   (r["errorCause"] or "")[:30], r["queueId"] or "-"] for r in rows],
+                 ["TIME", "DIR", "STATUS", "FROM", "TO", "SPF/DKIM/DMARC/ARC", "ACTION",
+                  "CAUSE", "QUEUE ID"]))
+    shown = (args.page - 1) * args.limit + len(rows)
+    if shown < total:
+        print(f"\n{shown} of {total}; more: --page {args.page + 1}")
+    return 0
+
+
+def _auth(row: dict) -> str:
+    return "/".join(row[k] or "-" for k in ("spf", "dkim", "dmarc", "arc"))
+
+
+async def _cmd_stats(args, settings: Settings) -> int:
+    dims: list[str] = []
+    for part in (p for value in args.by or ["status"] for p in value.split(",")):
+        name = analytics.canonical_dimension(part)
+        if name is None:
+            print(f"unknown dimension {part!r}; known: {', '.join(analytics.DIMENSIONS)}")
+            return 2
+        if name not in dims:
+            dims.append(name)
+    now = datetime.now(UTC)
+    async with open_database(settings) as db, db.session() as s:
+        try:
+            f = await _filter(args, s, now)
+        except LookupError as exc:
+            print(exc)
+            return 1
+        groups, total = await analytics.aggregate(s, f, dims, limit=args.limit)
+    if args.json:
+        print(json.dumps({"groups": groups, "total_events": total, "since": f.since,
+                          "until": f.until}, indent=2, default=str))
+        return 0
+    if not groups:
+        print("no events")
+        return 0
+    print(_table([[*(str(g["dimensions"][d]) if g["dimensions"][d] is not None else "-"
+                     for d in dims), str(g["count"])] for g in groups],
+                 [*(d.upper() for d in dims), "COUNT"]))
+    print(f"\n{total} event(s) from {f.since:%Y-%m-%d %H:%M} to {f.until:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def positive(value: str) -> int:
+    import argparse
+
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _common(p) -> None:
+    p.add_argument("--account", help="account id or name (default: every account)")
+    p.add_argument("--since", help="start: a time, a date or an age such as 24h (default 24h)")
+    p.add_argument("--until", help="end (exclusive): a time, a date or an age (default now)")
+    p.add_argument("--status", help="e.g. Delivered, 'Delivery failed', rejected")
+    p.add_argument("--direction", choices=["inbound", "outbound"])
+    p.add_argument("--domain", help="recipient's or sender's domain")
+    p.add_argument("--from", help="envelope sender")
+    p.add_argument("--to", help="recipient")
+    p.add_argument("--message-id", help="queue id (from the 250 reply) or Message-ID")
+    p.add_argument("--event-type", choices=["incoming", "forward", "reply", "newEmail"])
+    p.add_argument("--zone", help="zone id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("events", help="the activity log (per-message events, aggregates)")
+    ev = p.add_subparsers(dest="events_command", required=True)
+    lst = ev.add_parser("list", help="events, newest first")
+    _common(lst)
+    lst.add_argument("--limit", type=positive, default=50, help="events per page (default 50)")
+    lst.add_argument("--page", type=positive, default=1)
+    lst.add_argument("--oldest-first", action="store_true")
+    lst.set_defaults(func=_cmd_list)
+    st = ev.add_parser("stats", help="event counts grouped by dimensions")
+    _common(st)
+    st.add_argument("--by", action="append", metavar="DIMENSION",
+                    help="status, date, hour, 5m, 15m, event_type, sending_domain, domain, "
+                         "spf, dkim, dmarc, arc, rule, action ... (repeat or comma "
+                         "separate; default status)")
+    st.add_argument("--limit", type=positive, default=1000, help="at most this many groups")
+    st.set_defaults(func=_cmd_stats)

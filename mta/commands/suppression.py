@@ -1,0 +1,153 @@
+"""`mta suppression add|remove|list`: the operator's hand on the suppression list.
+
+Entries belong to an account; `--account` takes its id or its name. Complaint entries are
+read-only: `remove` refuses them unless `--force` is given (and says so).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, select
+
+from mta.commands.queue import open_database
+from mta.config import Settings, parse_duration
+from mta.sending import suppression
+from mta.store.models import Account
+
+__all__ = ["register"]
+
+
+async def _account_id(session, ref: str) -> str | None:
+    row = (await session.execute(select(Account.id).where(
+        or_(Account.id == ref, Account.name == ref)).limit(2))).scalars().all()
+    return row[0] if len(row) == 1 else None
+
+
+def _expiry(value: str | None, now: datetime) -> datetime | None:
+    if not value or value in ("never", "permanent"):
+        return None
+    try:
+        return now + timedelta(seconds=parse_duration(value))
+    except ValueError:
+        ts = datetime.fromisoformat(value)
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+async def _cmd_add(args, settings: Settings) -> int:
+    now = datetime.now(UTC)
+    async with open_database(settings) as db, db.session() as s:
+        acct = await _account_id(s, args.account)
+        if acct is None:
+            print(f"no single account matches {args.account!r}")
+            return 1
+        try:
+            entry = await suppression.add(
+                s, acct, args.email, args.reason, now=now,
+                scope_type=args.scope or ("sending_domain" if args.domain else "account"),
+                scope_value=args.domain, note=args.note, expires_at=_expiry(args.expires, now))
+        except suppression.SuppressionError as exc:
+            print(f"error: {exc}")
+            return 2
+        out = suppression.to_dict(entry)
+    print(json.dumps(out, indent=2) if args.json else
+          f"suppressed {out['email']} ({out['reason']}, {_scope(out)}, "
+          f"{'until ' + out['expires_at'] if out['expires_at'] else 'permanent'}) id {out['id']}")
+    return 0
+
+
+async def _cmd_remove(args, settings: Settings) -> int:
+    async with open_database(settings) as db, db.session() as s:
+        acct = await _account_id(s, args.account)
+        if acct is None:
+            print(f"no single account matches {args.account!r}")
+            return 1
+        by_id = len(args.target) == 32 and "@" not in args.target
+        try:
+            removed = await suppression.remove(
+                s, acct, suppression_id=args.target if by_id else None,
+                email=None if by_id else args.target,
+                scope_type=args.scope or ("sending_domain" if args.domain else None),
+                scope_value=args.domain, force=args.force)
+        except suppression.SuppressionProtected as exc:
+            print(f"refused: {exc} (use --force)")
+            return 3
+        except suppression.SuppressionError as exc:
+            print(f"error: {exc}")
+            return 1
+    for e in removed:
+        print(f"removed {e.email} ({e.reason}, {e.scope_type}"
+              f"{':' + e.scope_value if e.scope_value else ''}) id {e.id}")
+    return 0
+
+
+def _scope(d: dict) -> str:
+    scope = d["scope"]
+    return scope["type"] + (f":{scope['value']}" if scope.get("value") else "")
+
+
+async def _cmd_list(args, settings: Settings) -> int:
+    now = datetime.now(UTC)
+    async with open_database(settings) as db, db.session() as s:
+        acct = await _account_id(s, args.account)
+        if acct is None:
+            print(f"no single account matches {args.account!r}")
+            return 1
+        page = await suppression.list_entries(
+            s, acct, now=now, reason=args.reason, search=args.search,
+            scope_type=args.scope, scope_value=args.domain,
+            include_expired=args.include_expired, cursor=args.cursor, per_page=args.limit)
+    items = [suppression.to_dict(e) for e in page.items]
+    if args.json:
+        print(json.dumps({"items": items, "cursor": page.cursor}, indent=2))
+        return 0
+    if not items:
+        print("no suppressions")
+        return 0
+    from mta.commands.queue import _table
+
+    print(_table([[d["id"], d["email"], d["reason"], _scope(d),
+                   d["expires_at"] or "permanent", "yes" if d["read_only"] else "",
+                   (d["note"] or "")[:40]] for d in items],
+                 ["ID", "EMAIL", "REASON", "SCOPE", "EXPIRES", "READ-ONLY", "NOTE"]))
+    if page.cursor:
+        print(f"\nmore: --cursor {page.cursor}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("suppression", help="recipients an account must not send to")
+    ps = p.add_subparsers(dest="suppression_command", required=True)
+
+    def common(c) -> None:
+        c.add_argument("--account", required=True, help="account id or name")
+        c.add_argument("--scope", choices=suppression.SCOPES, default=None)
+        c.add_argument("--domain", help="the sending domain of a sending_domain scope "
+                                        "(implies --scope sending_domain)")
+
+    c = ps.add_parser("add", help="suppress an address")
+    c.add_argument("email")
+    common(c)
+    c.add_argument("--reason", choices=suppression.REASONS, default="manual")
+    c.add_argument("--expires", help="a duration (30d) or an ISO time; default permanent")
+    c.add_argument("--note")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_add)
+
+    c = ps.add_parser("remove", help="lift a suppression (by id or address)")
+    c.add_argument("target", help="suppression id or email address")
+    common(c)
+    c.add_argument("--force", action="store_true",
+                   help="also remove read-only (complaint) entries")
+    c.set_defaults(func=_cmd_remove)
+
+    c = ps.add_parser("list", help="list suppressions, newest first")
+    common(c)
+    c.add_argument("--reason", choices=suppression.REASONS)
+    c.add_argument("--search", help="part of the address")
+    c.add_argument("--include-expired", action="store_true")
+    c.add_argument("--cursor")
+    c.add_argument("--limit", type=int, default=100)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_list)

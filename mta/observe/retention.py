@@ -1,0 +1,184 @@
+"""The retention job: activity events, finished messages and (optionally) audit entries
+older than their retention (`observe.*` settings) are deleted, in bounded batches.
+
+Every node runs it (`RetentionJob`, a node service); batches lock their rows with
+SKIP LOCKED, so two nodes never fight over one row, and each batch is its own short
+transaction.
+
+A message is deleted only when it is older than `observe.message_retention`, is not
+waiting for a handler (`handler_pending`), and none of its deliveries is active
+(`queued` or `held`, mta.queue.queue.ACTIVE_STATUSES). Deleting it deletes its deliveries
+and attempts (ON DELETE CASCADE); events that still point at it keep their row with no
+message. The deliveries are locked before the message is deleted, in the order the
+queue and the bounce handler lock them (delivery, then message), and their state is
+read again under the lock, so a delivery requeued at that moment keeps its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Exists, delete, exists, select
+
+from mta.queue.queue import ACTIVE_STATUSES
+from mta.store.db import Database
+from mta.store.models import AuditEntry, Delivery, Event, Message
+
+__all__ = ["RetentionJob", "RetentionReport", "purge_audit", "purge_events",
+           "purge_messages", "run_once"]
+
+log = logging.getLogger("mta.retention")
+
+PENDING_MESSAGE_STATUSES = ("handler_pending",)
+MAX_BATCHES_PER_RUN = 1000  # a run stops after this many batches; the next one goes on
+
+
+@dataclass
+class RetentionReport:
+    events: int = 0
+    messages: int = 0
+    audit: int = 0
+
+    def total(self) -> int:
+        return self.events + self.messages + self.audit
+
+
+async def _batches(step, batch: int) -> int:
+    """Run `step(batch)` -> (deleted, more) while it says there is more (at most
+    MAX_BATCHES_PER_RUN times); the total deleted."""
+    deleted = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        n, more = await step(batch)
+        deleted += n
+        if not more or n == 0:
+            break
+        await asyncio.sleep(0)  # let the node's other work in between batches
+    return deleted
+
+
+async def purge_events(db: Database, cutoff: datetime, batch: int) -> int:
+    async def step(limit: int) -> tuple[int, bool]:
+        ids = (select(Event.id).where(Event.ts < cutoff).order_by(Event.ts).limit(limit)
+               .with_for_update(skip_locked=True).scalar_subquery())
+        async with db.session() as s:
+            n = (await s.execute(delete(Event).where(Event.id.in_(ids)))).rowcount or 0
+        return n, n == limit
+    return await _batches(step, batch)
+
+
+async def purge_audit(db: Database, cutoff: datetime, batch: int) -> int:
+    async def step(limit: int) -> tuple[int, bool]:
+        ids = (select(AuditEntry.id).where(AuditEntry.ts < cutoff).order_by(AuditEntry.ts)
+               .limit(limit).with_for_update(skip_locked=True).scalar_subquery())
+        async with db.session() as s:
+            n = (await s.execute(delete(AuditEntry).where(AuditEntry.id.in_(ids)))
+                 ).rowcount or 0
+        return n, n == limit
+    return await _batches(step, batch)
+
+
+def _active_delivery(message_id) -> Exists:
+    return exists().where(Delivery.message_id == message_id,
+                          Delivery.status.in_(ACTIVE_STATUSES))
+
+
+async def purge_messages(db: Database, cutoff: datetime, batch: int) -> int:
+    deletable = [Message.received_at < cutoff,
+                 Message.status.not_in(PENDING_MESSAGE_STATUSES)]
+
+    async def step(limit: int) -> tuple[int, bool]:
+        async with db.session() as s:
+            candidates = list((await s.execute(
+                select(Message.id).where(*deletable, ~_active_delivery(Message.id))
+                .order_by(Message.received_at).limit(limit))).scalars())
+            if not candidates:
+                return 0, False
+            # Lock the deliveries first (the order other writers use), then read their
+            # state again: a delivery requeued since the scan keeps its message.
+            rows = (await s.execute(
+                select(Delivery.message_id, Delivery.status)
+                .where(Delivery.message_id.in_(candidates)).with_for_update())).all()
+            busy = {mid for mid, status in rows if status in ACTIVE_STATUSES}
+            ids = [m for m in candidates if m not in busy]
+            locked = list((await s.execute(
+                select(Message.id).where(Message.id.in_(ids), *deletable)
+                .with_for_update(skip_locked=True))).scalars()) if ids else []
+            if locked:
+                await s.execute(delete(Message).where(Message.id.in_(locked)))
+        # Rows skipped here (busy, locked) are left for the next run.
+        return len(locked), len(candidates) == limit
+    return await _batches(step, batch)
+
+
+async def run_once(db: Database, settings, now: datetime) -> RetentionReport:
+    """One pass over every kind of row the settings give a retention."""
+    o = settings.observe
+    report = RetentionReport()
+    report.events = await purge_events(db, now - timedelta(seconds=o.event_retention),
+                                       o.retention_batch)
+    report.messages = await purge_messages(db, now - timedelta(seconds=o.message_retention),
+                                           o.retention_batch)
+    if o.audit_retention is not None:
+        report.audit = await purge_audit(db, now - timedelta(seconds=o.audit_retention),
+                                         o.retention_batch)
+    return report
+
+
+class RetentionJob:
+    """A node service running `run_once` every `observe.retention_interval`."""
+
+    name = "retention"
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self._task: asyncio.Task | None = None
+        self.last_run: datetime | None = None
+        self.last_report: RetentionReport | None = None
+
+    async def start(self) -> None:
+        if self.ctx.settings.observe.retention_enabled:
+            self._task = asyncio.create_task(self._loop(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()  # a cancelled batch rolls back: nothing half-done remains
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    def describe(self) -> dict:
+        o = self.ctx.settings.observe
+        return {"worker": self.name, "enabled": o.retention_enabled,
+                "event_retention_s": o.event_retention,
+                "message_retention_s": o.message_retention,
+                "audit_retention_s": o.audit_retention, "interval_s": o.retention_interval}
+
+    async def run(self) -> RetentionReport:
+        report = await run_once(self.ctx.db, self.ctx.settings, self.ctx.clock())
+        self.last_run, self.last_report = self.ctx.clock(), report
+        if report.total():
+            log.info("retention deleted %d event(s), %d message(s), %d audit entr(ies)",
+                     report.events, report.messages, report.audit,
+                     extra={"event": "retention.deleted", "events": report.events,
+                            "messages": report.messages, "audit": report.audit})
+        return report
+
+    async def _loop(self) -> None:
+        interval = max(float(self.ctx.settings.observe.retention_interval), 1.0)
+        # Nodes started together spread their first runs over a short while.
+        await asyncio.sleep(random.uniform(1.0, min(60.0, interval)))
+        while True:
+            try:
+                await self.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next run tries again; the node stays up
+                log.warning("retention run failed: %s", exc,
+                            extra={"event": "retention.failed"})
+            await asyncio.sleep(interval)

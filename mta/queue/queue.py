@@ -1,0 +1,443 @@
+"""The delivery queue in PostgreSQL: enqueue, claim with a lease, backoff, record outcomes.
+
+Job: keep one `deliveries` row per recipient of an outgoing message and hand due rows to
+delivery workers on any node, exactly one holder at a time. Nothing here talks SMTP or
+decides whether a reply is temporary or permanent (that is `delivery.py`, the one failure
+policy); this module only stores what was decided.
+
+- `enqueue()` runs inside the caller's transaction, so a message is acknowledged (250/200)
+  only once it and its deliveries are committed together.
+- `claim()` locks due rows with `SELECT ... FOR UPDATE SKIP LOCKED`, in its own short
+  transaction, and commits with them a lease (`lease_owner`, `lease_expires_at`), the
+  incremented attempt count and the time of the NEXT attempt (as mox does). A node that
+  crashes mid-attempt therefore never causes a hot retry loop: its rows become due again
+  only once both the lease and the committed backoff have passed.
+- A row is due when `status = 'queued'`, `next_attempt_at <= now` and it holds no live
+  lease. Order: `priority` (0 = interactive first; a deferral moves a row into the retry
+  band, so fresh mail is never starved by a backlog of retries), then `next_attempt_at`.
+  A claim takes the head row's destination domain and then more due rows of that same
+  domain, so one SMTP session carries several recipients and messages.
+- Backoff is a function of the attempt count only (first retry, doubling, capped, with
+  jitter), never of wall-clock gaps, so an operator pause or a database outage does not
+  inflate it. The last retry is placed at the maximum age, after which a deferral expires.
+- `record_outcomes()` writes the attempt rows and the new delivery states of a whole batch
+  in the caller's transaction (the worker adds DSNs, suppressions and events to it).
+
+Settings read: `retry.*` (RetrySettings), optionally per destination domain.
+Every function takes `now` (an aware UTC datetime) so tests drive time with a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import random
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from hashlib import sha256
+
+from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mta.config import RetrySettings
+from mta.queue.outcome import Reply
+from mta.store.db import Database
+from mta.store.models import Delivery, DeliveryAttempt, Message
+
+__all__ = [
+    "ACTIVE_STATUSES", "Clock", "Claimed", "PRIORITY_BULK", "PRIORITY_INTERACTIVE",
+    "PRIORITY_RETRY_BAND", "Recipient", "RetryPolicy", "StoredOutcome", "claim", "due_filter",
+    "enqueue", "purge", "queue_stats", "record_outcomes", "release", "renew_leases", "requeue",
+    "utcnow", "verp_address", "verp_token",
+]
+
+Clock = Callable[[], datetime]
+
+PRIORITY_INTERACTIVE = 0  # API/submission sends, replies, forwards, DSNs
+PRIORITY_BULK = 5
+# A deferred row's priority is raised into this band once, so every fresh message (of any
+# class) is claimed before any retry, while retries keep their relative order.
+PRIORITY_RETRY_BAND = 10
+
+ACTIVE_STATUSES = ("queued", "held")
+VERP_PREFIX = "bounces+"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- VERP (here because enqueue assigns it with the row id) -----------------------------
+
+
+def verp_token(delivery_id: int, key: bytes) -> str:
+    """A 12-hex HMAC of the delivery id: short, case-insensitive, unforgeable."""
+    return hmac.new(key, f"verp:{delivery_id}".encode(), sha256).hexdigest()[:12]
+
+
+def verp_address(delivery_id: int, domain: str, key: bytes) -> str:
+    return f"{VERP_PREFIX}{delivery_id}-{verp_token(delivery_id, key)}@{domain.lower()}"
+
+
+# --- backoff ---------------------------------------------------------------------------
+
+
+class RetryPolicy:
+    """Backoff schedule from RetrySettings, with optional per-destination overrides
+    (keys are domains; `example.com` also covers its subdomains)."""
+
+    def __init__(self, default: RetrySettings,
+                 per_domain: Mapping[str, RetrySettings] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.default = default
+        self.per_domain = {k.lower().rstrip("."): v for k, v in (per_domain or {}).items()}
+        self.rng = rng or random.Random()
+
+    @classmethod
+    def from_settings(cls, retry: RetrySettings, rng: random.Random | None = None
+                      ) -> RetryPolicy:
+        """From `retry`, plus `retry.domains` when the config has it: a list of entries
+        with `domain` and any RetrySettings field (None or absent = inherit)."""
+        overrides: dict[str, RetrySettings] = {}
+        for item in getattr(retry, "domains", None) or []:
+            merged = {f.name: getattr(item, f.name, None) for f in dataclasses.fields(retry)}
+            overrides[item.domain] = RetrySettings(**{
+                k: (v if v is not None else getattr(retry, k)) for k, v in merged.items()})
+        return cls(retry, overrides, rng)
+
+    def settings_for(self, domain: str) -> RetrySettings:
+        d = domain.lower().rstrip(".")
+        while d:
+            if d in self.per_domain:
+                return self.per_domain[d]
+            d = d.partition(".")[2]
+        return self.default
+
+    def interval(self, attempts: int, domain: str = "", jitter: bool = True) -> timedelta:
+        """The wait after the `attempts`-th attempt (1-based): first_retry, doubling,
+        capped at max_interval, then +/- jitter."""
+        s = self.settings_for(domain)
+        base = min(s.first_retry * s.backoff_factor ** max(attempts - 1, 0), s.max_interval)
+        if jitter and s.jitter:
+            base *= 1 + self.rng.uniform(-s.jitter, s.jitter)
+        return timedelta(seconds=base)
+
+    def max_age(self, domain: str = "") -> timedelta:
+        return timedelta(seconds=self.settings_for(domain).max_age)
+
+    def next_attempt(self, now: datetime, attempts: int, created_at: datetime,
+                     domain: str = "") -> datetime:
+        nxt = now + self.interval(attempts, domain)
+        deadline = created_at + self.max_age(domain)
+        # The last try happens at the deadline rather than days after it.
+        return min(nxt, deadline) if deadline > now else nxt
+
+    def expired(self, now: datetime, created_at: datetime, domain: str = "") -> bool:
+        return now - created_at >= self.max_age(domain)
+
+
+# --- enqueue ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One recipient to enqueue. `envelope_from` overrides the message's MAIL FROM (SRS);
+    with `verp_domain`, the MAIL FROM becomes a VERP address on that bounce domain."""
+
+    address: str
+    envelope_from: str | None = None
+    verp_domain: str | None = None
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+async def enqueue(session: AsyncSession, message: Message,
+                  recipients: Sequence[Recipient | str], *, now: datetime,
+                  priority: int = PRIORITY_INTERACTIVE,
+                  verp_key: bytes | None = None) -> list[Delivery]:
+    """Add `message` (if not yet in the session) and one queued delivery per recipient,
+    due at `now`, in the caller's transaction. Returns the new rows (ids assigned)."""
+    rcpts = [Recipient(r) if isinstance(r, str) else r for r in recipients]
+    if not rcpts:
+        return []
+    if message.id is None:
+        message.id = uuid.uuid4()
+    if message.size is None:
+        message.size = len(message.raw)
+    if message not in session:
+        session.add(message)
+    await session.flush()
+    # Ids first, so a VERP address can carry its own row id without a second UPDATE.
+    ids = (await session.execute(
+        text("SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
+             "FROM generate_series(1, :n)"), {"n": len(rcpts)})).scalars().all()
+    rows: list[Delivery] = []
+    for did, r in zip(ids, rcpts, strict=True):
+        env_from = r.envelope_from if r.envelope_from is not None else message.mail_from
+        if r.verp_domain:
+            if verp_key is None:
+                raise ValueError("a VERP recipient needs verp_key")
+            env_from = verp_address(did, r.verp_domain, verp_key)
+        rows.append(Delivery(id=did, message_id=message.id, recipient=r.address,
+                             domain=_domain_of(r.address), envelope_from=env_from,
+                             status="queued", priority=priority, attempts=0,
+                             next_attempt_at=now, created_at=now))
+    session.add_all(rows)
+    await session.flush()
+    return rows
+
+
+# --- claim, lease, release ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery leased to this node. `attempts` already counts the attempt about to be
+    made; `next_attempt_at` is the committed time of the one after it."""
+
+    id: int
+    message_id: uuid.UUID
+    recipient: str
+    domain: str
+    envelope_from: str
+    priority: int
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    previous_next_attempt_at: datetime
+    delay_notified_at: datetime | None
+
+
+def due_filter(now: datetime):
+    return and_(Delivery.status == "queued", Delivery.next_attempt_at <= now,
+                or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at <= now))
+
+
+async def claim(db: Database, node_id: str, *, limit: int, lease_seconds: float,
+                now: datetime, policy: RetryPolicy,
+                exclude_domains: Iterable[str] = (), domain: str | None = None
+                ) -> list[Claimed]:
+    """Lease up to `limit` due deliveries, all for one destination domain (the head of
+    the queue's, or `domain`), and commit the lease and the next attempt time."""
+    excluded = sorted(set(exclude_domains))
+    async with db.session() as s:
+        if domain is None:
+            head = select(Delivery.domain).where(due_filter(now))
+            if excluded:
+                head = head.where(Delivery.domain.not_in(excluded))
+            head = head.order_by(Delivery.priority, Delivery.next_attempt_at).limit(1)
+            domain = (await s.execute(head.with_for_update(skip_locked=True))).scalar()
+            if domain is None:
+                return []
+        # The head row is already locked by us; SKIP LOCKED only skips other holders.
+        picked = (await s.execute(
+            select(Delivery.id, Delivery.message_id, Delivery.recipient, Delivery.domain,
+                   Delivery.envelope_from, Delivery.priority, Delivery.attempts,
+                   Delivery.created_at, Delivery.next_attempt_at, Delivery.delay_notified_at)
+            .where(due_filter(now), Delivery.domain == domain)
+            .order_by(Delivery.priority, Delivery.next_attempt_at).limit(limit)
+            .with_for_update(skip_locked=True))).all()
+        if not picked:
+            return []
+        lease_until = now + timedelta(seconds=lease_seconds)
+        out: list[Claimed] = []
+        for r in picked:
+            attempts = r.attempts + 1
+            nxt = policy.next_attempt(now, attempts, r.created_at, r.domain)
+            out.append(Claimed(r.id, r.message_id, r.recipient, r.domain, r.envelope_from,
+                               r.priority, attempts, r.created_at, nxt, r.next_attempt_at,
+                               r.delay_notified_at))
+        await s.execute(update(Delivery), [
+            {"id": c.id, "attempts": c.attempts, "next_attempt_at": c.next_attempt_at,
+             "lease_owner": node_id, "lease_expires_at": lease_until} for c in out])
+    return out
+
+
+async def renew_leases(db: Database, node_id: str, ids: Sequence[int], *,
+                       lease_seconds: float, now: datetime) -> int:
+    """Extend our leases on `ids` (long SMTP sessions); returns how many we still hold."""
+    if not ids:
+        return 0
+    async with db.session() as s:
+        res = await s.execute(
+            update(Delivery).where(Delivery.id.in_(ids), Delivery.lease_owner == node_id,
+                                   Delivery.status == "queued")
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds)))
+        return res.rowcount or 0
+
+
+async def release(db: Database, node_id: str, claimed: Sequence[Claimed]) -> int:
+    """Give back leases of work we claimed but never tried (graceful stop): the attempt
+    count and the due time are restored, so another node picks them up at once."""
+    if not claimed:
+        return 0
+    async with db.session() as s:
+        n = 0
+        for c in claimed:
+            res = await s.execute(
+                update(Delivery).where(Delivery.id == c.id, Delivery.lease_owner == node_id,
+                                       Delivery.status == "queued")
+                .values(lease_owner=None, lease_expires_at=None,
+                        attempts=Delivery.attempts - 1,
+                        next_attempt_at=c.previous_next_attempt_at))
+            n += res.rowcount or 0
+        return n
+
+
+# --- outcomes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    """What the failure policy decided for one claimed delivery, ready to store.
+    `status` is the new delivery status: queued (deferred), delivered, failed, expired."""
+
+    claimed: Claimed
+    status: str
+    attempt_result: str  # delivered | deferred | failed
+    started_at: datetime
+    finished_at: datetime
+    reply: Reply | None = None
+    detail: str | None = None
+    mx_host: str | None = None
+    ip: str | None = None
+    tls_version: str | None = None
+    mark_delay_notified: bool = False
+
+
+def _reply_text(o: StoredOutcome) -> str | None:
+    if o.reply is not None:
+        return str(o.reply)
+    return o.detail
+
+
+async def record_outcomes(session: AsyncSession, node_id: str,
+                          outcomes: Sequence[StoredOutcome], *, now: datetime) -> list[int]:
+    """Write attempt rows and new delivery states for a batch, in the caller's
+    transaction. Returns the ids whose delivery row was updated (a row another node
+    finished meanwhile is left alone; its attempt is still recorded)."""
+    if not outcomes:
+        return []
+    session.add_all([DeliveryAttempt(
+        delivery_id=o.claimed.id, started_at=o.started_at, finished_at=o.finished_at,
+        node=node_id, mx_host=o.mx_host, ip=o.ip, tls_version=o.tls_version,
+        result=o.attempt_result, reply_code=o.reply.code if o.reply else None,
+        enhanced_code=o.reply.enhanced if o.reply else None,
+        reply_text=(o.reply.text if o.reply else o.detail)) for o in outcomes])
+    # One statement for the whole batch. Only the lease holder reschedules a deferral
+    # (the next attempt time was committed at claim; a deferral just drops the lease and
+    # enters the retry band); a final state is written whoever holds the lease, because
+    # the remote server has spoken.
+    res = await session.execute(_RECORD_SQL, {
+        "ids": [o.claimed.id for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "finished": [o.finished_at for o in outcomes],
+        "replies": [_reply_text(o) for o in outcomes],
+        "delay": [o.mark_delay_notified for o in outcomes],
+        "node": node_id, "now": now, "band": PRIORITY_RETRY_BAND})
+    return [row[0] for row in res]
+
+
+_RECORD_SQL = text("""
+UPDATE deliveries AS d SET
+    status = v.status,
+    finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE v.finished END,
+    last_reply = v.reply,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    priority = CASE WHEN v.status = 'queued' AND d.priority < :band
+                    THEN d.priority + :band ELSE d.priority END,
+    delay_notified_at = CASE WHEN v.delay THEN :now ELSE d.delay_notified_at END
+FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+            CAST(:finished AS timestamptz[]), CAST(:replies AS text[]),
+            CAST(:delay AS boolean[])) AS v(id, status, finished, reply, delay)
+WHERE d.id = v.id AND d.status = 'queued'
+  AND (v.status <> 'queued' OR d.lease_owner = :node)
+RETURNING d.id
+""")
+
+
+# --- operator actions (CLI) ------------------------------------------------------------------
+
+
+def _select_filter(stmt, ids: Sequence[int] | None, domain: str | None,
+                   message_id: uuid.UUID | None):
+    if ids:
+        stmt = stmt.where(Delivery.id.in_(list(ids)))
+    if domain:
+        stmt = stmt.where(Delivery.domain == domain.lower())
+    if message_id:
+        stmt = stmt.where(Delivery.message_id == message_id)
+    return stmt
+
+
+async def requeue(session: AsyncSession, *, now: datetime, ids: Sequence[int] | None = None,
+                  domain: str | None = None, message_id: uuid.UUID | None = None,
+                  include_failed: bool = False) -> int:
+    """Make matching queued (or held; with include_failed also failed/expired) rows due
+    now. The attempt count and the creation time are kept: the backoff after this try
+    continues its schedule, and an expired row revived this way gets one more try."""
+    statuses = ["queued", "held"] + (["failed", "expired"] if include_failed else [])
+    stmt = _select_filter(
+        update(Delivery).where(Delivery.status.in_(statuses)), ids, domain, message_id)
+    res = await session.execute(stmt.values(status="queued", next_attempt_at=now,
+                                            finished_at=None))
+    return res.rowcount or 0
+
+
+async def purge(session: AsyncSession, *, now: datetime, ids: Sequence[int] | None = None,
+                domain: str | None = None, message_id: uuid.UUID | None = None,
+                finished_before: datetime | None = None) -> int:
+    """Remove work: queued/held rows matching the filters become `purged` (kept for the
+    logs); with `finished_before`, finished rows older than that are deleted."""
+    if finished_before is not None:
+        res = await session.execute(_select_filter(
+            delete(Delivery).where(Delivery.status.not_in(ACTIVE_STATUSES),
+                                   Delivery.finished_at < finished_before),
+            ids, domain, message_id))
+        return res.rowcount or 0
+    if not (ids or domain or message_id):
+        raise ValueError("purge needs ids, a domain or a message id")
+    res = await session.execute(_select_filter(
+        update(Delivery).where(Delivery.status.in_(ACTIVE_STATUSES)), ids, domain, message_id)
+        .values(status="purged", finished_at=now, lease_owner=None, lease_expires_at=None))
+    return res.rowcount or 0
+
+
+async def queue_stats(session: AsyncSession, *, now: datetime, full: bool = True) -> dict:
+    """Depth of the queue by state and the age of the oldest due row. With `full` (the
+    CLI) also held rows, the busiest domains and finished rows by status; without it
+    (the periodic metrics sample) only what the partial due index covers, so sampling
+    never scans the delivery history."""
+    leased = and_(Delivery.lease_expires_at.is_not(None), Delivery.lease_expires_at > now)
+    row = (await session.execute(select(
+        func.count().filter(leased).label("in_flight"),
+        func.count().filter(due_filter(now)).label("due"),
+        func.count().filter(and_(Delivery.next_attempt_at > now, ~leased)).label("waiting"),
+        func.min(Delivery.next_attempt_at).filter(due_filter(now)).label("oldest_due"),
+        func.min(Delivery.created_at).label("oldest_created"))
+        .where(Delivery.status == "queued"))).one()
+    out: dict = {
+        "depth": {"due": row.due, "waiting": row.waiting, "in_flight": row.in_flight},
+        "oldest_due_seconds": (now - row.oldest_due).total_seconds() if row.oldest_due
+        else 0.0,
+        "oldest_queued_seconds": (now - row.oldest_created).total_seconds()
+        if row.oldest_created else 0.0,
+    }
+    if not full:
+        return out
+    out["depth"]["held"] = (await session.execute(select(func.count()).where(
+        Delivery.status == "held"))).scalar_one()
+    domains = (await session.execute(
+        select(Delivery.domain, func.count()).where(Delivery.status == "queued")
+        .group_by(Delivery.domain).order_by(func.count().desc()).limit(10))).all()
+    finished = (await session.execute(
+        select(Delivery.status, func.count()).where(Delivery.status.not_in(ACTIVE_STATUSES))
+        .group_by(Delivery.status))).all()
+    out["top_domains"] = [{"domain": d, "queued": n} for d, n in domains]
+    out["finished"] = {s: n for s, n in finished}
+    return out

@@ -1,0 +1,306 @@
+"""The forwarded copy of one received message (MISSION R6, docs "Postmaster").
+
+Job: turn the message as we stored it (our Received and Authentication-Results on top)
+into what goes to a forwarding destination, and say which envelope sender it goes with:
+
+- envelope sender: SRS (`settings.srs`): SRS0 for a first hop, SRS1 when the sender is
+  already someone's SRS address, the null sender stays null;
+- From: untouched, except the DMARC-safe case: the From domain publishes
+  p=quarantine/reject and the message has no valid DKIM signature aligned with it, so
+  forwarding it unchanged would fail DMARC downstream (SRS fixes SPF, not alignment).
+  `routing.dmarc_safe_from` then says rewrite (From: at our forwarding domain, the
+  display name kept, X-Original-From and Reply-To added), forward anyway, or reject;
+- a DKIM signature for the forwarding domain (`routing.forwarding_domain`, default
+  `srs.domain`) and, with `routing.sign_routing_domain`, one for the routing domain;
+- an ARC set on top (AAR with the results recorded at receipt, AMS, AS with cv from the
+  chain validation at receipt and instance = highest + 1).
+Everything else, body included, is left as it is; line ends are normalised to CRLF, as
+signing and relaying require.
+
+Loop protection (`loop_problem`): more than `routing.max_received` Received fields or
+`routing.max_arc_instances` ARC sets -> 554 5.4.6.
+
+Keys (`KeyStore`): the active RSA key of a domain in `dkim_keys` (decrypted with
+`secret_key`); for the forwarding domain one is generated on first use and the TXT record
+to publish is logged. Signing runs in a thread (RSA through OpenSSL, three signatures).
+
+Settings read: `srs.*`, `routing.*`, `secret_key`, `inbound.authserv_id`, `node.hostname`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from email.utils import formataddr, parseaddr
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from mta.checks.results import AuthResults
+from mta.config import Settings
+from mta.signing.arc import ArcSealError, existing_instances, seal_arc
+from mta.signing.dkim import DkimSignError, normalize_line_endings, parse_message, sign_dkim
+from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
+from mta.signing.srs import Srs
+from mta.store.db import Database
+from mta.store.models import DkimKey
+
+__all__ = [
+    "ForwardCopy", "ForwardError", "Forwarder", "KeyStore", "arc_instances",
+    "dmarc_rewrite_needed", "forwarding_domain", "loop_problem", "make_srs",
+    "received_count", "rewrite_from", "seal_and_sign",
+]
+
+log = logging.getLogger("mta.routing")
+
+_KEY_TTL = 300.0  # seconds a decrypted key is reused before dkim_keys is read again
+
+
+class ForwardError(Exception):
+    """The copy cannot be made here (no SRS secret, no key, no secret_key): a local,
+    temporary problem; the sender is told 451 and the operator reads the log."""
+
+
+# -- pure helpers -------------------------------------------------------------------------------
+
+
+def _header_fields(raw: bytes) -> tuple[list[bytes], bytes]:
+    """(header fields, each with its continuation lines and CRLF; the rest from the
+    blank line on) of a CRLF message."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        head, body = raw, b""
+    fields: list[bytes] = []
+    for line in (head + b"\r\n").split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields, (b"\r\n" + body if sep else b"")
+
+
+def _name(field_: bytes) -> bytes:
+    return field_.split(b":", 1)[0].strip().lower()
+
+
+def received_count(raw: bytes) -> int:
+    fields, _ = _header_fields(normalize_line_endings(raw))
+    return sum(1 for f in fields if _name(f) == b"received")
+
+
+def arc_instances(raw: bytes) -> int:
+    headers, _ = parse_message(normalize_line_endings(raw))
+    return max(existing_instances(headers), default=0)
+
+
+def loop_problem(raw: bytes, max_received: int, max_arc: int) -> str | None:
+    """Why forwarding this message again looks like a loop, or None."""
+    received = received_count(raw)
+    if received > max_received:
+        return f"{received} Received header fields (more than {max_received})"
+    try:
+        arc = arc_instances(raw)
+    except DkimSignError:
+        return None
+    if arc > max_arc:
+        return f"{arc} ARC sets (more than {max_arc})"
+    return None
+
+
+def dmarc_rewrite_needed(auth: AuthResults) -> tuple[str, str] | None:
+    """(policy, From domain) when forwarding unchanged would fail DMARC downstream:
+    the From domain asks for quarantine/reject and no valid DKIM signature aligned with
+    it survives forwarding (an SPF pass does not: the envelope sender becomes ours)."""
+    d = auth.dmarc
+    if d is None or d.policy not in ("quarantine", "reject") or d.dkim_aligned:
+        return None
+    return d.policy, d.from_domain
+
+
+def rewrite_from(raw: bytes, new_address: str) -> bytes:
+    """From: <new_address> with the original display name (or, without one, the
+    original address as display name); the original From value goes to
+    X-Original-From and, when the author set no Reply-To, to Reply-To."""
+    fields, rest = _header_fields(normalize_line_endings(raw))
+    index = next((i for i, f in enumerate(fields) if _name(f) == b"from"), None)
+    if index is None:
+        raise DkimSignError("the message has no From header field")
+    value = fields[index].split(b":", 1)[1].decode("utf-8", "replace")
+    value = re.sub(r"\r\n[ \t]", " ", value).strip()
+    name, address = parseaddr(value)
+    display = name or address or value
+    new_from = formataddr((display, new_address)) if display.isascii() else \
+        f'"{display}" <{new_address}>'
+    added = [f"X-Original-From: {value}\r\n".encode()]
+    if not any(_name(f) == b"reply-to" for f in fields):
+        added.append(f"Reply-To: {value}\r\n".encode())
+    fields[index] = f"From: {new_from}\r\n".encode()
+    # The new fields go right after From, so they read together and the header keeps
+    # its order otherwise.
+    fields[index + 1:index + 1] = added
+    return b"".join(fields) + rest
+
+
+def _aar_text(auth: AuthResults, authserv_id: str) -> str:
+    header = auth.to_header(authserv_id)
+    return header[len(authserv_id):].lstrip("; ").strip() or "none"
+
+
+def _chain_validation(auth: AuthResults, raw: bytes) -> str:
+    if arc_instances(raw) == 0:
+        return "none"
+    return "pass" if auth.arc is not None and auth.arc.cv == "pass" else "fail"
+
+
+def seal_and_sign(raw: bytes, *, auth: AuthResults, authserv_id: str,
+                  forwarding_key: SigningKey, extra_keys: tuple[SigningKey, ...] = (),
+                  new_from: str | None = None, timestamp: int | None = None) -> bytes:
+    """The forwarded bytes: normalised, From rewritten when `new_from` is given, DKIM
+    signed by every key, then ARC-sealed by the forwarding key. CPU only."""
+    msg = normalize_line_endings(raw)
+    if new_from is not None:
+        msg = rewrite_from(msg, new_from)
+    stamp = int(time.time()) if timestamp is None else timestamp
+    signatures = b"".join(sign_dkim(msg, k, timestamp=stamp)
+                          for k in (forwarding_key, *extra_keys))
+    msg = signatures + msg
+    cv = _chain_validation(auth, msg)
+    aar = _aar_text(auth, authserv_id)
+    try:
+        arc = seal_arc(msg, forwarding_key, authserv_id, aar, cv, stamp)  # type: ignore[arg-type]
+    except ArcSealError as exc:
+        if cv == "fail":
+            raise
+        # A chain we could not re-seal as it was recorded (e.g. fields without i=) is
+        # declared failed rather than forwarded without our set.
+        log.info("ARC chain not sealable as %s (%s); sealing cv=fail", cv, exc)
+        arc = seal_arc(msg, forwarding_key, authserv_id, aar, "fail", stamp)
+    return arc + msg
+
+
+def forwarding_domain(settings: Settings) -> str | None:
+    return (settings.routing.forwarding_domain or settings.srs.domain or "").lower() or None
+
+
+def make_srs(settings: Settings, clock=time.time) -> Srs | None:
+    srs = settings.srs
+    if not srs.domain or not srs.secrets:
+        return None
+    return Srs(srs.secrets, srs.domain, srs.max_age_days, clock=clock)
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+class KeyStore:
+    """Active RSA signing keys per domain from `dkim_keys`, decrypted once and cached."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self._vault = KeyVault(settings.secret_key) if settings.secret_key else None
+        self._cache: dict[str, tuple[float, SigningKey | None]] = {}
+        self._lock = asyncio.Lock()
+
+    async def key_for(self, domain: str, *, generate: bool = False) -> SigningKey | None:
+        domain = domain.lower()
+        hit = self._cache.get(domain)
+        if hit is not None and hit[0] > time.monotonic() and (hit[1] or not generate):
+            return hit[1]
+        async with self._lock:
+            key = await self._load(domain)
+            if key is None and generate:
+                key = await self._generate(domain)
+            self._cache[domain] = (time.monotonic() + _KEY_TTL, key)
+            return key
+
+    def _ad(self, domain: str, selector: str) -> bytes:
+        return f"{domain}/{selector}".encode()  # as mta.sending.domains.key_associated_data
+
+    async def _load(self, domain: str) -> SigningKey | None:
+        selector = self.settings.routing.dkim_selector
+        async with self.db.session() as s:
+            rows = (await s.execute(select(DkimKey).where(
+                DkimKey.domain == domain, DkimKey.active.is_(True), DkimKey.algorithm == "rsa")
+                .order_by((DkimKey.selector == selector).desc(), DkimKey.id))).scalars().all()
+        if not rows:
+            return None
+        if self._vault is None:
+            raise ForwardError(f"secret_key is not set: the DKIM key of {domain} cannot be "
+                               "decrypted")
+        row = rows[0]
+        private = self._vault.decrypt(row.private_key_encrypted, self._ad(domain, row.selector))
+        return SigningKey(domain, row.selector, private)
+
+    async def _generate(self, domain: str) -> SigningKey | None:
+        if self._vault is None:
+            raise ForwardError("secret_key is not set: no DKIM key can be stored for "
+                               f"{domain}")
+        selector = self.settings.routing.dkim_selector
+        private = await asyncio.to_thread(generate_private_key, "rsa-sha256")
+        async with self.db.session() as s:
+            await s.execute(insert(DkimKey).values(
+                domain=domain, selector=selector, algorithm="rsa",
+                private_key_encrypted=self._vault.encrypt(private, self._ad(domain, selector)),
+                public_key=public_key_b64(private), active=True,
+            ).on_conflict_do_nothing())
+        key = await self._load(domain)  # another node may have won the race: use its key
+        if key is not None:
+            log.warning("generated the DKIM key for forwarded mail; publish %s TXT "
+                        "\"v=DKIM1; k=rsa; p=%s\"", key.dns_name,
+                        public_key_b64(key.private_key),
+                        extra={"event": "routing.key_generated", "domain": domain,
+                               "selector": key.selector})
+        return key
+
+
+# -- the forwarder ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForwardCopy:
+    raw: bytes  # what goes on the wire
+    envelope_from: str  # SRS-rewritten ("" stays "")
+    from_rewritten: bool
+    signed_by: tuple[str, ...]  # d= of our DKIM signatures
+
+
+class Forwarder:
+    def __init__(self, settings: Settings, db: Database, srs: Srs | None = None) -> None:
+        self.settings = settings
+        self.keys = KeyStore(db, settings)
+        self.srs = srs if srs is not None else make_srs(settings)
+        self.authserv_id = settings.inbound.authserv_id or settings.node.hostname
+        self.domain = forwarding_domain(settings)
+
+    def envelope_from(self, mail_from: str) -> str:
+        if self.srs is None:
+            raise ForwardError("srs.domain and srs.secrets must be set to forward mail")
+        return self.srs.forward(mail_from)
+
+    async def copy(self, raw: bytes, mail_from: str, auth: AuthResults, *,
+                   routing_domain: str | None = None, rewrite_from: bool = False) -> ForwardCopy:
+        """The forwarded copy; `rewrite_from` applies the DMARC-safe From rewrite (the
+        caller decided with `dmarc_rewrite_needed` and `routing.dmarc_safe_from`)."""
+        env_from = self.envelope_from(mail_from)
+        if self.domain is None:
+            raise ForwardError("routing.forwarding_domain (or srs.domain) must be set")
+        key = await self.keys.key_for(self.domain, generate=True)
+        if key is None:
+            raise ForwardError(f"no DKIM key for {self.domain}")
+        extra: tuple[SigningKey, ...] = ()
+        if (self.settings.routing.sign_routing_domain and routing_domain
+                and routing_domain.lower() != self.domain):
+            other = await self.keys.key_for(routing_domain)
+            if other is not None:
+                extra = (other,)
+        new_from = (f"{self.settings.routing.rewritten_from_local}@{self.domain}"
+                    if rewrite_from else None)
+        out = await asyncio.to_thread(seal_and_sign, raw, auth=auth,
+                                      authserv_id=self.authserv_id, forwarding_key=key,
+                                      extra_keys=extra, new_from=new_from)
+        return ForwardCopy(out, env_from, new_from is not None,
+                           tuple(k.domain for k in (key, *extra)))

@@ -1,0 +1,445 @@
+"""The routing pipeline for one accepted message: rule -> action -> target.
+
+Called by the MX listener (`mta.smtp.intake`) after the authentication policy accepted a
+message and before it is stored. `InboundRouter.route()` returns a `Routed` value:
+
+- `reply` set: the message must not be stored and the sender gets this reply now —
+  a forwarding loop (554 5.4.6), `routing.dmarc_safe_from: reject` (550 5.7.1), the
+  upstream 5xx of the in-session attempt (its code and text, nothing queued, no
+  backscatter), or a local problem (451). Events are already written.
+- otherwise `stage(session, message)` adds, in the caller's transaction (the one that
+  stores the message, so nothing is acknowledged before it is durable): the forwarded
+  copies (a `messages` row each, source `forward`), their deliveries (delivered when the
+  in-session attempt succeeded, queued for the delivery workers when it got 4xx / timed
+  out / could not connect, or when there are several destinations), the activity events,
+  and the message status. Then the listener answers 250.
+
+Per recipient (the full address, `+detail` kept, is what events show): the rule is
+matched again with the routing data the RCPT check used (`mta.routing.rules`, the one
+matcher). Actions: `forward` to the rule's verified destinations; `drop` (accepted,
+recorded `Dropped`); `worker` (recorded `Handled` with state pending and the message
+status `handler_pending` — the seam for the handlers issue, which runs them).
+Mail to an SRS0/SRS1 address at our SRS domain is reversed and forwarded to the original
+sender (`srs_recipient_verdict` is the RCPT-time check: forged or expired -> 550 5.1.1).
+
+A forward to exactly one destination (and no handler) is tried in-session within
+`routing.in_session_timeout`: 2xx -> 250, 5xx -> that reply, 4xx/timeout/no connection ->
+queued with the attempt counted (the next one follows the retry schedule).
+Settings read: `routing.*`, `srs.*`, `retry.*`, `delivery.port`, `node.hostname`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mta.checks.results import AuthResults
+from mta.config import Settings
+from mta.dnscache import DnsResolver
+from mta.observe import metrics
+from mta.observe.events import event_rows, record_events_now
+from mta.queue.outcome import RecipientOutcome
+from mta.queue.queue import (
+    PRIORITY_INTERACTIVE,
+    PRIORITY_RETRY_BAND,
+    Recipient,
+    RetryPolicy,
+    enqueue,
+    utcnow,
+)
+from mta.routing.forward import (
+    ForwardCopy,
+    Forwarder,
+    ForwardError,
+    dmarc_rewrite_needed,
+    loop_problem,
+    make_srs,
+)
+from mta.routing.rules import match_rule, normalize_address
+from mta.signing.srs import SrsError, is_srs_address
+from mta.smtp import replies
+from mta.smtp.recipients import RecipientVerdict
+from mta.smtp.replies import Reply
+from mta.store.db import Database
+from mta.store.models import Delivery, DeliveryAttempt, Event, Message
+
+__all__ = ["InboundRouter", "Routed", "Target", "srs_recipient_verdict"]
+
+log = logging.getLogger("mta.routing")
+
+
+# -- RCPT time: our SRS addresses ---------------------------------------------------------------
+
+
+def srs_recipient_verdict(address: str, settings: Settings) -> RecipientVerdict | None:
+    """For an SRS0/SRS1 address at our SRS domain: accepted when it reverses (hash and
+    age good), unknown (550 5.1.1) when forged, expired or malformed. None for every
+    other address: the routing directory decides those."""
+    srs = make_srs(settings)
+    addr = normalize_address(address)
+    domain = addr.rpartition("@")[2]
+    if srs is None or domain != srs.domain.lower() or not is_srs_address(address):
+        return None
+    try:
+        srs.reverse(address)
+    except SrsError as exc:
+        log.info("refused SRS address %s: %s", addr, exc,
+                 extra={"event": "routing.srs_refused", "reason": type(exc).__name__})
+        return RecipientVerdict("unknown", addr, domain)
+    return RecipientVerdict("accepted", addr, domain)
+
+
+# -- values -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One forwarding destination and who it is for."""
+
+    destination: str
+    recipients: list[str]  # the original recipients that lead here
+    per_rcpt: dict[str, dict[str, Any]]  # event columns per recipient (rule, zone, action)
+    routing_domain: str | None
+    kind: str = "forward"  # forward | srs (a bounce sent on to the original sender)
+
+
+@dataclass
+class Routed:
+    reply: Reply | None = None  # refuse with this; nothing to store
+    _stage: Callable[[AsyncSession, Message], Any] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    async def stage(self, session: AsyncSession, message: Message) -> None:
+        if self._stage is not None:
+            await self._stage(session, message)
+
+
+@dataclass
+class _Plan:
+    targets: dict[str, Target] = field(default_factory=dict)
+    events: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    handlers: bool = False
+    unconfigured: bool = False
+
+    def event(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any]):
+        self.events.append((status, rcpt, cols, details))
+
+
+def _auth_summary(auth: AuthResults) -> dict[str, str]:
+    return {"spf": auth.spf_result, "dkim": auth.dkim_result, "dmarc": auth.dmarc_result,
+            "arc": auth.arc_result}
+
+
+# -- the router ---------------------------------------------------------------------------------
+
+
+class InboundRouter:
+    def __init__(self, settings: Settings, db: Database, resolver: DnsResolver, *,
+                 transport: Any = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock
+        self.forwarder = Forwarder(settings, db)
+        self.retry = RetryPolicy(settings.retry)
+        self.timeout = float(settings.routing.in_session_timeout)
+        if transport is None:
+            from mta.queue.mtasts import MtaSts
+            from mta.queue.remote import RemoteDelivery
+
+            transport = RemoteDelivery(
+                resolver, settings.node.hostname, port=settings.delivery.port,
+                connect_timeout=min(30.0, self.timeout), mtasts=MtaSts(resolver))
+        self.transport = transport
+
+    def srs_recipient(self, address: str) -> RecipientVerdict | None:
+        """The RCPT-time hook of the MX listener (see `srs_recipient_verdict`)."""
+        return srs_recipient_verdict(address, self.settings)
+
+    # -- planning -------------------------------------------------------------------------
+
+    def _plan(self, recipients: Sequence[RecipientVerdict]) -> _Plan:
+        plan = _Plan()
+        srs = self.forwarder.srs
+        for v in recipients:
+            base = {"account_id": v.routing.account_id if v.routing else None,
+                    "zone_id": v.routing.zone_id if v.routing else None}
+            if v.routing is None:
+                if srs is not None and v.domain == srs.domain.lower() and \
+                        is_srs_address(v.address):
+                    try:
+                        original = srs.reverse(v.address)
+                    except SrsError as exc:  # expired between RCPT and DATA
+                        plan.event("Rejected", v.address, {**base, "action": "forward"},
+                                   {"reason": "srs_invalid", "error": str(exc)})
+                        continue
+                    self._add_target(plan, original, v.address, {**base, "action": "forward"},
+                                     None, "srs")
+                    continue
+                plan.event("Error", v.address, base, {"reason": "no_routing_data"})
+                continue
+            r = v.routing
+            match = match_rule(r.rules, v.address, subaddressing=r.subaddressing,
+                               verified=r.verified) or v.match
+            if match is None:
+                plan.event("Error", v.address, base, {"reason": "no_rule"})
+                continue
+            rule = match.rule
+            for action in rule.actions:
+                cols = {**base, "rule_id": rule.id, "action": action.type}
+                info = {"rule": rule.name, "matched": match.matched, "match": match.kind}
+                if action.type == "forward":
+                    verified = [d for d in action.value if normalize_address(d) in r.verified]
+                    skipped = [d for d in action.value if d not in verified]
+                    if skipped:
+                        info["unverified_destinations"] = skipped
+                    for dest in verified:
+                        self._add_target(plan, normalize_address(dest), v.address, cols,
+                                         v.domain, "forward", info)
+                    if not verified:
+                        plan.event("Error", v.address, cols,
+                                   {**info, "reason": "no_verified_destination"})
+                elif action.type == "drop":
+                    plan.event("Dropped", v.address, cols, info)
+                elif action.type == "worker":
+                    plan.handlers = True
+                    plan.event("Handled", v.address, cols,
+                               {**info, "handler": list(action.value), "state": "pending"})
+                else:
+                    plan.event("Error", v.address, cols,
+                               {**info, "reason": f"unknown action {action.type!r}"})
+        return plan
+
+    @staticmethod
+    def _add_target(plan: _Plan, dest: str, rcpt: str, cols: dict[str, Any],
+                    routing_domain: str | None, kind: str,
+                    info: dict[str, Any] | None = None) -> None:
+        t = plan.targets.get(dest)
+        if t is None:
+            t = plan.targets[dest] = Target(dest, [], {}, routing_domain, kind)
+        if rcpt not in t.recipients:
+            t.recipients.append(rcpt)
+            t.per_rcpt[rcpt] = {**cols, "_info": info or {}}
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    async def route(self, *, mail_from: str, recipients: Sequence[RecipientVerdict],
+                    raw: bytes, auth: AuthResults, subject: str | None = None,
+                    session_id: str | None = None) -> Routed:
+        """Decide, build and (for one destination) deliver; see the module docstring.
+        `raw` is the message as it will be stored (our trace fields on top)."""
+        plan = self._plan(recipients)
+        ctx = _EventContext(mail_from, subject, _auth_summary(auth), session_id)
+        if plan.targets and self.forwarder.srs is None:
+            # Forwarding is not configured on this node (no srs.domain / srs.secrets):
+            # keep the message (status forward_unconfigured) and say so in the log and
+            # the activity log, rather than relaying mail that fails SPF downstream.
+            log.error("forwarding is not configured (srs.domain, srs.secrets): message "
+                      "kept unforwarded", extra={"event": "routing.unconfigured",
+                                                 "session_id": session_id})
+            for t in plan.targets.values():
+                for rcpt in t.recipients:
+                    plan.event("Error", rcpt, t.per_rcpt[rcpt],
+                               {"reason": "forwarding_unconfigured",
+                                "destination": t.destination})
+            plan.targets.clear()
+            plan.unconfigured = True
+        if not plan.targets:
+            return Routed(None, self._stager(plan, ctx, {}), {"targets": 0})
+        loop = loop_problem(raw, self.settings.routing.max_received,
+                            self.settings.routing.max_arc_instances)
+        if loop is not None:
+            return await self._refuse(plan, ctx, replies.ROUTING_LOOP.format(detail=loop),
+                                      "routing_loop", {"detail": loop})
+        rewrite = dmarc_rewrite_needed(auth)
+        mode = self.settings.routing.dmarc_safe_from
+        if rewrite is not None and mode == "reject":
+            reply = replies.FORWARD_DMARC_REFUSED.format(policy=rewrite[0], domain=rewrite[1])
+            return await self._refuse(plan, ctx, reply, "dmarc_forward",
+                                      {"policy": rewrite[0], "from_domain": rewrite[1]})
+        try:
+            copies = await self._copies(plan, raw, mail_from, auth,
+                                        rewrite is not None and mode == "rewrite")
+        except (ForwardError, ValueError) as exc:
+            log.error("cannot forward: %s", exc, extra={"event": "routing.forward_error",
+                                                        "session_id": session_id})
+            return await self._refuse(plan, ctx, replies.LOCAL_ERROR, "forward_error",
+                                      {"error": str(exc)}, status="Error")
+        attempt: _Attempt | None = None
+        if len(plan.targets) == 1 and not plan.handlers:
+            target = next(iter(plan.targets.values()))
+            attempt = await self._in_session(target, copies[target.destination])
+            if attempt.outcome.result == "failed":
+                return await self._upstream_refused(plan, ctx, target, attempt)
+        return Routed(None, self._stager(plan, ctx, copies, attempt),
+                      {"targets": len(plan.targets),
+                       "in_session": attempt.outcome.result if attempt else None})
+
+    async def _copies(self, plan: _Plan, raw: bytes, mail_from: str, auth: AuthResults,
+                      rewrite: bool) -> dict[str, ForwardCopy]:
+        """One signed copy per routing domain (its signature may differ), shared by the
+        destinations of that domain."""
+        by_domain: dict[str | None, ForwardCopy] = {}
+        out: dict[str, ForwardCopy] = {}
+        for dest, t in plan.targets.items():
+            key = t.routing_domain if self.settings.routing.sign_routing_domain else None
+            if key not in by_domain:
+                by_domain[key] = await self.forwarder.copy(
+                    raw, mail_from, auth, routing_domain=t.routing_domain, rewrite_from=rewrite)
+            out[dest] = by_domain[key]
+        return out
+
+    async def _in_session(self, target: Target, copy: ForwardCopy) -> _Attempt:
+        started = self.clock()
+        domain = target.destination.rpartition("@")[2]
+        try:
+            outcomes = await asyncio.wait_for(
+                self.transport.deliver(domain, copy.envelope_from, [target.destination],
+                                       copy.raw), self.timeout)
+            outcome = next((o for o in outcomes if o.recipient == target.destination),
+                           RecipientOutcome(target.destination, "deferred",
+                                            detail="transport gave no outcome"))
+        except TimeoutError:
+            outcome = RecipientOutcome(target.destination, "deferred",
+                                       detail=f"no answer within {self.timeout:g}s")
+        except Exception as exc:  # unknown trouble is temporary: queue it
+            log.warning("in-session forward to %s failed: %s", domain, exc)
+            outcome = RecipientOutcome(target.destination, "deferred", detail=str(exc))
+        return _Attempt(outcome, started, self.clock())
+
+    async def _refuse(self, plan: _Plan, ctx: _EventContext, reply: Reply, reason: str,
+                      details: dict[str, Any], status: str = "Rejected") -> Routed:
+        metrics.INBOUND_REJECTIONS.labels(reason).inc()
+        rows: list[Event] = []
+        for t in plan.targets.values():
+            for rcpt in t.recipients:
+                rows += ctx.rows(status, rcpt, t.per_rcpt[rcpt],
+                                 {"reason": reason, "reply": reply.line(),
+                                  "destination": t.destination, **details})
+        await record_events_now(self.db, rows)
+        return Routed(reply, None, {"refused": reason})
+
+    async def _upstream_refused(self, plan: _Plan, ctx: _EventContext, target: Target,
+                                attempt: _Attempt) -> Routed:
+        up = attempt.outcome.reply
+        text = up.text if up is not None else (attempt.outcome.detail or "refused")
+        reply = replies.FORWARD_REFUSED.format(text=text)
+        if up is not None and 500 <= up.code < 600:
+            enhanced = up.enhanced if up.enhanced and up.enhanced.startswith("5.") \
+                else reply.enhanced
+            reply = replace(reply, code=up.code, enhanced=enhanced)
+        metrics.INBOUND_REJECTIONS.labels("upstream_rejected").inc()
+        rows: list[Event] = []
+        for rcpt in target.recipients:
+            rows += ctx.rows("Delivery failed", rcpt, target.per_rcpt[rcpt], {
+                "destination": target.destination, "in_session": True,
+                "reply": str(up) if up else None, "mx_host": attempt.outcome.mx_host,
+                "detail": attempt.outcome.detail})
+        await record_events_now(self.db, rows)
+        log.info("forward to %s refused upstream, returned in-session: %s",
+                 target.destination, reply.line(), extra={"event": "routing.upstream_refused",
+                                                          "session_id": ctx.session_id})
+        return Routed(reply, None, {"refused": "upstream_rejected"})
+
+    # -- staging in the message's transaction ------------------------------------------------
+
+    def _stager(self, plan: _Plan, ctx: _EventContext, copies: dict[str, ForwardCopy],
+                attempt: _Attempt | None = None):
+        async def stage(session: AsyncSession, message: Message) -> None:
+            now = self.clock()
+            rows: list[Event] = []
+            for status, rcpt, cols, details in plan.events:
+                rows += ctx.rows(status, rcpt, cols, details)
+            stored: dict[int, Message] = {}
+            for dest, t in plan.targets.items():
+                copy = copies[dest]
+                fwd = stored.get(id(copy))
+                if fwd is None:
+                    dests = [d for d in plan.targets if copies[d] is copy]
+                    fwd = stored[id(copy)] = _copy_row(message, copy, dests, now)
+                d = (await enqueue(session, fwd, [Recipient(dest, copy.envelope_from)],
+                                   now=now, priority=PRIORITY_INTERACTIVE))[0]
+                state = "queued"
+                if attempt is not None:
+                    state = self._apply_attempt(session, d, attempt, now)
+                for rcpt in t.recipients:
+                    cols = t.per_rcpt[rcpt]
+                    rows += ctx.rows("Forwarded", rcpt, cols, {
+                        **cols.get("_info", {}), "destination": dest, "delivery": state,
+                        "delivery_id": d.id, "forward_message_id": str(fwd.id),
+                        "envelope_from": copy.envelope_from,
+                        "from_rewritten": copy.from_rewritten, "signed_by": copy.signed_by,
+                        "srs_bounce": t.kind == "srs",
+                        **({"reply": str(attempt.outcome.reply)}
+                           if attempt and attempt.outcome.reply else {})},
+                        message_id=message.id)
+            for row in rows:
+                row.message_id = message.id
+            session.add_all(rows)
+            message.status = ("handler_pending" if plan.handlers
+                              else "forward_unconfigured" if plan.unconfigured
+                              else "forwarded" if plan.targets else "routed")
+        return stage
+
+    def _apply_attempt(self, session: AsyncSession, d: Delivery, attempt: _Attempt,
+                       now: datetime) -> str:
+        o = attempt.outcome
+        session.add(DeliveryAttempt(
+            delivery_id=d.id, started_at=attempt.started, finished_at=attempt.finished,
+            node=self.settings.node.node_id or self.settings.node.hostname,
+            mx_host=o.mx_host, ip=o.ip, tls_version=o.tls_version,
+            result="delivered" if o.result == "delivered" else "deferred",
+            reply_code=o.reply.code if o.reply else None,
+            enhanced_code=o.reply.enhanced if o.reply else None,
+            reply_text=o.reply.text if o.reply else o.detail))
+        d.attempts = 1
+        d.last_reply = str(o.reply) if o.reply else o.detail
+        if o.result == "delivered":
+            d.status, d.finished_at = "delivered", attempt.finished
+            return "delivered"
+        # The in-session try was attempt 1: the retry schedule continues from there.
+        d.priority = PRIORITY_INTERACTIVE + PRIORITY_RETRY_BAND
+        d.next_attempt_at = self.retry.next_attempt(now, 1, d.created_at, d.domain)
+        return "queued"
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    outcome: RecipientOutcome
+    started: datetime
+    finished: datetime
+
+
+@dataclass(frozen=True)
+class _EventContext:
+    mail_from: str
+    subject: str | None
+    auth: dict[str, str]
+    session_id: str | None
+
+    def rows(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any],
+             message_id: uuid.UUID | None = None) -> list[Event]:
+        public = {k: v for k, v in cols.items() if not k.startswith("_")}
+        return event_rows(direction="inbound", status=status, recipients=[rcpt],
+                          mail_from=self.mail_from, message_id=message_id,
+                          subject=self.subject, auth=self.auth,
+                          per_recipient={rcpt: public},
+                          details={**details, "session_id": self.session_id})
+
+
+def _copy_row(message: Message, copy: ForwardCopy, destinations: list[str],
+              now: datetime) -> Message:
+    # direction inbound + source forward: the worker's events stay in the routing log,
+    # and automatic suppression (for mail an account sends) does not apply. mail_from is
+    # the original sender, so a DSN after a failed retry reaches them directly.
+    return Message(id=uuid.uuid4(), direction="inbound", source="forward",
+                   account_id=message.account_id, message_id_header=message.message_id_header,
+                   mail_from=message.mail_from, rcpt_to=destinations, raw=copy.raw, size=len(copy.raw),
+                   received_at=now, session_id=message.session_id,
+                   auth_results=message.auth_results, status="forward")

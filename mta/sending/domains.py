@@ -1,0 +1,187 @@
+"""Sending domains: onboarding, their DKIM keys, the DNS records to publish and their check.
+
+[Domain configuration > Sending records], [Subdomains]: a domain (or a subdomain, which is
+onboarded on its own) becomes a sending domain of the account owning its zone. Onboarding
+creates
+- an RSA-2048 DKIM key at selector `mtaYYYYMM` (as the admin API's sending subdomains)
+  and, on request, an Ed25519 key at `mtaYYYYMMed` (RFC 8463 dual signatures need a second selector: one TXT record
+  holds one key), private keys encrypted at rest with `secret_key` (mta.signing.keys);
+- a return-path (bounce) subdomain `mta-bounce.<domain>`, the domain of every VERP
+  MAIL FROM, whose MX points at our nodes so bounces come back to us;
+- status `pending` until `check_domain` finds every record live (`ready`), or
+  `misconfigured` when one is missing or wrong.
+
+Private-key blobs are bound to their row with the associated data `b"<domain>/<selector>"`
+(`key_associated_data`), so a blob copied onto another domain's row does not decrypt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import idna
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mta.api.dnsrecords import RecordCheck, check_records, sending_records, summarize
+from mta.dnscache import DnsResolver
+from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
+from mta.store.models import DkimKey, RoutingDomain, SendingDomain, Zone
+
+__all__ = [
+    "RETURN_PATH_LABEL", "DomainError", "DomainCheck", "check_domain", "dkim_txt",
+    "domain_records", "find_zone", "key_associated_data", "load_signing_keys",
+    "normalize_domain", "onboard_sending_domain", "sending_domain_for",
+]
+
+RETURN_PATH_LABEL = "mta-bounce"
+_ALGORITHMS = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}
+
+
+class DomainError(ValueError):
+    """Onboarding cannot proceed (no zone, zone full, no secret key ...)."""
+
+
+def normalize_domain(name: str) -> str:
+    d = name.strip().rstrip(".").lower()
+    try:
+        d = idna.encode(d, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        raise DomainError(f"{name!r} is not a domain name") from None
+    if "." not in d or len(d) > 253 - len(RETURN_PATH_LABEL) - 1:
+        raise DomainError(f"{name!r} is not a usable domain name")
+    return d
+
+
+def key_associated_data(domain: str, selector: str) -> bytes:
+    return f"{domain}/{selector}".encode()
+
+
+async def find_zone(session: AsyncSession, domain: str, zone_id: str | None = None) -> Zone:
+    """The zone `domain` belongs to: `zone_id` if given (it must contain the domain),
+    else the zone with the longest name that is the domain or one of its parents."""
+    if zone_id:
+        zone = await session.get(Zone, zone_id)
+        if zone is None:
+            raise DomainError(f"no zone {zone_id}")
+        if domain != zone.name and not domain.endswith("." + zone.name):
+            raise DomainError(f"{domain} is not in zone {zone.name}")
+        return zone
+    labels = domain.split(".")
+    candidates = [".".join(labels[i:]) for i in range(len(labels) - 1)]
+    rows = (await session.execute(select(Zone).where(Zone.name.in_(candidates)))).scalars()
+    zones = sorted(rows, key=lambda z: len(z.name), reverse=True)
+    if not zones:
+        raise DomainError(f"no zone contains {domain}; add the zone first (mta zones add)")
+    return zones[0]
+
+
+async def sending_domain_for(session: AsyncSession, account_id: str,
+                             domain: str) -> SendingDomain | None:
+    """The sending domain named `domain` in one of `account_id`'s zones."""
+    return (await session.execute(
+        select(SendingDomain).join(Zone, Zone.id == SendingDomain.zone_id)
+        .where(SendingDomain.name == domain, Zone.account_id == account_id))).scalar_one_or_none()
+
+
+async def onboard_sending_domain(session: AsyncSession, settings: Any, name: str, *,
+                                 zone_id: str | None = None, ed25519: bool = False,
+                                 now: datetime | None = None) -> SendingDomain:
+    """Create (or re-enable and complete) the sending domain `name`, in the caller's
+    transaction. Idempotent: keys that exist are kept, a missing Ed25519 key is added."""
+    now = now or datetime.now(UTC)
+    if not getattr(settings, "secret_key", None):
+        raise DomainError("secret_key (or MTA_SECRET_KEY) must be set: DKIM private keys "
+                          "are encrypted with it")
+    domain = normalize_domain(name)
+    zone = await find_zone(session, domain, zone_id)
+    row = (await session.execute(select(SendingDomain).where(
+        SendingDomain.name == domain))).scalar_one_or_none()
+    if row is not None and row.zone_id != zone.id:
+        raise DomainError(f"{domain} is already a sending domain of another zone")
+    if row is None:
+        from mta.api.routing_settings import zone_domain_count
+
+        limit = settings.limits.domains_per_zone
+        routed = (await session.execute(select(RoutingDomain.id).where(
+            RoutingDomain.name == domain))).first()  # already counted
+        if not routed and await zone_domain_count(session, zone.id) >= limit:
+            raise DomainError(f"zone {zone.name} already has {limit} domains "
+                              "(limits.domains_per_zone)")
+        row = SendingDomain(zone_id=zone.id, name=domain, dkim_selector=f"mta{now:%Y%m}",
+                            return_path_domain=f"{RETURN_PATH_LABEL}.{domain}",
+                            enabled=True, status="pending")
+        session.add(row)
+    row.enabled = True
+    keys = (await session.execute(select(DkimKey).where(
+        DkimKey.domain == domain, DkimKey.active.is_(True)))).scalars().all()
+    have = {k.algorithm for k in keys}
+    vault = KeyVault(settings.secret_key)
+    wanted = [("rsa", row.dkim_selector)]
+    if ed25519:
+        wanted.append(("ed25519", f"{row.dkim_selector}ed"))
+    for algorithm, selector in wanted:
+        if algorithm in have:
+            continue
+        key = await asyncio.to_thread(generate_private_key, _ALGORITHMS[algorithm])
+        session.add(DkimKey(
+            domain=domain, selector=selector, algorithm=algorithm,
+            private_key_encrypted=vault.encrypt(key, key_associated_data(domain, selector)),
+            public_key=public_key_b64(key), active=True))
+    await session.flush()
+    return row
+
+
+async def load_signing_keys(session: AsyncSession, vault: KeyVault,
+                            domain: str) -> list[SigningKey]:
+    """The active keys of `domain`, RSA first (the signature every verifier knows)."""
+    rows = (await session.execute(select(DkimKey).where(
+        DkimKey.domain == domain, DkimKey.active.is_(True))
+        .order_by(DkimKey.algorithm.desc(), DkimKey.id))).scalars().all()
+    return [SigningKey(domain, r.selector, vault.decrypt(
+        r.private_key_encrypted, key_associated_data(r.domain, r.selector))) for r in rows]
+
+
+def dkim_txt(key: DkimKey) -> str:
+    return f"v=DKIM1; k={key.algorithm}; p={key.public_key}"
+
+
+async def domain_records(session: AsyncSession, settings: Any,
+                         domain: str) -> tuple[SendingDomain, list[dict]]:
+    """The sending domain and every record it needs: bounce-subdomain MX and SPF, one
+    DKIM TXT per active key, DMARC."""
+    domain = normalize_domain(domain)
+    row = (await session.execute(select(SendingDomain).where(
+        SendingDomain.name == domain))).scalar_one_or_none()
+    if row is None:
+        raise DomainError(f"{domain} is not a sending domain (mta domains onboard "
+                          f"{domain} --sending)")
+    keys = (await session.execute(select(DkimKey).where(
+        DkimKey.domain == domain, DkimKey.active.is_(True))
+        .order_by(DkimKey.algorithm.desc(), DkimKey.id))).scalars().all()
+    return row, sending_records(settings, domain, row.return_path_domain,
+                                [(k.selector, dkim_txt(k)) for k in keys])
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    domain: str
+    status: str  # ready | misconfigured | pending (DNS could not say)
+    checks: list[RecordCheck]
+
+
+async def check_domain(session: AsyncSession, settings: Any, resolver: DnsResolver,
+                       domain: str) -> DomainCheck:
+    """Check every record in live DNS and store the domain's status (kept when DNS
+    cannot answer)."""
+    row, records = await domain_records(session, settings, domain)
+    checks = await check_records(resolver, records)
+    verdict = summarize(checks)
+    if verdict is not None:
+        status = "ready" if verdict else "misconfigured"
+        if row.status != status:
+            row.status = status
+    return DomainCheck(row.name, row.status, checks)

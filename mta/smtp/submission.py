@@ -1,0 +1,228 @@
+"""The SMTP submission listeners ([SMTP], MISSION S2): node services that take mail from
+authenticated clients and hand it to the sending pipeline.
+
+- `listeners.submission` (production port 465): implicit TLS — the TLS handshake comes
+  first, then the 220 greeting (RFC 8314 §3.3). TLS 1.2 is the minimum (`tls.py`).
+- `listeners.submission_starttls` (587, off by default; beyond the reference): plain
+  TCP, `STARTTLS` required before AUTH and before any mail command.
+
+Both need `tls_cert` and `tls_key`: a submission listener never takes credentials in
+the clear, so an enabled listener without a certificate stops the node from starting
+with a `ConfigError` naming the key (rather than running without its port).
+
+The connection plumbing (aiosmtpd's asyncio protocol, timers, STARTTLS, the 421 on
+timeout) is the MX listener's (`mx._MxProtocol`); the command loop is
+`session.SmtpSession`'s; the protocol of submission is `submission_session.py`; the
+database questions (token, sender domain) are `submission_auth.py`'s; the message goes
+through `SendingService.send_raw()`, the pipeline REST send_raw uses too.
+
+Limits ([SMTP > Limits]): SIZE `limits.submission_message_size` (5 MiB), 50 recipients
+per session, AUTH timeout 30 s, DATA timeout 300 s (both can be given to the server;
+`limits.submission_auth_timeout` / `limits.submission_data_timeout` are read when the
+settings have them); sessions are bounded by `limits.max_sessions` and
+`limits.max_sessions_per_ip`, per listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import sys
+import uuid
+from typing import Any
+
+from mta.config import ConfigError
+from mta.observe import metrics
+from mta.smtp import replies
+from mta.smtp.intake import ClientInfo
+from mta.smtp.limits import SessionLimiter
+from mta.smtp.mx import _MxProtocol, _say_goodbye
+from mta.smtp.submission_auth import SubmissionGate
+from mta.smtp.submission_session import SubmissionSession
+from mta.smtp.tls import server_context
+from mta.smtp.wire import Wire
+
+__all__ = ["AUTH_TIMEOUT", "DATA_TIMEOUT", "SubmissionServer", "submission_services"]
+
+log = logging.getLogger("mta.smtp.submission")
+
+# [SMTP > Limits]: "AUTH command timeout 30 seconds", "DATA command timeout 300 seconds".
+AUTH_TIMEOUT = 30.0
+DATA_TIMEOUT = 300.0
+MODES = {"submission": "implicit", "submission_starttls": "starttls"}
+
+
+class _SubmissionProtocol(_MxProtocol):
+    """The MX listener's connection plumbing with the submission session inside."""
+
+    _server: SubmissionServer
+
+    async def _write(self, lines: list[str], code: int) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        metrics.SMTP_REPLIES.labels(self._server.name, f"{code // 100}xx").inc()
+        self._writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8", "replace"))
+        await self._writer.drain()
+
+    def _implicit_tls(self) -> None:
+        ssl_object: ssl.SSLObject | None = self.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        cipher = ssl_object.cipher()
+        self._tls_info = {"version": ssl_object.version(),
+                          "cipher": cipher[0] if cipher else None,
+                          "bits": cipher[2] if cipher else None}
+        assert self.session is not None
+        self.session.ssl = dict(self._tls_info)  # aiosmtpd's eof_received looks at it
+
+    async def _handle_client(self) -> None:
+        server = self._server
+        assert self.session is not None
+        peer = self.session.peer or ("0.0.0.0", 0)
+        ip, port = str(peer[0]), int(peer[1])
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        self.wire = Wire(self._reader)
+        if server.mode == "implicit":
+            self._implicit_tls()
+        metrics.SMTP_SESSIONS.labels(server.name).inc()
+        refused = server.limiter.acquire(ip)
+        if refused is not None:
+            metrics.SMTP_SESSIONS_REFUSED.labels(server.name, refused).inc()
+            reply = (replies.TOO_MANY_SESSIONS if refused == "sessions"
+                     else replies.TOO_MANY_SESSIONS_FROM_IP)
+            try:
+                await self.send(reply.format(hostname=server.hostname))
+            except ConnectionError:
+                pass
+            self.close()
+            return
+        client = ClientInfo(session_id=uuid.uuid4().hex[:16], ip=ip, port=port,
+                            tls=dict(self._tls_info) if self._tls_info else None)
+        session = SubmissionSession(
+            self, server.gate, server.sending, server.settings, client,
+            size_limit=server.size_limit, auth_timeout=server.auth_timeout,
+            data_timeout=server.data_timeout)
+        server.sessions.add(session)
+        metrics.SMTP_SESSIONS_ACTIVE.labels(server.name).inc()
+        try:
+            await session.run(server.stopping)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("session %s with %s failed", client.session_id, ip)
+            try:
+                await self.send(replies.LOCAL_ERROR)
+            except Exception:  # noqa: BLE001
+                pass
+            self.close()
+        finally:
+            server.limiter.release(ip)
+            server.sessions.discard(session)
+            metrics.SMTP_SESSIONS_ACTIVE.labels(server.name).dec()
+
+
+def _tls_context(settings: Any, name: str) -> ssl.SSLContext:
+    listener = getattr(settings.listeners, name)
+    src = getattr(settings, "source", "")
+    try:
+        ctx = server_context(listener)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"listeners.{name}.tls_cert",
+                          f"cannot load the certificate and key: {exc}", source=src) from None
+    if ctx is None:
+        raise ConfigError(
+            f"listeners.{name}", "SMTP submission needs tls_cert and tls_key (it takes "
+            "credentials only over TLS); set them, or set enabled: false", source=src)
+    return ctx
+
+
+class SubmissionServer:
+    """One submission listener of a node (`listeners.submission` or
+    `listeners.submission_starttls`)."""
+
+    def __init__(self, ctx: Any, listener: str = "submission", *, sending: Any = None,
+                 gate: SubmissionGate | None = None, auth_timeout: float | None = None,
+                 data_timeout: float | None = None, shutdown_grace: float = 30.0) -> None:
+        if listener not in MODES:
+            raise ValueError(f"unknown submission listener {listener!r}")
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.name = listener
+        self.mode = MODES[listener]
+        self.listener = getattr(ctx.settings.listeners, listener)
+        self.hostname = ctx.settings.node.hostname
+        self.tls_context = _tls_context(ctx.settings, listener)
+        limits = ctx.settings.limits
+        self.size_limit = int(limits.submission_message_size)
+        self.auth_timeout = float(auth_timeout if auth_timeout is not None else getattr(
+            limits, "submission_auth_timeout", AUTH_TIMEOUT))
+        self.data_timeout = float(data_timeout if data_timeout is not None else getattr(
+            limits, "submission_data_timeout", DATA_TIMEOUT))
+        self.shutdown_grace = shutdown_grace
+        self.limiter = SessionLimiter(limits.max_sessions, limits.max_sessions_per_ip)
+        self.gate = gate or SubmissionGate(ctx)
+        if sending is None:
+            from mta.sending.service import SendingService
+
+            sending = SendingService(ctx)
+        self.sending = sending
+        self.sessions: set[SubmissionSession] = set()
+        self.stopping = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self.port: int = self.listener.port
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        implicit = self.mode == "implicit"
+        self._server = await self.loop.create_server(
+            lambda: _SubmissionProtocol(self), host=self.listener.address,
+            port=self.listener.port, reuse_address=True,
+            reuse_port=sys.platform.startswith("linux"), backlog=512,
+            ssl=self.tls_context if implicit else None,
+            ssl_handshake_timeout=self.auth_timeout if implicit else None)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("submission listener on %s:%d (%s TLS)", self.listener.address, self.port,
+                 self.mode, extra={"event": "submission.listening", "port": self.port,
+                                   "listener": self.name, "tls": self.mode})
+
+    async def stop(self) -> None:
+        """As the MX listener: 421 to idle sessions, let transactions finish until
+        `shutdown_grace`, then close (an unacknowledged DATA is the client's to retry);
+        then let background delivery attempts record their outcome."""
+        if self._server is None:
+            return
+        self._server.close()
+        self.stopping.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace
+        while self.sessions and loop.time() < deadline:
+            for session in list(self.sessions):
+                if session.idle:
+                    await _say_goodbye(session, self.hostname)  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.conn.close()
+        self._server = None
+        close = getattr(self.sending, "close", None)
+        if close is not None:
+            await close(timeout=self.shutdown_grace)
+
+    def describe(self) -> dict:
+        return {"listener": self.name, "address": self.listener.address, "port": self.port,
+                "tls": self.mode}
+
+
+def submission_services(ctx: Any, sending: Any = None) -> list[SubmissionServer]:
+    """The enabled submission listeners of a node, sharing one sending pipeline."""
+    listeners = ctx.settings.listeners
+    names = [n for n in MODES if getattr(listeners, n).enabled]
+    if names and sending is None:
+        from mta.sending.service import SendingService
+
+        sending = SendingService(ctx)
+    gate = SubmissionGate(ctx)
+    return [SubmissionServer(ctx, n, sending=sending, gate=gate) for n in names]
