@@ -90,7 +90,7 @@ async def test_finished_old_messages_go_active_and_recent_ones_stay(db):
 
     report = await run_once(db, s, NOW)
     assert (report.events, report.messages, report.audit) == (0, 3, 0)
-    kept = set((await _ids(db)))
+    kept = set(await _ids(db))
     assert kept == {queued.id, held.id, handler.id, recent.id}
     assert not kept & {delivered.id, failed.id, no_delivery.id}
     # Deliveries and attempts of deleted messages went with them (cascade); the queued

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -94,7 +95,32 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise api_error("E_VALIDATION_ERROR", f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise api_error("E_VALIDATION_ERROR", "request body must be a JSON object")
+    _check_text(data)
     return data
+
+
+def _check_text(value: Any) -> None:
+    """PostgreSQL text holds neither NUL nor lone surrogates (`"\\ud800"` is valid JSON):
+    refuse them here as a validation error instead of failing in the database."""
+    if isinstance(value, str):
+        if "\x00" in value or not value.isascii() and _unencodable(value):
+            raise api_error("E_VALIDATION_ERROR",
+                            "strings must not contain NUL or unpaired surrogate characters")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            _check_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v)
+
+
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 _MISSING = object()
@@ -227,6 +253,14 @@ def install_error_handlers(app) -> None:
         body = rest_error_body(api_error("E_VALIDATION_ERROR", str(exc.detail)))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        # A NUL (or an untranslatable character) in a query parameter reaches PostgreSQL
+        # as text it refuses (SQLSTATE 22021 / 22P05): the client's error, not ours.
+        if getattr(getattr(exc, "orig", None), "sqlstate", None) in ("22021", "22P05"):
+            return error_response(api_error("E_VALIDATION_ERROR", "parameters must not "
+                                            "contain NUL characters"))
+        return await on_unexpected(request, exc)
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc,
                   extra={"event": "api.error"})
@@ -234,4 +268,5 @@ def install_error_handlers(app) -> None:
 
     app.add_exception_handler(MtaError, on_mta_error)
     app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)

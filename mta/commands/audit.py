@@ -21,12 +21,10 @@ __all__ = ["register"]
 
 
 def _change(row: dict) -> str:
-    before, after = row["oldValueJson"] or {}, row["newValueJson"] or {}
+    before, after = row["oldValueJson"], row["newValueJson"]
     if not isinstance(before, dict) or not isinstance(after, dict):
-        return ""
+        return ""  # a create or a delete: nothing to compare
     keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
-    if not before or not after:
-        return ""
     return ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys)[:100]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 READ = "analytics:read"
@@ -82,7 +83,7 @@ def test_audit_log_lists_changes_with_actor_and_before_after(changed):
     assert kinds(direction="asc")[0] == kinds()[-1]
 
 
-def test_audit_log_pagination_and_permissions(changed, make_admin):
+def test_audit_log_pagination_and_permissions(changed):
     admin, _, _ = changed
     total = _entries(admin)["result_info"]["total_count"]
     assert total >= 4
@@ -98,11 +99,14 @@ def test_audit_log_pagination_and_permissions(changed, make_admin):
     assert r.status_code == 400 and r.json()["errors"][0]["code"] == 10001
     # Another account's log is not readable with this account's token, and its changes
     # do not show in this one.
-    other = make_admin()
-    r = admin.http(READ).get(f"/accounts/{other.account_id}/audit_logs")
+    other = admin.cli("accounts", "create", "globex").strip()
+    admin.cli("zones", "create", "--account", other, "globex.test")
+    r = admin.http(READ).get(f"/accounts/{other}/audit_logs")
     assert r.status_code == 403
-    theirs = other.http(READ).get(f"/accounts/{other.account_id}/audit_logs").json()
-    assert all(e["owner"]["id"] == other.account_id for e in theirs["result"])
+    token = admin.token(READ, account=other)
+    theirs = httpx.get(f"{admin.api_url}/accounts/{other}/audit_logs", timeout=10,
+                       headers={"Authorization": f"Bearer {token}"}).json()
+    assert theirs["result"] and all(e["owner"]["id"] == other for e in theirs["result"])
     assert not {e["id"] for e in theirs["result"]} & set(ids)
 
 
