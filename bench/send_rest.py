@@ -95,7 +95,7 @@ async def serve_and_measure(url_db: str, requests: int, levels: list[int],
     settings.node.hostname = "mta.sender.test"
     settings.secret_key = "bench-secret"
     db = Database(url_db, pool_size=20)
-    ctx = NodeContext(settings=settings, db=db, resolver=DnsResolver([], timeout=1),
+    ctx = NodeContext(settings=settings, db=db, resolver=DnsResolver([{"address": "127.0.0.1", "port": 9}], timeout=1),
                       node_id="bench")
     async with db.session() as s:
         acct = Account(name="bench")
