@@ -286,6 +286,61 @@ class ObserveSettings:
     retention_enabled: bool = True
 
 
+# --- handlers (issue 7) -------------------------------------------------------------
+
+
+@dataclass
+class HandlerEntry:
+    """One registered email handler: a rule action `worker` with value [name] calls it."""
+
+    name: str = ""
+    # "package.module:function", or a file path ("/etc/mta/handlers/support.py", function
+    # `email`; "file.py:other" names another function).
+    target: str = ""
+    time_limit: Duration | None = None  # null = handlers.time_limit
+    fallback: str | None = None  # reject_4xx | forward; null = handlers.fallback
+    forward_to: str | None = None  # fallback forward address; null = handlers.forward_to
+    vars: list[str] = field(default_factory=list)  # "NAME=value", added to handlers.vars
+    kv_namespaces: list[str] = field(default_factory=list)  # added to handlers.kv_namespaces
+
+
+@dataclass
+class HandlerDevEndpoint:
+    """The local test entry point ([Local development > Email routing]): POST a raw
+    message with ?from=&to= and get back what would happen. Off by default."""
+
+    enabled: bool = False
+    path: str = "/cdn-cgi/handler/email"
+
+
+@dataclass
+class HandlersSettings:
+    """Python email handlers, `async def email(message, env, ctx)` (mta/handlers)."""
+
+    time_limit: Duration = Duration(15)  # in-session; past it -> the fallback
+    fallback: str = "reject_4xx"  # reject_4xx (451 4.3.0) | forward (to forward_to)
+    forward_to: str | None = None
+    vars: list[str] = field(default_factory=list)  # "NAME=value" -> env.NAME
+    kv_namespaces: list[str] = field(default_factory=list)  # env.NAME -> a KV namespace
+    registry: list[HandlerEntry] = field(default_factory=list)
+    dev_endpoint: HandlerDevEndpoint = field(default_factory=HandlerDevEndpoint)
+
+    def __post_init__(self) -> None:
+        for i, h in enumerate(self.registry):
+            where = f"handlers.registry[{i}]"
+            if not h.name or not h.target:
+                raise ConfigError(where, "name and target are required")
+            for key, fb, to in (("handlers", self.fallback, self.forward_to),
+                                (where, h.fallback, h.forward_to or self.forward_to)):
+                if fb is not None and fb not in ("reject_4xx", "forward"):
+                    raise ConfigError(f"{key}.fallback", "must be reject_4xx or forward")
+                if fb == "forward" and not to:
+                    raise ConfigError(f"{key}.forward_to", "fallback forward needs an address")
+        for i, v in enumerate(self.vars):
+            if "=" not in v:
+                raise ConfigError(f"handlers.vars[{i}]", "must be NAME=value")
+
+
 @dataclass
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -303,6 +358,7 @@ class Settings:
     sending: SendingSettings = field(default_factory=SendingSettings)
     mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
     observe: ObserveSettings = field(default_factory=ObserveSettings)
+    handlers: HandlersSettings = field(default_factory=HandlersSettings)
     secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
     source: str = field(default="", metadata={"internal": True})
 

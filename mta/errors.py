@@ -187,6 +187,28 @@ ERRORS: dict[str, ErrorSpec] = _table(
     # RFC 4954's temporary authentication failure.
     ErrorSpec("E_AUTH_UPSTREAM", "Authentication service temporarily unavailable",
               AUTH_UPSTREAM, Reply(454, "4.7.0", "Temporary authentication failure")),
+    # --- handlers (issue 7): [Workers API > Reply to emails], one code per rule -------
+    # The reference says only that reply() "throws an exception" when a rule is broken;
+    # the codes are ours, one per rule as it lists them. REST (the dev endpoint) 400; in
+    # SMTP they never reach the client directly (an uncaught one is a handler error ->
+    # the fallback), so the generic policy refusal.
+    ErrorSpec("E_REPLY_DMARC_NOT_PASSED", "The incoming email has no valid DMARC result",
+              INVALID_REQUEST, POLICY_REFUSED),
+    ErrorSpec("E_REPLY_ALREADY_SENT", "An email can only be replied to once per event",
+              INVALID_REQUEST, POLICY_REFUSED),
+    ErrorSpec("E_REPLY_RECIPIENT_MISMATCH",
+              "The reply recipient must be the sender of the incoming email",
+              INVALID_REQUEST, POLICY_REFUSED),
+    ErrorSpec("E_REPLY_SENDER_DOMAIN_MISMATCH",
+              "The reply sender domain must be the domain that received the email",
+              INVALID_REQUEST, POLICY_REFUSED),
+    ErrorSpec("E_REPLY_TOO_MANY_REFERENCES",
+              "The incoming email has more than 100 References entries",
+              INVALID_REQUEST, POLICY_REFUSED),
+    # forward() goes to verified destination addresses only ([Workers API > Forward]).
+    ErrorSpec("E_FORWARD_DESTINATION_NOT_VERIFIED",
+              "Forward destination is not a verified destination address",
+              FORBIDDEN, Reply(550, "5.7.1", "Destination address not verified")),
 )
 
 

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from mta.config import Settings, load_settings
 from mta.dnscache import DnsResolver
+from mta.handlers.loader import reload_handlers
 from mta.logsetup import setup_logging
 from mta.store.db import Database
 from mta.store.embedded import EmbeddedPostgres
@@ -166,6 +167,7 @@ class Node:
             return
         setup_logging(fresh.logging.level, fresh.logging.format)
         self.settings.logging = fresh.logging
+        reload_handlers(self.settings, fresh)  # issue 7: re-import the email handlers
         log.info("settings reloaded", extra={"event": "node.reloaded"})
 
     async def _start(self) -> None:

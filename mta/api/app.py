@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.wellknown import routes as wellknown_routes
+from mta.handlers.devendpoint import routes as handler_dev_routes
 
 __all__ = ["build_app"]
 
@@ -37,4 +38,5 @@ def build_app(ctx, sending=None) -> Starlette:
     app.router.routes.extend(sending.routes())  # POST .../email/sending/send, send_raw
     app.router.routes.extend(verification.routes())  # GET /email/routing/verify?token=
     app.router.routes.extend(wellknown_routes())  # GET /.well-known/mta-sts.txt
+    app.router.routes.extend(handler_dev_routes(ctx.settings))  # issue 7, only when enabled
     return app

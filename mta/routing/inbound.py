@@ -108,6 +108,7 @@ class Target:
     per_rcpt: dict[str, dict[str, Any]]  # event columns per recipient (rule, zone, action)
     routing_domain: str | None
     kind: str = "forward"  # forward | srs (a bounce sent on to the original sender)
+    headers: tuple[tuple[str, str], ...] = ()  # issue 7: X- headers of a handler's forward()
 
 
 @dataclass
@@ -127,6 +128,9 @@ class _Plan:
     events: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     handlers: bool = False
     unconfigured: bool = False
+    # issue 7: recipients whose rule runs handlers, and what they add to the transaction
+    workers: list[Any] = field(default_factory=list)
+    stages: list[Callable[[AsyncSession, Message], Any]] = field(default_factory=list)
 
     def event(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any]):
         self.events.append((status, rcpt, cols, details))
@@ -157,6 +161,9 @@ class InboundRouter:
                 resolver, settings.node.hostname, port=settings.delivery.port,
                 connect_timeout=min(30.0, self.timeout), mtasts=MtaSts(resolver))
         self.transport = transport
+        # issue 7: handlers run in-session (mta/handlers/runner.py)
+        from mta.handlers.runner import HandlerRunner
+        self.handlers = HandlerRunner(self, resolver)
 
     def srs_recipient(self, address: str) -> RecipientVerdict | None:
         """The RCPT-time hook of the MX listener (see `srs_recipient_verdict`)."""
@@ -207,6 +214,11 @@ class InboundRouter:
                                    {**info, "reason": "no_verified_destination"})
                 elif action.type == "drop":
                     plan.event("Dropped", v.address, cols, info)
+                elif action.type == "worker" and self.handlers.active:  # issue 7
+                    from mta.handlers.runner import WorkerCall
+                    plan.workers.append(WorkerCall(
+                        v.address, v.domain, r.account_id, frozenset(r.verified), cols,
+                        info, list(action.value)))
                 elif action.type == "worker":
                     plan.handlers = True
                     plan.event("Handled", v.address, cols,
@@ -219,10 +231,11 @@ class InboundRouter:
     @staticmethod
     def _add_target(plan: _Plan, dest: str, rcpt: str, cols: dict[str, Any],
                     routing_domain: str | None, kind: str,
-                    info: dict[str, Any] | None = None) -> None:
+                    info: dict[str, Any] | None = None,
+                    headers: tuple[tuple[str, str], ...] = ()) -> None:
         t = plan.targets.get(dest)
         if t is None:
-            t = plan.targets[dest] = Target(dest, [], {}, routing_domain, kind)
+            t = plan.targets[dest] = Target(dest, [], {}, routing_domain, kind, headers)
         if rcpt not in t.recipients:
             t.recipients.append(rcpt)
             t.per_rcpt[rcpt] = {**cols, "_info": info or {}}
@@ -236,6 +249,11 @@ class InboundRouter:
         `raw` is the message as it will be stored (our trace fields on top)."""
         plan = self._plan(recipients)
         ctx = _EventContext(mail_from, subject, _auth_summary(auth), session_id)
+        if plan.workers:  # issue 7: run the handlers in-session
+            refused = await self.handlers.run(plan, ctx, mail_from=mail_from, raw=raw,
+                                              auth=auth)
+            if refused is not None:
+                return refused
         if plan.targets and self.forwarder.srs is None:
             # Forwarding is not configured on this node (no srs.domain / srs.secrets):
             # keep the message (status forward_unconfigured) and say so in the log and
@@ -285,13 +303,15 @@ class InboundRouter:
                       rewrite: bool) -> dict[str, ForwardCopy]:
         """One signed copy per routing domain (its signature may differ), shared by the
         destinations of that domain."""
-        by_domain: dict[str | None, ForwardCopy] = {}
+        by_domain: dict[tuple[str | None, tuple], ForwardCopy] = {}
         out: dict[str, ForwardCopy] = {}
         for dest, t in plan.targets.items():
-            key = t.routing_domain if self.settings.routing.sign_routing_domain else None
+            key = (t.routing_domain if self.settings.routing.sign_routing_domain else None,
+                   t.headers)  # issue 7: a handler's X- headers make their own copy
             if key not in by_domain:
                 by_domain[key] = await self.forwarder.copy(
-                    raw, mail_from, auth, routing_domain=t.routing_domain, rewrite_from=rewrite)
+                    _with_headers(raw, t.headers), mail_from, auth,
+                    routing_domain=t.routing_domain, rewrite_from=rewrite)
             out[dest] = by_domain[key]
         return out
 
@@ -382,7 +402,10 @@ class InboundRouter:
             for row in rows:
                 row.message_id = message.id
             session.add_all(rows)
+            for extra in plan.stages:  # issue 7: a handler's replies
+                await extra(session, message)
             message.status = ("handler_pending" if plan.handlers
+                              else "handled" if plan.workers
                               else "forward_unconfigured" if plan.unconfigured
                               else "forwarded" if plan.targets else "routed")
         return stage
@@ -431,6 +454,11 @@ class _EventContext:
                           subject=self.subject, auth=self.auth,
                           per_recipient={rcpt: public},
                           details={**details, "session_id": self.session_id})
+
+
+def _with_headers(raw: bytes, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """issue 7: the X- headers a handler's forward() adds, on top (then signed)."""
+    return b"".join(f"{n}: {v}\r\n".encode() for n, v in headers) + raw
 
 
 def _copy_row(message: Message, copy: ForwardCopy, destinations: list[str],

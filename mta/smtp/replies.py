@@ -181,3 +181,12 @@ AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
 AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Cannot decode the authentication response")
 AUTH_MECHANISM_UNKNOWN = Reply(504, "5.5.4", "Unrecognized authentication mechanism; use PLAIN or LOGIN")
 SUBMISSION_NULL_SENDER = Reply(501, "5.1.7", "A submitted message needs a sender address")
+
+
+# --- handlers (issue 7: email(message, env, ctx)) -------------------------------------------
+
+# message.set_reject(reason): [Workers API > Reject emails] "a permanent SMTP error".
+HANDLER_REJECTED = Reply(550, "5.7.1", "{reason}")
+# A handler raised or ran past its time limit (fallback reject_4xx): the message is kept
+# and the sender retries.
+HANDLER_FAILED = Reply(451, "4.3.0", "Message could not be processed, try again later")

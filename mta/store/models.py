@@ -338,6 +338,19 @@ class Suppression(Base):
     )
 
 
+class HandlerKv(Base):
+    """A key of a handler key-value namespace (mta/handlers/kv.py)."""
+
+    __tablename__ = "handler_kv"
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSONB)
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now(),
+                                                 nullable=False)
+
+
 # --- observability --------------------------------------------------------------------------
 
 

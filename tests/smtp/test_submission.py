@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email
+import re
 import shutil
 import smtplib
 import ssl
@@ -244,16 +245,17 @@ async def test_curl_smtps_quickstart(sub: Sub, tmp_path: Path) -> None:
     mail = tmp_path / "mail.txt"
     mail.write_text(MAIL_TXT)
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-v", "--ssl-reqd", "--url", f"smtps://127.0.0.1:{sub.port}",
+        "curl", "-v", "--no-progress-meter", "--ssl-reqd", "--url", f"smtps://127.0.0.1:{sub.port}",
         "--cacert", str(sub.ca_file), "--user", f"api_token:{sub.token}",
         "--mail-from", SENDER, "--mail-rcpt", RCPT, "--upload-file", str(mail),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     log = err.decode("utf-8", "replace")
     assert proc.returncode == 0, log
-    final = [line for line in log.splitlines() if line.startswith("< 250 2.0.0 Ok <")]
+    # curl's progress output can share a line with the reply: search, not startswith.
+    final = re.findall(r"< 250 2\.0\.0 Ok (<[^>\s]+>)", log)
     assert len(final) == 1, log
-    message_id = final[0].split(" ", 4)[4]
+    message_id = final[0]
     [received] = await asyncio.to_thread(sub.sink.wait_for, 1)
     got = email.message_from_bytes(received.data, policy=policy.default)
     assert got["Message-ID"] == message_id
