@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_db_upgrade)
 
     for info in pkgutil.iter_modules(mta.commands.__path__):
+        if info.name.startswith("_"):  # shared helpers, not a command
+            continue
         module = importlib.import_module(f"mta.commands.{info.name}")
         module.register(sub)
     return parser

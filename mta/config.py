@@ -26,6 +26,7 @@ import yaml
 __all__ = [
     "ConfigError",
     "Settings",
+    "build",
     "load_settings",
     "parse_duration",
     "parse_size",
@@ -401,7 +402,7 @@ def _convert(tp: Any, node: yaml.Node, path: str, src: str, default: Any = None)
             return default if default is not None else tp()
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError(path, "expected a mapping", _line(node), src)
-        return _build(tp, node, path, src, default)
+        return build(tp, node, path, src, default)
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
             raise ConfigError(path, "expected a list", _line(node), src)
@@ -456,7 +457,9 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
-def _build(cls: type, node: yaml.MappingNode, path: str, src: str, base: Any = None) -> Any:
+def build(cls: type, node: yaml.MappingNode, path: str, src: str, base: Any = None) -> Any:
+    """The dataclass `cls` from a YAML mapping (over `base`'s values when given); every
+    error a ConfigError naming the key path and line."""
     hints = typing.get_type_hints(cls)
     known = _fields(cls)
     kwargs: dict[str, Any] = {}
@@ -571,7 +574,7 @@ def settings_from_text(text: str, source: str = "<string>",
     elif not isinstance(root, yaml.MappingNode):
         raise ConfigError("", "the top level must be a mapping", _line(root), source)
     else:
-        settings = _build(Settings, root, "", source)
+        settings = build(Settings, root, "", source)
     settings.source = source
     _apply_environment(settings, os.environ if env is None else env)
     _check_semantics(settings)

@@ -22,7 +22,6 @@ live in mta/observe/analytics.py.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, date, datetime, timedelta
 
 from starlette.requests import Request
@@ -30,11 +29,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.auth import require
-from mta.api.envelope import PageRequest, api_error, isotime, ok
+from mta.api.envelope import api_error, isotime, ok, page_request, query_int
 from mta.observe import analytics
 from mta.observe.analytics import EventFilter
 
-__all__ = ["DEFAULT_RANGE", "parse_time", "query_page", "routes", "time_range"]
+__all__ = ["DEFAULT_RANGE", "parse_time", "routes", "time_range"]
 
 READ = "analytics:read"
 DEFAULT_RANGE = timedelta(hours=24)
@@ -74,26 +73,6 @@ def time_range(request: Request, now: datetime, *, until_names: tuple[str, ...] 
     if since > until:
         raise api_error("E_VALIDATION_ERROR", "since must not be after until", field="since")
     return since, until
-
-
-def _number(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not value.is_integer() or not lo <= value <= hi:
-        raise api_error("E_VALIDATION_ERROR",
-                        f"{name} must be a whole number between {lo} and {hi}", field=name)
-    return int(value)
-
-
-def query_page(request: Request, bounds: tuple[int, int, int]) -> PageRequest:
-    default, lo, hi = bounds
-    return PageRequest(page=_number(request, "page", 1, 1, 2**31 - 1),
-                       per_page=_number(request, "per_page", default, lo, hi))
 
 
 def newest_first(request: Request, name: str = "order") -> bool:
@@ -144,7 +123,7 @@ def _dimensions(request: Request) -> list[str]:
 
 async def list_events(request: Request) -> JSONResponse:
     f, since, until = await _filter(request)
-    page = query_page(request, EVENTS_PER_PAGE)
+    page = page_request(request, EVENTS_PER_PAGE)
     desc = newest_first(request)
     async with request.app.state.ctx.db.session() as s:
         rows, total = await analytics.list_events(s, f, offset=page.offset,
@@ -156,7 +135,7 @@ async def list_events(request: Request) -> JSONResponse:
 async def event_groups(request: Request) -> JSONResponse:
     f, since, until = await _filter(request)
     dimensions = _dimensions(request)
-    limit = _number(request, "limit", *GROUPS_LIMIT)
+    limit = query_int(request, "limit", *GROUPS_LIMIT)
     async with request.app.state.ctx.db.session() as s:
         groups, total = await analytics.aggregate(s, f, dimensions, limit=limit)
     info = {"count": len(groups), "limit": limit, "total_events": total,

@@ -38,11 +38,12 @@ from mta.config import Settings
 from mta.observe import audit
 from mta.store.models import DestinationAddress, RoutingRule, Zone
 
-__all__ = ["address_body", "disable_rules_forwarding_to", "mark_verified", "normalize_email",
-           "routes", "verification_token", "verify_with_token"]
+__all__ = ["AUDIT_FIELDS", "address_body", "disable_rules_forwarding_to", "mark_verified",
+           "normalize_email", "routes", "token_hash", "verification_token",
+           "verify_with_token"]
 
 READ, EDIT = "email_routing:read", "email_routing:edit"
-_AUDIT_FIELDS = ("email", "verified_at")
+AUDIT_FIELDS = ("email", "verified_at")
 _EMAIL_RE = re.compile(r"[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
 
@@ -71,7 +72,8 @@ def verification_token(settings: Settings, address_id: str, email: str) -> str |
     return f"{address_id}.{base64.urlsafe_b64encode(mac[:24]).decode()}"
 
 
-def _token_hash(token: str) -> bytes:
+def token_hash(token: str) -> bytes:
+    """What is stored of a verification token."""
     return hashlib.sha256(token.encode()).digest()
 
 
@@ -83,7 +85,7 @@ async def verify_with_token(session: AsyncSession, settings: Settings, token: st
         if is_tag(address_id) else None
     expected = verification_token(settings, address_id, row.email) if row else None
     if (row is None or expected is None or not hmac.compare_digest(expected, token.strip())
-            or row.verification_token_hash not in (None, _token_hash(expected))):
+            or row.verification_token_hash not in (None, token_hash(expected))):
         raise LookupError("invalid or expired verification token")
     return mark_verified(session, row, now, actor)
 
@@ -91,11 +93,11 @@ async def verify_with_token(session: AsyncSession, settings: Settings, token: st
 def mark_verified(session: AsyncSession, row: DestinationAddress, now: datetime,
                   actor: str) -> DestinationAddress:
     if row.verified_at is None:
-        before = audit.snapshot(row, _AUDIT_FIELDS)
+        before = audit.snapshot(row, AUDIT_FIELDS)
         row.verified_at = now
         audit.record(session, actor=actor, action="verify", resource_type="destination_address",
                      resource_id=row.id, account_id=row.account_id, before=before,
-                     after=audit.snapshot(row, _AUDIT_FIELDS))
+                     after=audit.snapshot(row, AUDIT_FIELDS))
     return row
 
 
@@ -183,13 +185,27 @@ async def create_address(request: Request) -> JSONResponse:
         await s.flush()
         token = verification_token(ctx.settings, row.id, email)
         if token:
-            row.verification_token_hash = _token_hash(token)
+            row.verification_token_hash = token_hash(token)
+            await _mail_verification(s, ctx, row)
         await s.flush()
         await s.refresh(row)
         audit.record(s, actor=p.actor, action="create", resource_type="destination_address",
                      resource_id=row.id, account_id=account_id,
-                     after=audit.snapshot(row, _AUDIT_FIELDS))
+                     after=audit.snapshot(row, AUDIT_FIELDS))
         return ok(address_body(row))
+
+
+async def _mail_verification(session: AsyncSession, ctx: Any, row: DestinationAddress) -> None:
+    """Queue the verification mail in the transaction that creates the address. Without
+    a forwarding domain there is no sender for it yet: `mta addresses send-verification
+    --pending` mails those addresses once one is configured."""
+    # Imported here: the routing package imports this module's token helpers.
+    from mta.routing.forward import KeyStore, forwarding_domain
+    from mta.routing.verification import send_verification
+
+    if forwarding_domain(ctx.settings):
+        await send_verification(session, ctx.settings, row, ctx.clock(),
+                                KeyStore(ctx.db, ctx.settings))
 
 
 async def get_address(request: Request) -> JSONResponse:
@@ -213,14 +229,14 @@ async def edit_address(request: Request) -> JSONResponse:
             raise api_error("E_FORBIDDEN", "only an operator can mark an address verified "
                             "(mta addresses verify); the owner verifies through the link")
         if status == "unverified" and row.verified_at is not None:
-            before = audit.snapshot(row, _AUDIT_FIELDS)
+            before = audit.snapshot(row, AUDIT_FIELDS)
             row.verified_at = None
             await s.flush()
             await s.refresh(row)
             audit.record(s, actor=p.actor, action="unverify",
                          resource_type="destination_address", resource_id=row.id,
                          account_id=account_id, before=before,
-                         after=audit.snapshot(row, _AUDIT_FIELDS))
+                         after=audit.snapshot(row, AUDIT_FIELDS))
         return ok(address_body(row))
 
 
@@ -233,7 +249,7 @@ async def delete_address(request: Request) -> JSONResponse:
         await disable_rules_forwarding_to(s, account_id, row.email, p.actor)
         audit.record(s, actor=p.actor, action="delete", resource_type="destination_address",
                      resource_id=row.id, account_id=account_id,
-                     before=audit.snapshot(row, _AUDIT_FIELDS))
+                     before=audit.snapshot(row, AUDIT_FIELDS))
         await s.delete(row)
         return ok(body)
 

@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mta.api.activity import newest_first, parse_time, query_page
+from mta.api.activity import newest_first, parse_time
 from mta.api.auth import require
-from mta.api.envelope import api_error, isotime, ok
+from mta.api.envelope import api_error, isotime, ok, page_request
 from mta.observe import analytics
 
 __all__ = ["routes"]
@@ -59,7 +59,7 @@ async def list_audit_logs(request: Request) -> JSONResponse:
                                                                    "action.type"),
         resource_type=_param(request, "resource_type", "resource.type"),
         resource_id=_param(request, "resource_id", "resource.id"))
-    page = query_page(request, PER_PAGE)
+    page = page_request(request, PER_PAGE)
     desc = newest_first(request, "direction")
     async with request.app.state.ctx.db.session() as s:
         rows, total = await analytics.list_audit(s, f, offset=page.offset,

@@ -43,6 +43,7 @@ __all__ = [
     "ok",
     "page_request",
     "query_bool",
+    "query_int",
     "body_bool",
     "body_int",
     "body_list",
@@ -197,7 +198,8 @@ def query_bool(request: Request, name: str) -> bool | None:
     raise api_error("E_VALIDATION_ERROR", f"{name} must be true or false", field=name)
 
 
-def _query_number(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    """A whole number from the query string (`2.0` is 2), `default` when absent."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -225,11 +227,13 @@ class PageRequest:
                 "total_count": total, "total_pages": math.ceil(total / self.per_page)}
 
 
-def page_request(request: Request) -> PageRequest:
-    return PageRequest(
-        page=_query_number(request, "page", 1, 1, 2**31 - 1),
-        per_page=_query_number(request, "per_page", PER_PAGE_DEFAULT, PER_PAGE_MIN,
-                               PER_PAGE_MAX))
+def page_request(request: Request, bounds: tuple[int, int, int] = (
+        PER_PAGE_DEFAULT, PER_PAGE_MIN, PER_PAGE_MAX)) -> PageRequest:
+    """`page` and `per_page` from the query string; `bounds` is per_page's (default,
+    minimum, maximum)."""
+    default, lo, hi = bounds
+    return PageRequest(page=query_int(request, "page", 1, 1, 2**31 - 1),
+                       per_page=query_int(request, "per_page", default, lo, hi))
 
 
 # --- error handlers ------------------------------------------------------------------------

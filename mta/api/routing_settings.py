@@ -38,14 +38,15 @@ from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body,
 from mta.observe import audit
 from mta.store.models import RoutingDomain, SendingDomain, Zone
 
-__all__ = ["routes", "zone_domain_count"]
+__all__ = ["AUDIT_FIELDS", "domain_name", "routes", "routing_status", "zone_domain_count"]
 
 READ, EDIT = "email_routing:read", "email_routing:edit"
 _LOCKED = {"ready", "misconfigured/locked"}
-_AUDIT_FIELDS = ("name", "routing_enabled", "support_subaddress", "routing_status")
+AUDIT_FIELDS = ("name", "routing_enabled", "support_subaddress", "routing_status")
 
 
-def _status(enabled: bool, locked: bool, records_ok: bool | None, stored: str) -> str:
+def routing_status(enabled: bool, locked: bool, records_ok: bool | None, stored: str) -> str:
+    """A zone's routing status from its switch, its lock and its DNS check."""
     if not enabled:
         return "unconfigured"
     if records_ok is None:  # DNS could not say: keep what we knew, with the lock asked for
@@ -73,7 +74,7 @@ async def _records_ok(request: Request, zone_name: str) -> bool | None:
     return summarize(await check_records(ctx.resolver, routing_records(ctx.settings, zone_name)))
 
 
-def _domain_name(zone: Zone, name: str | None) -> str:
+def domain_name(zone: Zone, name: str | None) -> str:
     """A zone's apex or one of its subdomains, as a lower-case FQDN."""
     if not name or name == "@":
         return zone.name
@@ -119,7 +120,7 @@ async def get_settings(request: Request) -> JSONResponse:
     async with db.session() as s:
         zone = await zone_of(s, p, request.path_params["zone_id"])
     if zone.routing_enabled:
-        status = _status(True, _locked(zone.routing_status),
+        status = routing_status(True, _locked(zone.routing_status),
                          await _records_ok(request, zone.name), zone.routing_status)
         if status != zone.routing_status:
             async with db.session() as s:
@@ -137,14 +138,14 @@ async def update_settings(request: Request) -> JSONResponse:
     subaddress = body_bool(body, "support_subaddress")
     async with request.app.state.ctx.db.session() as s:
         zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
-        before = audit.snapshot(zone, _AUDIT_FIELDS)
+        before = audit.snapshot(zone, AUDIT_FIELDS)
         if subaddress is not None and subaddress != zone.support_subaddress:
             zone.support_subaddress = subaddress
             await s.flush()
             await s.refresh(zone)
             audit.record(s, actor=p.actor, action="update", resource_type="routing_settings",
                          resource_id=zone.id, account_id=zone.account_id, before=before,
-                         after=audit.snapshot(zone, _AUDIT_FIELDS))
+                         after=audit.snapshot(zone, AUDIT_FIELDS))
         return ok(settings_body(zone))
 
 
@@ -161,23 +162,23 @@ async def _change(request: Request, action: str) -> JSONResponse:
         records_ok = await _records_ok(request, zone.name)
     async with db.session() as s:
         zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
-        before = audit.snapshot(zone, _AUDIT_FIELDS)
-        domain = _domain_name(zone, name)
+        before = audit.snapshot(zone, AUDIT_FIELDS)
+        domain = domain_name(zone, name)
         if action == "enable":
             await _ensure_domain(request, s, zone, domain)
             if domain == zone.name or not zone.routing_enabled:
                 await _ensure_domain(request, s, zone, zone.name)
                 zone.routing_enabled = True
-            zone.routing_status = _status(True, True, records_ok, zone.routing_status)
+            zone.routing_status = routing_status(True, True, records_ok, zone.routing_status)
         elif action == "unlock":
-            zone.routing_status = _status(zone.routing_enabled, False, records_ok,
+            zone.routing_status = routing_status(zone.routing_enabled, False, records_ok,
                                           zone.routing_status)
         else:
             zone.routing_enabled = False
             zone.routing_status = "unconfigured"
         await s.flush()
         await s.refresh(zone)
-        after = audit.snapshot(zone, _AUDIT_FIELDS)
+        after = audit.snapshot(zone, AUDIT_FIELDS)
         if domain != zone.name:
             after["domain"] = domain
         audit.record(s, actor=p.actor, action=action, resource_type="routing_settings",
@@ -209,7 +210,7 @@ async def get_dns(request: Request) -> JSONResponse:
         return ok(records, result_info={"page": 1, "per_page": len(records),
                                         "count": len(records), "total_count": len(records),
                                         "total_pages": 1})
-    domain = _domain_name(zone, subdomain)
+    domain = domain_name(zone, subdomain)
     records = routing_records(ctx.settings, domain)
     checks = await check_records(ctx.resolver, records)
     errors = [{"code": c.state, "missing": c.record} for c in checks if c.state != "ok"]

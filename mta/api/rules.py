@@ -42,10 +42,10 @@ from mta.api.envelope import (
 from mta.observe import audit
 from mta.store.models import DestinationAddress, RoutingRule, Zone
 
-__all__ = ["ensure_catch_all", "routes", "rule_body"]
+__all__ = ["AUDIT_FIELDS", "actions", "ensure_catch_all", "matchers", "routes", "rule_body"]
 
 READ, EDIT = "email_routing:read", "email_routing:edit"
-_AUDIT_FIELDS = ("zone_id", "name", "priority", "enabled", "is_catch_all", "matchers",
+AUDIT_FIELDS = ("zone_id", "name", "priority", "enabled", "is_catch_all", "matchers",
                  "actions")
 ACTION_TYPES = ("forward", "worker", "drop")
 
@@ -69,7 +69,8 @@ def _in_zone(zone: Zone, address: str) -> bool:
     return domain == zone.name or domain.endswith("." + zone.name)
 
 
-def _matchers(zone: Zone, raw: list, *, catch_all: bool) -> list[dict]:
+def matchers(zone: Zone, raw: list, *, catch_all: bool) -> list[dict]:
+    """A rule's matchers, validated against the zone (api_error when invalid)."""
     if not raw:
         raise api_error("E_VALIDATION_ERROR", "at least one matcher is required",
                         field="matchers")
@@ -107,7 +108,8 @@ def _matchers(zone: Zone, raw: list, *, catch_all: bool) -> list[dict]:
     return out
 
 
-async def _actions(session: AsyncSession, account_id: str, raw: list) -> list[dict]:
+async def actions(session: AsyncSession, account_id: str, raw: list) -> list[dict]:
+    """A rule's actions, validated against the account (api_error when invalid)."""
     if not raw:
         raise api_error("E_VALIDATION_ERROR", "at least one action is required",
                         field="actions")
@@ -177,9 +179,9 @@ async def _fields(request: Request, s: AsyncSession, p: Principal, zone: Zone,
     body = await json_body(request)
     _source(body)
     fields: dict[str, Any] = {
-        "matchers": _matchers(zone, body_list(body, "matchers", required=True) or [],
+        "matchers": matchers(zone, body_list(body, "matchers", required=True) or [],
                               catch_all=catch_all),
-        "actions": await _actions(s, p.account_id,
+        "actions": await actions(s, p.account_id,
                                   body_list(body, "actions", required=True) or []),
         "name": body_str(body, "name", default="", max_len=256),
         "enabled": body_bool(body, "enabled", default=True),
@@ -230,7 +232,7 @@ async def create_rule(request: Request) -> JSONResponse:
         await s.flush()
         audit.record(s, actor=p.actor, action="create", resource_type="routing_rule",
                      resource_id=rule.id, account_id=zone.account_id,
-                     after=audit.snapshot(rule, _AUDIT_FIELDS))
+                     after=audit.snapshot(rule, AUDIT_FIELDS))
         return ok(rule_body(rule))
 
 
@@ -248,13 +250,13 @@ async def update_rule(request: Request) -> JSONResponse:
         zone = await zone_of(s, p, request.path_params["zone_id"])
         rule = await _rule(s, zone, request.path_params["rule_id"], for_update=True)
         fields = await _fields(request, s, p, zone, catch_all=False)
-        before = audit.snapshot(rule, _AUDIT_FIELDS)
+        before = audit.snapshot(rule, AUDIT_FIELDS)
         for k, v in fields.items():
             setattr(rule, k, v)
         await s.flush()
         audit.record(s, actor=p.actor, action="update", resource_type="routing_rule",
                      resource_id=rule.id, account_id=zone.account_id, before=before,
-                     after=audit.snapshot(rule, _AUDIT_FIELDS))
+                     after=audit.snapshot(rule, AUDIT_FIELDS))
         return ok(rule_body(rule))
 
 
@@ -266,7 +268,7 @@ async def delete_rule(request: Request) -> JSONResponse:
         body = rule_body(rule)
         audit.record(s, actor=p.actor, action="delete", resource_type="routing_rule",
                      resource_id=rule.id, account_id=zone.account_id,
-                     before=audit.snapshot(rule, _AUDIT_FIELDS))
+                     before=audit.snapshot(rule, AUDIT_FIELDS))
         await s.delete(rule)
         return ok(body)
 
@@ -284,13 +286,13 @@ async def update_catch_all(request: Request) -> JSONResponse:
         zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
         fields = await _fields(request, s, p, zone, catch_all=True)
         rule = await ensure_catch_all(s, zone)
-        before = audit.snapshot(rule, _AUDIT_FIELDS)
+        before = audit.snapshot(rule, AUDIT_FIELDS)
         for k, v in fields.items():
             setattr(rule, k, v)
         await s.flush()
         audit.record(s, actor=p.actor, action="update", resource_type="routing_catch_all",
                      resource_id=rule.id, account_id=zone.account_id, before=before,
-                     after=audit.snapshot(rule, _AUDIT_FIELDS))
+                     after=audit.snapshot(rule, AUDIT_FIELDS))
         return ok(rule_body(rule))
 
 

@@ -1,10 +1,10 @@
 """Sending subdomains: /zones/{zone_id}/email/sending/subdomains[/{id}[/dns]].
 
-A sending (sub)domain is the zone apex or a subdomain of it, onboarded for sending:
-creating it makes an RSA-2048 DKIM key (encrypted at rest with `secret_key`, associated
-data `<domain>/<selector>`) under a dated selector `mtaYYYYMM`, and a return-path
-(bounce) domain `mta-bounce.<domain>` whose MX points back at us (the reference's
-`cf-bounce`). `.../dns` lists the records to publish (mta/api/dnsrecords.py).
+A sending (sub)domain is the zone apex or a subdomain of it, onboarded for sending by
+`mta.sending.domains.onboard_sending_domain` (as `mta domains onboard`): creating it
+makes an RSA-2048 DKIM key (encrypted at rest with `secret_key`, associated data
+`<domain>/<selector>`) under a dated selector `mtaYYYYMM`, and a return-path (bounce)
+domain `mta-bounce.<domain>` whose MX points back at us (the reference's `cf-bounce`). `.../dns` lists the records to publish (mta/api/dnsrecords.py).
 
 The identifier is `tag` (sending subdomains have no `id` in the reference), and DELETE
 answers the bare envelope `{success, errors, messages}`, as the SDK expects. A zone
@@ -14,7 +14,6 @@ Wildcards (`*.example.com`) need an entitlement we do not have and are refused.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -26,18 +25,21 @@ from starlette.routing import Route
 from mta.api.auth import is_tag, require, zone_of
 from mta.api.dnsrecords import sending_records
 from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok
-from mta.api.routing_settings import zone_domain_count
 from mta.observe import audit
-from mta.signing.keys import KeyVault, generate_private_key, public_key_b64
-from mta.store.models import DkimKey, RoutingDomain, SendingDomain, Zone
+from mta.sending.domains import (
+    RETURN_PATH_LABEL,
+    DomainError,
+    dkim_selector,
+    onboard_sending_domain,
+)
+from mta.store.models import DkimKey, SendingDomain, Zone
 
-__all__ = ["RETURN_PATH_LABEL", "routes", "subdomain_body"]
+__all__ = ["AUDIT_FIELDS", "RETURN_PATH_LABEL", "routes", "subdomain_body", "subdomain_name"]
 
 EDIT = "email_sending:edit"
-RETURN_PATH_LABEL = "mta-bounce"
 # Editable flags; stored only once the schema has them (migration 0003_admin).
 FLAGS = ("drop_suppressed_recipients", "preview_enabled")
-_AUDIT_FIELDS = ("zone_id", "name", "dkim_selector", "return_path_domain", "enabled", *FLAGS)
+AUDIT_FIELDS = ("zone_id", "name", "dkim_selector", "return_path_domain", "enabled", *FLAGS)
 
 
 def _has_flag(name: str) -> bool:
@@ -54,7 +56,9 @@ def subdomain_body(row: SendingDomain) -> dict[str, Any]:
     return body
 
 
-def _name(zone: Zone, raw: str) -> str:
+def subdomain_name(zone: Zone, raw: str) -> str:
+    """A sending (sub)domain name of `zone`, validated (api_error: wildcard, outside the
+    zone, not a domain name)."""
     name = raw.strip().lower().rstrip(".")
     if name.startswith("*"):
         raise api_error("E_VALIDATION_ERROR", "wildcard sending domains are not supported",
@@ -75,13 +79,6 @@ async def _subdomain(s: AsyncSession, zone: Zone, tag: str,
     if row is None or row.zone_id != zone.id:
         raise api_error("E_NOT_FOUND", f"sending subdomain {tag} not found")
     return row
-
-
-async def _new_key(secret_key: str, domain: str, selector: str) -> DkimKey:
-    key = await asyncio.to_thread(generate_private_key, "rsa-sha256")
-    blob = KeyVault(secret_key).encrypt(key, f"{domain}/{selector}".encode())
-    return DkimKey(domain=domain, selector=selector, algorithm="rsa",
-                   private_key_encrypted=blob, public_key=public_key_b64(key))
 
 
 # --- handlers --------------------------------------------------------------------------------
@@ -109,28 +106,22 @@ async def create_subdomain(request: Request) -> JSONResponse:
                         "DKIM keys with (set secret_key or MTA_SECRET_KEY)")
     async with ctx.db.session() as s:
         zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
-        name = _name(zone, raw)
+        name = subdomain_name(zone, raw)
         if (await s.execute(select(SendingDomain.id).where(SendingDomain.name == name))).first():
             raise api_error("E_VALIDATION_ERROR", f"{name} is already a sending domain",
                             field="name")
-        routed = (await s.execute(select(RoutingDomain.id).where(
-            RoutingDomain.name == name, RoutingDomain.zone_id == zone.id))).first()
-        limit = ctx.settings.limits.domains_per_zone
-        if not routed and await zone_domain_count(s, zone.id) >= limit:
-            raise api_error("E_VALIDATION_ERROR", f"zone {zone.name} already has {limit} "
-                            "domains (limits.domains_per_zone)", field="name")
-        selector = f"mta{ctx.clock():%Y%m}"
+        now = ctx.clock()
+        # A key left behind under this month's selector is replaced, not reused.
         await s.execute(delete(DkimKey).where(DkimKey.domain == name,
-                                              DkimKey.selector == selector))
-        s.add(await _new_key(ctx.settings.secret_key, name, selector))
-        row = SendingDomain(zone_id=zone.id, name=name, dkim_selector=selector,
-                            return_path_domain=f"{RETURN_PATH_LABEL}.{name}")
-        s.add(row)
-        await s.flush()
+                                              DkimKey.selector == dkim_selector(now)))
+        try:
+            row = await onboard_sending_domain(s, ctx.settings, name, zone_id=zone.id, now=now)
+        except DomainError as exc:
+            raise api_error("E_VALIDATION_ERROR", str(exc), field="name") from None
         await s.refresh(row)
         audit.record(s, actor=p.actor, action="create", resource_type="sending_subdomain",
                      resource_id=row.id, account_id=zone.account_id,
-                     after=audit.snapshot(row, _AUDIT_FIELDS))
+                     after=audit.snapshot(row, AUDIT_FIELDS))
         return ok(subdomain_body(row))
 
 
@@ -152,7 +143,7 @@ async def edit_subdomain(request: Request) -> JSONResponse:
     async with request.app.state.ctx.db.session() as s:
         zone = await zone_of(s, p, request.path_params["zone_id"])
         row = await _subdomain(s, zone, request.path_params["tag"], for_update=True)
-        before = audit.snapshot(row, _AUDIT_FIELDS)
+        before = audit.snapshot(row, AUDIT_FIELDS)
         if any(getattr(row, f) != v for f, v in changes.items()):
             for f, v in changes.items():
                 setattr(row, f, v)
@@ -160,7 +151,7 @@ async def edit_subdomain(request: Request) -> JSONResponse:
             await s.refresh(row)
             audit.record(s, actor=p.actor, action="update", resource_type="sending_subdomain",
                          resource_id=row.id, account_id=zone.account_id, before=before,
-                         after=audit.snapshot(row, _AUDIT_FIELDS))
+                         after=audit.snapshot(row, AUDIT_FIELDS))
         return ok(subdomain_body(row))
 
 
@@ -171,7 +162,7 @@ async def delete_subdomain(request: Request) -> JSONResponse:
         row = await _subdomain(s, zone, request.path_params["tag"], for_update=True)
         audit.record(s, actor=p.actor, action="delete", resource_type="sending_subdomain",
                      resource_id=row.id, account_id=zone.account_id,
-                     before=audit.snapshot(row, _AUDIT_FIELDS))
+                     before=audit.snapshot(row, AUDIT_FIELDS))
         await s.execute(delete(DkimKey).where(DkimKey.domain == row.name,
                                               DkimKey.selector == row.dkim_selector))
         await s.delete(row)

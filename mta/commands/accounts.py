@@ -5,22 +5,14 @@ Every change is written to the audit log as `cli:<unix user>`.
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
 
-from mta.commands.queue import open_database
+from mta.commands._common import open_database
 from mta.config import Settings
 from mta.observe import audit
 from mta.store.models import Account
 
-__all__ = ["register", "resolve_account"]
-
-
-async def resolve_account(session: AsyncSession, ref: str) -> Account | None:
-    """The one account whose id or name is `ref`."""
-    rows = (await session.execute(select(Account).where(
-        or_(Account.id == ref, Account.name == ref)).limit(2))).scalars().all()
-    return rows[0] if len(rows) == 1 else None
+__all__ = ["register"]
 
 
 async def _cmd_create(args, settings: Settings) -> int:

@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from mta.api.addresses import mark_verified
-from mta.commands.accounts import resolve_account
-from mta.commands.queue import open_database
+from mta.commands._common import find_account, open_database
 from mta.config import Settings
 from mta.observe import audit
 from mta.routing.verification import send_pending_verifications, send_verification, verify
@@ -47,9 +46,8 @@ async def _cmd_verify(args, settings: Settings) -> int:
 
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        account = await resolve_account(s, args.account)
+        account = await find_account(s, args.account)
         if account is None:
-            print(f"mta: no single account matches {args.account!r}", file=sys.stderr)
             return 1
         rows = (await s.execute(select(DestinationAddress).where(
             DestinationAddress.account_id == account.id)

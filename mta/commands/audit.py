@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from mta.commands.events import account_ref, parse_when, positive
-from mta.commands.queue import _table, open_database
+from mta.commands._common import account_ref, open_database, parse_when, positive, table
 from mta.config import Settings
 from mta.observe import analytics
 
@@ -50,7 +49,7 @@ async def _cmd_list(args, settings: Settings) -> int:
     if not rows:
         print("no audit entries")
         return 0
-    print(_table([[r["when"], f"{r['actor']['type']}:{r['actor']['id']}", r["action"]["type"],
+    print(table([[r["when"], f"{r['actor']['type']}:{r['actor']['id']}", r["action"]["type"],
                    r["resource"]["type"], r["resource"]["id"] or "-", _change(r)]
                   for r in rows],
                  ["WHEN", "ACTOR", "ACTION", "RESOURCE", "ID", "CHANGE"]))

@@ -21,7 +21,7 @@ import json
 from sqlalchemy import select
 
 from mta.api.wellknown import POLICY_PATH, mta_sts_records
-from mta.commands.queue import open_database
+from mta.commands._common import open_database
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.sending.domains import DomainError, check_domain, domain_records, onboard_sending_domain

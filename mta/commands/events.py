@@ -12,41 +12,14 @@ operator sees every account unless `--account` (id or name) narrows it. `--since
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select
-
-from mta.commands.queue import _table, open_database
-from mta.config import Settings, parse_duration
+from mta.commands._common import account_ref, open_database, parse_when, positive, table
+from mta.config import Settings
 from mta.observe import analytics
 from mta.observe.analytics import EventFilter
-from mta.store.models import Account
 
-__all__ = ["account_ref", "parse_when", "positive", "register"]
-
-
-def parse_when(value: str, now: datetime) -> datetime:
-    """An age (`24h` = 24 hours ago), a date or an RFC 3339 time (UTC without offset)."""
-    try:
-        return now - timedelta(seconds=parse_duration(value))
-    except ValueError:
-        pass
-    if len(value) == 10:
-        d = date.fromisoformat(value)
-        return datetime(d.year, d.month, d.day, tzinfo=UTC)
-    ts = datetime.fromisoformat(value)
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
-async def account_ref(session, ref: str | None) -> str | None:
-    """The account id of `ref` (id or name); raises LookupError when none or several."""
-    if ref is None:
-        return None
-    ids = (await session.execute(select(Account.id).where(
-        or_(Account.id == ref, Account.name == ref)).limit(2))).scalars().all()
-    if len(ids) != 1:
-        raise LookupError(f"no single account matches {ref!r}")
-    return ids[0]
+__all__ = ["register"]
 
 
 def _range(args, now: datetime) -> tuple[datetime, datetime]:
@@ -81,7 +54,7 @@ async def _cmd_list(args, settings: Settings) -> int:
     if not rows:
         print("no events")
         return 0
-    print(_table([[r["datetime"], r["direction"], r["status"], r["from"] or "-",
+    print(table([[r["datetime"], r["direction"], r["status"], r["from"] or "-",
                    r["to"] or "-", _auth(r), r["action"] or "-",
                    (r["errorCause"] or "")[:30], r["queueId"] or "-"] for r in rows],
                  ["TIME", "DIR", "STATUS", "FROM", "TO", "SPF/DKIM/DMARC/ARC", "ACTION",
@@ -120,20 +93,11 @@ async def _cmd_stats(args, settings: Settings) -> int:
     if not groups:
         print("no events")
         return 0
-    print(_table([[*(str(g["dimensions"][d]) if g["dimensions"][d] is not None else "-"
+    print(table([[*(str(g["dimensions"][d]) if g["dimensions"][d] is not None else "-"
                      for d in dims), str(g["count"])] for g in groups],
                  [*(d.upper() for d in dims), "COUNT"]))
     print(f"\n{total} event(s) from {f.since:%Y-%m-%d %H:%M} to {f.until:%Y-%m-%d %H:%M} UTC")
     return 0
-
-
-def positive(value: str) -> int:
-    import argparse
-
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
 
 
 def _common(p) -> None:

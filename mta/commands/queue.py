@@ -7,36 +7,18 @@ so it can run on any node, or on an admin host with the same config.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from mta.commands._common import open_database, table
 from mta.config import Settings
 from mta.queue import queue as q
-from mta.store.db import Database
 from mta.store.models import Delivery, DeliveryAttempt, Message
 
-__all__ = ["open_database", "register"]
-
-
-@asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[Database]:
-    """The configured database (starting the embedded cluster when there is no URL)."""
-    from mta.node import database_url
-
-    url, embedded = await asyncio.to_thread(database_url, settings)
-    db = Database(url, pool_size=2, connect_timeout=settings.database.connect_timeout)
-    try:
-        yield db
-    finally:
-        await db.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+__all__ = ["register"]
 
 
 def _now() -> datetime:
@@ -52,13 +34,6 @@ def _ago(ts: datetime | None, now: datetime) -> str:
         if secs >= size:
             return f"{sign}{secs // size}{unit}" + ("" if sign else " ago")
     return f"{sign}{secs}s" + ("" if sign else " ago")
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-             for r in [header, *rows]]
-    return "\n".join(lines)
 
 
 def _delivery_dict(d: Delivery) -> dict:
@@ -90,7 +65,7 @@ async def _cmd_list(args, settings: Settings) -> int:
     if not rows:
         print("no deliveries match")
         return 0
-    print(_table([[str(d.id), d.status, d.recipient, str(d.attempts),
+    print(table([[str(d.id), d.status, d.recipient, str(d.attempts),
                    _ago(d.next_attempt_at, now) if d.status == "queued" else "-",
                    _ago(d.created_at, now), (d.last_reply or "")[:60]] for d in rows],
                  ["ID", "STATUS", "RECIPIENT", "TRIES", "NEXT", "QUEUED", "LAST REPLY"]))
@@ -176,14 +151,14 @@ async def _cmd_stats(args, settings: Settings) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print(_table([[k, str(v)] for k, v in stats["depth"].items()], ["STATE", "DELIVERIES"]))
+    print(table([[k, str(v)] for k, v in stats["depth"].items()], ["STATE", "DELIVERIES"]))
     print(f"\noldest due: {stats['oldest_due_seconds']:.0f}s past its attempt time; "
           f"oldest queued: {stats['oldest_queued_seconds']:.0f}s")
     if stats["top_domains"]:
-        print("\n" + _table([[d["domain"], str(d["queued"])] for d in stats["top_domains"]],
+        print("\n" + table([[d["domain"], str(d["queued"])] for d in stats["top_domains"]],
                             ["DOMAIN", "QUEUED"]))
     if stats["finished"]:
-        print("\n" + _table([[k, str(v)] for k, v in sorted(stats["finished"].items())],
+        print("\n" + table([[k, str(v)] for k, v in sorted(stats["finished"].items())],
                             ["FINISHED", "DELIVERIES"]))
     return 0
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from mta.commands.queue import open_database
+from mta.commands._common import open_database
 from mta.config import Settings
 
 __all__ = ["register"]

@@ -9,20 +9,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, select
-
-from mta.commands.queue import open_database
+from mta.commands._common import find_account, open_database, table
 from mta.config import Settings, parse_duration
 from mta.sending import suppression
-from mta.store.models import Account
 
 __all__ = ["register"]
-
-
-async def _account_id(session, ref: str) -> str | None:
-    row = (await session.execute(select(Account.id).where(
-        or_(Account.id == ref, Account.name == ref)).limit(2))).scalars().all()
-    return row[0] if len(row) == 1 else None
 
 
 def _expiry(value: str | None, now: datetime) -> datetime | None:
@@ -38,10 +29,10 @@ def _expiry(value: str | None, now: datetime) -> datetime | None:
 async def _cmd_add(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
-        acct = await _account_id(s, args.account)
-        if acct is None:
-            print(f"no single account matches {args.account!r}")
+        account = await find_account(s, args.account, prefix="", stderr=False)
+        if account is None:
             return 1
+        acct = account.id
         try:
             entry = await suppression.add(
                 s, acct, args.email, args.reason, now=now,
@@ -59,10 +50,10 @@ async def _cmd_add(args, settings: Settings) -> int:
 
 async def _cmd_remove(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        acct = await _account_id(s, args.account)
-        if acct is None:
-            print(f"no single account matches {args.account!r}")
+        account = await find_account(s, args.account, prefix="", stderr=False)
+        if account is None:
             return 1
+        acct = account.id
         by_id = len(args.target) == 32 and "@" not in args.target
         try:
             removed = await suppression.remove(
@@ -90,10 +81,10 @@ def _scope(d: dict) -> str:
 async def _cmd_list(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
-        acct = await _account_id(s, args.account)
-        if acct is None:
-            print(f"no single account matches {args.account!r}")
+        account = await find_account(s, args.account, prefix="", stderr=False)
+        if account is None:
             return 1
+        acct = account.id
         page = await suppression.list_entries(
             s, acct, now=now, reason=args.reason, search=args.search,
             scope_type=args.scope, scope_value=args.domain,
@@ -105,9 +96,7 @@ async def _cmd_list(args, settings: Settings) -> int:
     if not items:
         print("no suppressions")
         return 0
-    from mta.commands.queue import _table
-
-    print(_table([[d["id"], d["email"], d["reason"], _scope(d),
+    print(table([[d["id"], d["email"], d["reason"], _scope(d),
                    d["expires_at"] or "permanent", "yes" if d["read_only"] else "",
                    (d["note"] or "")[:40]] for d in items],
                  ["ID", "EMAIL", "REASON", "SCOPE", "EXPIRES", "READ-ONLY", "NOTE"]))

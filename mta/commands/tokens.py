@@ -10,8 +10,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 
-from mta.commands.accounts import resolve_account
-from mta.commands.queue import open_database
+from mta.commands._common import account_ref, find_account, open_database
 from mta.config import Settings, parse_duration
 from mta.observe import audit
 from mta.tokens import PERMISSIONS, check_permissions, create_token, list_tokens, revoke_token
@@ -32,9 +31,8 @@ async def _cmd_create(args, settings: Settings) -> int:
         print(f"mta: {exc}", file=sys.stderr)
         return 2
     async with open_database(settings) as db, db.session() as s:
-        account = await resolve_account(s, args.account)
+        account = await find_account(s, args.account)
         if account is None:
-            print(f"mta: no single account matches {args.account!r}", file=sys.stderr)
             return 1
         row, secret = await create_token(s, account.id, args.name, perms, expires_at=expires)
         audit.record(s, actor=audit.cli_actor(), action="create", resource_type="api_token",
@@ -48,13 +46,11 @@ async def _cmd_create(args, settings: Settings) -> int:
 
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        account_id = None
-        if args.account:
-            account = await resolve_account(s, args.account)
-            if account is None:
-                print(f"mta: no single account matches {args.account!r}", file=sys.stderr)
-                return 1
-            account_id = account.id
+        try:
+            account_id = await account_ref(s, args.account or None)
+        except LookupError as exc:
+            print(f"mta: {exc}", file=sys.stderr)
+            return 1
         rows = await list_tokens(s, account_id)
     now = datetime.now(UTC)
     print(f"{'ID':32}  {'ACCOUNT':32}  {'STATE':8}  {'LAST USED':16}  {'EXPIRES':16}  "

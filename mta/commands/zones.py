@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mta.commands.accounts import resolve_account
-from mta.commands.queue import open_database
+from mta.commands._common import find_account, open_database
 from mta.config import Settings
 from mta.observe import audit
 from mta.store.models import RoutingDomain, Zone
 
-__all__ = ["register"]
+__all__ = ["register", "zone_name"]
 
 
-def _zone_name(raw: str) -> str | None:
+def zone_name(raw: str) -> str | None:
+    """A zone apex, lower-cased; None when `raw` is not a domain name."""
     name = raw.strip().lower().rstrip(".")
     labels = name.split(".")
     if len(labels) < 2 or len(name) > 253 or not all(
@@ -28,14 +28,13 @@ def _zone_name(raw: str) -> str | None:
 
 
 async def _cmd_create(args, settings: Settings) -> int:
-    name = _zone_name(args.name)
+    name = zone_name(args.name)
     if name is None:
         print(f"mta: {args.name!r} is not a domain name")
         return 2
     async with open_database(settings) as db, db.session() as s:
-        account = await resolve_account(s, args.account)
+        account = await find_account(s, args.account, stderr=False)
         if account is None:
-            print(f"mta: no single account matches {args.account!r}")
             return 1
         if (await s.execute(select(Zone.id).where(Zone.name == name))).first():
             print(f"mta: zone {name} already exists")
@@ -55,9 +54,8 @@ async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         query = select(Zone).order_by(Zone.name)
         if args.account:
-            account = await resolve_account(s, args.account)
+            account = await find_account(s, args.account, stderr=False)
             if account is None:
-                print(f"mta: no single account matches {args.account!r}")
                 return 1
             query = query.where(Zone.account_id == account.id)
         rows = (await s.execute(query)).scalars().all()

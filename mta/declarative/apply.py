@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mta.api import addresses as api_addresses
 from mta.api import routing_settings as api_routing
 from mta.api import sending_subdomains as api_sending
-from mta.commands.accounts import resolve_account
-from mta.commands.zones import _zone_name
+from mta.commands._common import resolve_account
+from mta.commands.zones import zone_name
 from mta.config import ConfigError, Settings
 from mta.declarative.rules import RuleReconciler
 from mta.declarative.spec import Loaded, ZoneSpec
@@ -45,9 +45,9 @@ from mta.store.models import (
 __all__ = ["Change", "apply_document"]
 
 # The audit snapshots of the admin API, so API and YAML rows read alike.
-ZONE_FIELDS = api_routing._AUDIT_FIELDS
-ADDRESS_FIELDS = api_addresses._AUDIT_FIELDS
-SENDING_FIELDS = (*api_sending._AUDIT_FIELDS, "ed25519")
+ZONE_FIELDS = api_routing.AUDIT_FIELDS
+ADDRESS_FIELDS = api_addresses.AUDIT_FIELDS
+SENDING_FIELDS = (*api_sending.AUDIT_FIELDS, "ed25519")
 # Snapshot fields that identify rather than describe: left out of the printed diff.
 _QUIET = {"zone_id", "is_catch_all", "account_id"}
 _QUIET_FOR = {"routing_catch_all": {"name", "priority"}}  # a catch-all has neither
@@ -169,7 +169,7 @@ class Reconciler(RuleReconciler):
             await self.s.flush()
             token = api_addresses.verification_token(self.settings, row.id, email)
             if token:
-                row.verification_token_hash = api_addresses._token_hash(token)
+                row.verification_token_hash = api_addresses.token_hash(token)
             await self.s.flush()
             await self.s.refresh(row)
             self.record("create", "destination_address", f"{account.name} address {email}",
@@ -196,7 +196,7 @@ class Reconciler(RuleReconciler):
     # --- zones, routing settings, subdomains ------------------------------------------
 
     async def _zone(self, account: Account, spec: ZoneSpec, path: str, seen: set[str]) -> Zone:
-        name = _zone_name(spec.name)
+        name = zone_name(spec.name)
         if name is None:
             raise self.err(f"{path}.name", f"{spec.name!r} is not a domain name")
         if name in seen:
@@ -237,7 +237,7 @@ class Reconciler(RuleReconciler):
             zone.routing_enabled = spec.routing
             # As POST .../email/routing/enable: records locked; live DNS decides on the
             # next settings read, so this never waits for a resolver inside the transaction.
-            zone.routing_status = api_routing._status(True, True, None, zone.routing_status) \
+            zone.routing_status = api_routing.routing_status(True, True, None, zone.routing_status) \
                 if spec.routing else "unconfigured"
             changed = True
         return changed
@@ -258,7 +258,7 @@ class Reconciler(RuleReconciler):
         wanted: dict[str, str] = {}
         for k, raw in enumerate(names):
             try:
-                name = api_routing._domain_name(zone, raw)
+                name = api_routing.domain_name(zone, raw)
             except MtaError as exc:
                 raise self.err(f"{path}[{k}]", exc.message) from None
             if name in wanted:
@@ -312,7 +312,7 @@ class Reconciler(RuleReconciler):
         wanted: dict[str, int] = {}
         for k, d in enumerate(spec.sending_domains):
             try:
-                name = api_sending._name(zone, d.name)
+                name = api_sending.subdomain_name(zone, d.name)
             except MtaError as exc:
                 raise self.err(f"{path}[{k}].name", exc.message) from None
             if name in wanted:

@@ -23,7 +23,7 @@ from mta.store.models import RoutingRule, Zone
 
 __all__ = ["RULE_FIELDS", "RuleReconciler"]
 
-RULE_FIELDS = api_rules._AUDIT_FIELDS
+RULE_FIELDS = api_rules.AUDIT_FIELDS
 
 
 class RuleReconciler:
@@ -58,7 +58,7 @@ class RuleReconciler:
                        targets: set[str] | None) -> list[dict]:
         raw, shorthand = self._raw_actions(spec, path)
         try:
-            actions = await api_rules._actions(self.s, zone.account_id, raw)
+            actions = await api_rules.actions(self.s, zone.account_id, raw)
         except MtaError as exc:
             raise self._api(exc, path, {"actions": shorthand} if shorthand else None) from None
         if targets is not None:  # --prune with declared addresses: nothing may dangle
@@ -72,7 +72,7 @@ class RuleReconciler:
 
     async def _catch_all(self, zone: Zone, spec: CatchAllSpec, path: str,
                          targets: set[str] | None) -> None:
-        matchers = api_rules._matchers(zone, [{"type": "all"}], catch_all=True)
+        matchers = api_rules.matchers(zone, [{"type": "all"}], catch_all=True)
         fields = {"matchers": matchers, "enabled": spec.enabled,
                   "actions": await self._actions(zone, spec, path, targets)}
         rule = (await self.s.execute(select(RoutingRule).where(
@@ -113,7 +113,7 @@ class RuleReconciler:
             raise self.err(f"{path}.name", "at most 256 characters")
         raw, shorthand = self._raw_matchers(spec, path)
         try:
-            matchers = api_rules._matchers(zone, raw, catch_all=False)
+            matchers = api_rules.matchers(zone, raw, catch_all=False)
         except MtaError as exc:
             raise self._api(exc, path, {"matchers": shorthand} if shorthand else None) from None
         return {"name": spec.name, "priority": spec.priority, "enabled": spec.enabled,

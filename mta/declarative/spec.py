@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from mta.config import ConfigError, _build, _line
+from mta.config import ConfigError, _line, build
 
 __all__ = ["AccountSpec", "ActionSpec", "CatchAllSpec", "Document", "Loaded", "MatcherSpec",
            "RuleSpec", "SendingDomainSpec", "ZoneSpec", "load_document", "load_text"]
@@ -155,7 +155,7 @@ def load_text(text: str, source: str = "<string>") -> Loaded:
         return Loaded(Document(), source)
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError("", "the top level must be a mapping", _line(root), source)
-    loaded = Loaded(_build(Document, root, "", source), source)
+    loaded = Loaded(build(Document, root, "", source), source)
     _index(root, "", loaded.lines)
     if loaded.doc.version != 1:
         raise loaded.error("version", "only version 1 is known")

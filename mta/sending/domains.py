@@ -3,9 +3,10 @@
 [Domain configuration > Sending records], [Subdomains]: a domain (or a subdomain, which is
 onboarded on its own) becomes a sending domain of the account owning its zone. Onboarding
 creates
-- an RSA-2048 DKIM key at selector `mtaYYYYMM` (as the admin API's sending subdomains)
-  and, on request, an Ed25519 key at `mtaYYYYMMed` (RFC 8463 dual signatures need a second selector: one TXT record
-  holds one key), private keys encrypted at rest with `secret_key` (mta.signing.keys);
+- an RSA-2048 DKIM key at selector `mtaYYYYMM` (the admin API's sending subdomains are
+  onboarded here too) and, on request, an Ed25519 key at `mtaYYYYMMed` (RFC 8463 dual
+  signatures need a second selector: one TXT record holds one key), private keys
+  encrypted at rest with `secret_key` (mta.signing.keys);
 - a return-path (bounce) subdomain `mta-bounce.<domain>`, the domain of every VERP
   MAIL FROM, whose MX points at our nodes so bounces come back to us;
 - status `pending` until `check_domain` finds every record live (`ready`), or
@@ -28,11 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.api.dnsrecords import RecordCheck, check_records, sending_records, summarize
 from mta.dnscache import DnsResolver
+from mta.errors import MtaError
 from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
 from mta.store.models import DkimKey, RoutingDomain, SendingDomain, Zone
 
 __all__ = [
-    "RETURN_PATH_LABEL", "DomainError", "DomainCheck", "check_domain", "dkim_txt",
+    "RETURN_PATH_LABEL", "DomainError", "DomainCheck", "check_domain", "check_sender",
+    "dkim_selector", "dkim_txt",
     "domain_records", "find_zone", "key_associated_data", "load_signing_keys",
     "normalize_domain", "onboard_sending_domain", "sending_domain_for",
 ]
@@ -54,6 +57,11 @@ def normalize_domain(name: str) -> str:
     if "." not in d or len(d) > 253 - len(RETURN_PATH_LABEL) - 1:
         raise DomainError(f"{name!r} is not a usable domain name")
     return d
+
+
+def dkim_selector(now: datetime) -> str:
+    """The RSA selector of a domain onboarded at `now` (`mtaYYYYMM`)."""
+    return f"mta{now:%Y%m}"
 
 
 def key_associated_data(domain: str, selector: str) -> bytes:
@@ -87,6 +95,30 @@ async def sending_domain_for(session: AsyncSession, account_id: str,
         .where(SendingDomain.name == domain, Zone.account_id == account_id))).scalar_one_or_none()
 
 
+async def check_sender(session: AsyncSession, account_id: str,
+                       domain: str) -> SendingDomain | None:
+    """Who may send from `domain` for `account_id` (one rule for every front door: the
+    sending pipeline and the MAIL FROM of SMTP submission): the account's enabled
+    sending domain `domain`, or None when `domain` is one of its enabled routing domains
+    (which may send only to the account's verified destination addresses: the sending
+    pipeline enforces that). MtaError E_SENDER_NOT_VERIFIED when the sending domain is
+    disabled, E_SENDER_DOMAIN_NOT_AVAILABLE when it is neither."""
+    sd = await sending_domain_for(session, account_id, domain)
+    if sd is not None:
+        if not sd.enabled:
+            raise MtaError("E_SENDER_NOT_VERIFIED", f"Sending from {domain} is "
+                           "disabled for this account.", field="from")
+        return sd
+    routed = (await session.execute(select(RoutingDomain.zone_id).join(
+        Zone, Zone.id == RoutingDomain.zone_id).where(
+        RoutingDomain.name == domain, RoutingDomain.enabled.is_(True),
+        Zone.account_id == account_id).limit(1))).first()
+    if routed is None:
+        raise MtaError("E_SENDER_DOMAIN_NOT_AVAILABLE", f"{domain} is not a sending "
+                       "domain of this account.", field="from")
+    return None
+
+
 async def onboard_sending_domain(session: AsyncSession, settings: Any, name: str, *,
                                  zone_id: str | None = None, ed25519: bool = False,
                                  now: datetime | None = None) -> SendingDomain:
@@ -107,24 +139,28 @@ async def onboard_sending_domain(session: AsyncSession, settings: Any, name: str
 
         limit = settings.limits.domains_per_zone
         routed = (await session.execute(select(RoutingDomain.id).where(
-            RoutingDomain.name == domain))).first()  # already counted
+            RoutingDomain.name == domain, RoutingDomain.zone_id == zone.id))
+        ).first()  # already counted in the zone
         if not routed and await zone_domain_count(session, zone.id) >= limit:
             raise DomainError(f"zone {zone.name} already has {limit} domains "
                               "(limits.domains_per_zone)")
-        row = SendingDomain(zone_id=zone.id, name=domain, dkim_selector=f"mta{now:%Y%m}",
+        row = SendingDomain(zone_id=zone.id, name=domain, dkim_selector=dkim_selector(now),
                             return_path_domain=f"{RETURN_PATH_LABEL}.{domain}",
                             enabled=True, status="pending")
         session.add(row)
     row.enabled = True
-    keys = (await session.execute(select(DkimKey).where(
-        DkimKey.domain == domain, DkimKey.active.is_(True)))).scalars().all()
-    have = {k.algorithm for k in keys}
-    vault = KeyVault(settings.secret_key)
     wanted = [("rsa", row.dkim_selector)]
     if ed25519:
         wanted.append(("ed25519", f"{row.dkim_selector}ed"))
+    # Only keys under the domain's own selectors count: another key of the same name
+    # (the forwarding key of a routing domain, say) is not this sending domain's.
+    keys = (await session.execute(select(DkimKey).where(
+        DkimKey.domain == domain, DkimKey.active.is_(True),
+        DkimKey.selector.in_([selector for _, selector in wanted])))).scalars().all()
+    have = {(k.algorithm, k.selector) for k in keys}
+    vault = KeyVault(settings.secret_key)
     for algorithm, selector in wanted:
-        if algorithm in have:
+        if (algorithm, selector) in have:
             continue
         key = await asyncio.to_thread(generate_private_key, _ALGORITHMS[algorithm])
         session.add(DkimKey(

@@ -54,7 +54,7 @@ from mta.queue.queue import Claimed, Recipient, enqueue
 from mta.sending import limits as rate
 from mta.sending import suppression
 from mta.sending.compose import compose_message, fold_header, new_message_id
-from mta.sending.domains import load_signing_keys
+from mta.sending.domains import check_sender, load_signing_keys
 from mta.sending.headers import MIME_REPLACED_HEADERS, validate_custom_headers
 from mta.sending.validate import (
     DEFAULT_LIMITS,
@@ -71,9 +71,7 @@ from mta.store.models import (
     Delivery,
     DestinationAddress,
     Message,
-    RoutingDomain,
     SendingDomain,
-    Zone,
 )
 
 __all__ = ["SendResult", "SendingService"]
@@ -303,22 +301,8 @@ class SendingService:
             zone_id: str | None = None
             routing = False
             for i, domain in enumerate(out.domains):
-                sd = (await s.execute(select(SendingDomain).join(
-                    Zone, Zone.id == SendingDomain.zone_id).where(
-                    SendingDomain.name == domain, Zone.account_id == account_id))
-                ).scalar_one_or_none()
-                if sd is not None and not sd.enabled:
-                    raise MtaError("E_SENDER_NOT_VERIFIED", f"Sending from {domain} is "
-                                   "disabled for this account.", field="from")
-                routed = False
-                if sd is None:
-                    routed = (await s.execute(select(RoutingDomain.zone_id).join(
-                        Zone, Zone.id == RoutingDomain.zone_id).where(
-                        RoutingDomain.name == domain, RoutingDomain.enabled.is_(True),
-                        Zone.account_id == account_id).limit(1))).first() is not None
-                    if not routed:
-                        raise MtaError("E_SENDER_DOMAIN_NOT_AVAILABLE", f"{domain} is not "
-                                       "a sending domain of this account.", field="from")
+                sd = await check_sender(s, account_id, domain)
+                routed = sd is None  # an enabled routing domain of the account
                 if i == 0:
                     sending, routing = sd, routed
                     zone_id = sd.zone_id if sd is not None else None

@@ -5,7 +5,7 @@ is `submission_session.SubmissionSession`).
 It reads commands through `Wire` (strict CRLF, no NUL, bounded lines), answers with
 replies from `replies.py` only, and asks `Intake` everything that is not protocol
 (block lists, recipients, policy, the end-of-DATA pipeline). The socket side — aiosmtpd,
-TLS, timers — is behind the `Connection` protocol that `mx.py` implements, so this
+TLS, timers — is behind the `Connection` protocol that `protocol.py` implements, so this
 module does not import aiosmtpd.
 
 Limits (settings `limits.*`): recipients per message (452 4.5.3), message size (SIZE
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from mta.checks.rbl import RblResult
 from mta.config import Settings
 from mta.smtp import replies
-from mta.smtp.address import PathError, parse_path
+from mta.smtp.address import Path, PathError, parse_path
 from mta.smtp.authcheck import Reverse, lookup_reverse, start_spf
 from mta.smtp.intake import ClientInfo, Intake, Transaction
 from mta.smtp.replies import Reply
@@ -34,7 +35,7 @@ log = logging.getLogger("mta.smtp.mx")
 
 
 class Connection(Protocol):
-    """The transport side of a session (implemented in mx.py)."""
+    """The transport side of a session (implemented in protocol.py)."""
 
     wire: Wire
 
@@ -214,6 +215,54 @@ class SmtpSession:
             return replies.PARAMETER_SYNTAX.format(detail=exc.detail)
         return syntax
 
+    # -- what MAIL and RCPT share across listeners ---------------------------------------
+
+    async def _mail_path(self, arg: str | None) -> Path | None:
+        """MAIL's reverse-path, or None when the syntax error has been answered."""
+        try:
+            return parse_path(arg, "FROM", null_ok=True)
+        except PathError as exc:
+            await self.reply(self._path_error(exc, replies.BAD_SENDER_SYNTAX))
+            return None
+
+    async def _mail_params_ok(self, params: dict[str, str | None], size_limit: int,
+                              too_big: Callable[[], Awaitable[None]],
+                              also_known: tuple[str, ...] = ()) -> bool:
+        """Whether MAIL's parameters (SIZE, BODY and `also_known`, after EHLO only) are
+        acceptable; if not, the refusal has been sent (`too_big` sends it for SIZE=
+        over `size_limit`)."""
+        for key, value in params.items():
+            if key == "SIZE" and self.extended:
+                if not value or not value.isdigit():
+                    await self.reply(replies.PARAMETER_SYNTAX.format(detail="SIZE"))
+                    return False
+                if int(value) > size_limit:
+                    await too_big()
+                    return False
+            elif key == "BODY" and self.extended:
+                if (value or "").upper() not in ("7BIT", "8BITMIME"):
+                    await self.reply(replies.PARAMETER_SYNTAX.format(detail="BODY"))
+                    return False
+            elif key in also_known and self.extended:
+                pass
+            else:
+                await self.reply(replies.UNKNOWN_PARAMETER.format(detail=key))
+                return False
+        return True
+
+    async def _rcpt_path(self, arg: str | None) -> Path | None:
+        """RCPT's forward-path (it takes no parameters), or None when the refusal has
+        been sent."""
+        try:
+            path = parse_path(arg, "TO", null_ok=False)
+        except PathError as exc:
+            await self.reply(self._path_error(exc, replies.BAD_RECIPIENT_SYNTAX))
+            return None
+        if path.params:
+            await self.reply(replies.UNKNOWN_PARAMETER.format(detail=next(iter(path.params))))
+            return None
+        return path
+
 
 class MxSession(SmtpSession):
     def __init__(self, conn: Connection, intake: Intake, settings: Settings,
@@ -259,24 +308,17 @@ class MxSession(SmtpSession):
             return await self.reply(replies.NEED_HELO)
         if self.txn is not None:
             return await self.reply(replies.NESTED_MAIL)
-        try:
-            path = parse_path(arg, "FROM", null_ok=True)
-        except PathError as exc:
-            return await self.reply(self._path_error(exc, replies.BAD_SENDER_SYNTAX))
-        for key, value in path.params.items():
-            if key == "SIZE" and self.extended:
-                if not value or not value.isdigit():
-                    return await self.reply(replies.PARAMETER_SYNTAX.format(detail="SIZE"))
-                if int(value) > self.intake.size_limit:
-                    await self.intake.refused(self.client, "too_big", replies.MESSAGE_TOO_BIG,
-                                              mail_from=path.address)
-                    return await self.reply(
-                        replies.MESSAGE_TOO_BIG.format(limit=self.intake.size_limit))
-            elif key == "BODY" and self.extended:
-                if (value or "").upper() not in ("7BIT", "8BITMIME"):
-                    return await self.reply(replies.PARAMETER_SYNTAX.format(detail="BODY"))
-            else:
-                return await self.reply(replies.UNKNOWN_PARAMETER.format(detail=key))
+        path = await self._mail_path(arg)
+        if path is None:
+            return
+
+        async def too_big() -> None:
+            await self.intake.refused(self.client, "too_big", replies.MESSAGE_TOO_BIG,
+                                      mail_from=path.address)
+            await self.reply(replies.MESSAGE_TOO_BIG.format(limit=self.intake.size_limit))
+
+        if not await self._mail_params_ok(path.params, self.intake.size_limit, too_big):
+            return
         assert self._rbl is not None
         listed = await self._rbl
         if listed.listed:
@@ -293,13 +335,9 @@ class MxSession(SmtpSession):
         txn = self.txn
         if txn is None:
             return await self.reply(replies.NEED_MAIL)
-        try:
-            path = parse_path(arg, "TO", null_ok=False)
-        except PathError as exc:
-            return await self.reply(self._path_error(exc, replies.BAD_RECIPIENT_SYNTAX))
-        if path.params:
-            return await self.reply(replies.UNKNOWN_PARAMETER.format(
-                detail=next(iter(path.params))))
+        path = await self._rcpt_path(arg)
+        if path is None:
+            return
         if len(txn.recipients) >= self.limits.recipients_per_message:
             return await self.reply(replies.TOO_MANY_RECIPIENTS)
         try:

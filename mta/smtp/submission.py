@@ -10,8 +10,8 @@ Both need `tls_cert` and `tls_key`: a submission listener never takes credential
 the clear, so an enabled listener without a certificate stops the node from starting
 with a `ConfigError` naming the key (rather than running without its port).
 
-The connection plumbing (aiosmtpd's asyncio protocol, timers, STARTTLS, the 421 on
-timeout) is the MX listener's (`mx._MxProtocol`); the command loop is
+The connection plumbing (aiosmtpd's asyncio protocol, timers, STARTTLS, implicit TLS,
+the 421 on timeout) is every listener's (`protocol.SmtpProtocol`); the command loop is
 `session.SmtpSession`'s; the protocol of submission is `submission_session.py`; the
 database questions (token, sender domain) are `submission_auth.py`'s; the message goes
 through `SendingService.send_raw()`, the pipeline REST send_raw uses too.
@@ -29,19 +29,15 @@ import asyncio
 import logging
 import ssl
 import sys
-import uuid
 from typing import Any
 
 from mta.config import ConfigError
-from mta.observe import metrics
-from mta.smtp import replies
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
-from mta.smtp.mx import _MxProtocol, _say_goodbye
+from mta.smtp.protocol import SmtpProtocol, drain_sessions
 from mta.smtp.submission_auth import SubmissionGate
 from mta.smtp.submission_session import SubmissionSession
 from mta.smtp.tls import server_context
-from mta.smtp.wire import Wire
 
 __all__ = ["AUTH_TIMEOUT", "DATA_TIMEOUT", "SubmissionServer", "submission_services"]
 
@@ -51,76 +47,6 @@ log = logging.getLogger("mta.smtp.submission")
 AUTH_TIMEOUT = 30.0
 DATA_TIMEOUT = 300.0
 MODES = {"submission": "implicit", "submission_starttls": "starttls"}
-
-
-class _SubmissionProtocol(_MxProtocol):
-    """The MX listener's connection plumbing with the submission session inside."""
-
-    _server: SubmissionServer
-
-    async def _write(self, lines: list[str], code: int) -> None:
-        if self.transport is None or self.transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        metrics.SMTP_REPLIES.labels(self._server.name, f"{code // 100}xx").inc()
-        self._writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8", "replace"))
-        await self._writer.drain()
-
-    def _implicit_tls(self) -> None:
-        ssl_object: ssl.SSLObject | None = self.transport.get_extra_info("ssl_object")
-        if ssl_object is None:
-            return
-        cipher = ssl_object.cipher()
-        self._tls_info = {"version": ssl_object.version(),
-                          "cipher": cipher[0] if cipher else None,
-                          "bits": cipher[2] if cipher else None}
-        assert self.session is not None
-        self.session.ssl = dict(self._tls_info)  # aiosmtpd's eof_received looks at it
-
-    async def _handle_client(self) -> None:
-        server = self._server
-        assert self.session is not None
-        peer = self.session.peer or ("0.0.0.0", 0)
-        ip, port = str(peer[0]), int(peer[1])
-        if ip.startswith("::ffff:"):
-            ip = ip[7:]
-        self.wire = Wire(self._reader)
-        if server.mode == "implicit":
-            self._implicit_tls()
-        metrics.SMTP_SESSIONS.labels(server.name).inc()
-        refused = server.limiter.acquire(ip)
-        if refused is not None:
-            metrics.SMTP_SESSIONS_REFUSED.labels(server.name, refused).inc()
-            reply = (replies.TOO_MANY_SESSIONS if refused == "sessions"
-                     else replies.TOO_MANY_SESSIONS_FROM_IP)
-            try:
-                await self.send(reply.format(hostname=server.hostname))
-            except ConnectionError:
-                pass
-            self.close()
-            return
-        client = ClientInfo(session_id=uuid.uuid4().hex[:16], ip=ip, port=port,
-                            tls=dict(self._tls_info) if self._tls_info else None)
-        session = SubmissionSession(
-            self, server.gate, server.sending, server.settings, client,
-            size_limit=server.size_limit, auth_timeout=server.auth_timeout,
-            data_timeout=server.data_timeout)
-        server.sessions.add(session)
-        metrics.SMTP_SESSIONS_ACTIVE.labels(server.name).inc()
-        try:
-            await session.run(server.stopping)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except Exception:
-            log.exception("session %s with %s failed", client.session_id, ip)
-            try:
-                await self.send(replies.LOCAL_ERROR)
-            except Exception:  # noqa: BLE001
-                pass
-            self.close()
-        finally:
-            server.limiter.release(ip)
-            server.sessions.discard(session)
-            metrics.SMTP_SESSIONS_ACTIVE.labels(server.name).dec()
 
 
 def _tls_context(settings: Any, name: str) -> ssl.SSLContext:
@@ -174,12 +100,18 @@ class SubmissionServer:
         self._server: asyncio.base_events.Server | None = None
         self.port: int = self.listener.port
 
+    def new_session(self, conn: SmtpProtocol, client: ClientInfo) -> SubmissionSession:
+        return SubmissionSession(
+            conn, self.gate, self.sending, self.settings, client,
+            size_limit=self.size_limit, auth_timeout=self.auth_timeout,
+            data_timeout=self.data_timeout)
+
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         implicit = self.mode == "implicit"
         self._server = await self.loop.create_server(
-            lambda: _SubmissionProtocol(self), host=self.listener.address,
+            lambda: SmtpProtocol(self, log), host=self.listener.address,
             port=self.listener.port, reuse_address=True,
             reuse_port=sys.platform.startswith("linux"), backlog=512,
             ssl=self.tls_context if implicit else None,
@@ -197,15 +129,7 @@ class SubmissionServer:
             return
         self._server.close()
         self.stopping.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.shutdown_grace
-        while self.sessions and loop.time() < deadline:
-            for session in list(self.sessions):
-                if session.idle:
-                    await _say_goodbye(session, self.hostname)  # type: ignore[arg-type]
-            await asyncio.sleep(0.05)
-        for session in list(self.sessions):
-            session.conn.close()
+        await drain_sessions(self.sessions, self.hostname, self.shutdown_grace)
         self._server = None
         close = getattr(self.sending, "close", None)
         if close is not None:

@@ -14,8 +14,9 @@ database that cannot answer is `454 4.7.0` (RFC 4954: temporary failure).
 Sender ([SMTP > Response codes] `550 5.7.1`): the MAIL FROM domain must be a sending
 domain of the token's account, or one of its enabled routing domains (which may send
 only to the account's verified destination addresses; the sending service enforces
-that at the end of DATA). These are the rules of `SendingService._facts`, asked early
-so the client hears the refusal at MAIL time as the reference documents.
+that at the end of DATA). This is `mta.sending.domains.check_sender`, the rule the
+sending pipeline applies too, asked early so the client hears the refusal at MAIL time
+as the reference documents.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from mta.errors import MtaError
-from mta.store.models import RoutingDomain, SendingDomain, Zone
+from mta.sending import domains
 from mta.tokens import grants, is_well_formed, verify_token
 
 __all__ = ["PERMISSION", "USERNAME", "Submitter", "SubmissionGate", "b64decode",
@@ -117,19 +116,4 @@ class SubmissionGate:
         """MtaError (550 5.7.1) unless `address` may be a sender of `account_id`."""
         domain = address.rpartition("@")[2].lower()
         async with self.db.session() as s:
-            enabled = (await s.execute(
-                select(SendingDomain.enabled).join(Zone, Zone.id == SendingDomain.zone_id)
-                .where(SendingDomain.name == domain, Zone.account_id == account_id))
-            ).scalar_one_or_none()
-            if enabled is True:
-                return
-            if enabled is False:
-                raise MtaError("E_SENDER_NOT_VERIFIED", f"Sending from {domain} is "
-                               "disabled for this account.", field="from")
-            routed = (await s.execute(
-                select(RoutingDomain.id).join(Zone, Zone.id == RoutingDomain.zone_id)
-                .where(RoutingDomain.name == domain, RoutingDomain.enabled.is_(True),
-                       Zone.account_id == account_id).limit(1))).first()
-        if routed is None:
-            raise MtaError("E_SENDER_DOMAIN_NOT_AVAILABLE", f"{domain} is not onboarded "
-                           "for sending on this account.", field="from")
+            await domains.check_sender(s, account_id, domain)

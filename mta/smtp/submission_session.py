@@ -33,7 +33,6 @@ from mta.config import Settings
 from mta.errors import ERRORS, MtaError
 from mta.observe import metrics
 from mta.smtp import replies
-from mta.smtp.address import PathError, parse_path
 from mta.smtp.intake import ClientInfo
 from mta.smtp.replies import Reply
 from mta.smtp.session import Connection, SmtpSession
@@ -212,25 +211,19 @@ class SubmissionSession(SmtpSession):
         assert self.submitter is not None
         if self.mail_from is not None:
             return await self.reply(replies.NESTED_MAIL)
-        try:
-            path = parse_path(arg, "FROM", null_ok=True)
-        except PathError as exc:
-            return await self.reply(self._path_error(exc, replies.BAD_SENDER_SYNTAX))
+        path = await self._mail_path(arg)
+        if path is None:
+            return
         if not path.address:
             return await self.reply(replies.SUBMISSION_NULL_SENDER)
-        for key, value in path.params.items():
-            if key == "SIZE" and self.extended:
-                if not value or not value.isdigit():
-                    return await self.reply(replies.PARAMETER_SYNTAX.format(detail="SIZE"))
-                if int(value) > self.size_limit:
-                    return await self.refuse(self._too_big(), "too_big")
-            elif key == "BODY" and self.extended:
-                if (value or "").upper() not in ("7BIT", "8BITMIME"):
-                    return await self.reply(replies.PARAMETER_SYNTAX.format(detail="BODY"))
-            elif key == "AUTH" and self.extended:
-                pass  # RFC 4954 §5: the original submitter; we know who submits
-            else:
-                return await self.reply(replies.UNKNOWN_PARAMETER.format(detail=key))
+
+        async def too_big() -> None:
+            await self.refuse(self._too_big(), "too_big")
+
+        # AUTH= (RFC 4954 §5) names the original submitter; we know who submits.
+        if not await self._mail_params_ok(path.params, self.size_limit, too_big,
+                                          also_known=("AUTH",)):
+            return
         try:
             await self.gate.check_sender(self.submitter.account_id, path.address)
         except MtaError as err:
@@ -247,13 +240,9 @@ class SubmissionSession(SmtpSession):
             return
         if self.mail_from is None:
             return await self.reply(replies.NEED_MAIL)
-        try:
-            path = parse_path(arg, "TO", null_ok=False)
-        except PathError as exc:
-            return await self.reply(self._path_error(exc, replies.BAD_RECIPIENT_SYNTAX))
-        if path.params:
-            return await self.reply(replies.UNKNOWN_PARAMETER.format(
-                detail=next(iter(path.params))))
+        path = await self._rcpt_path(arg)
+        if path is None:
+            return
         if any(r.lower() == path.address.lower() for r in self.recipients):
             return await self.reply(replies.SUBMISSION_RECIPIENT_OK)  # deliver once
         if self.session_recipients >= RECIPIENTS_PER_SESSION:

@@ -9,6 +9,7 @@ import warnings
 import pytest
 from cloudflare import BadRequestError, NotFoundError, PermissionDeniedError
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from mta.api.addresses import verification_token
 from mta.store.db import Database
@@ -305,3 +306,20 @@ def test_dns_failure_keeps_last_known_status(admin, dns_server):
     dns_server.servfail("example.test", on=False)
     dns_server.remove("example.test", "MX")
     assert cf.email_routing.get(zone_id=admin.zone_id).status == "misconfigured/locked"
+
+
+def test_creating_an_address_queues_its_verification_mail(make_admin, pg):
+    """The address owner gets the signed link as soon as the address is added."""
+    admin = make_admin(srs={"domain": "fwd.example.test", "secrets": ["srs-secret"]})
+    cf = admin.sdk(*EDIT)
+    made = cf.email_routing.addresses.create(account_id=admin.account_id,
+                                             email="Owner@Dest.test")
+    token = verification_token(admin.settings, made.id, made.email)
+    db = make_url(admin.settings.database.url).database
+    rows = pg.cluster.psql(
+        "SELECT m.mail_from, d.recipient, d.status, encode(m.raw, 'escape') FROM messages m "
+        "JOIN deliveries d ON d.message_id = m.id WHERE m.source = 'verification'", db)
+    mail_from, recipient, status, raw = rows.strip().split("|", 3)
+    assert recipient == "owner@dest.test" and status == "queued"
+    assert mail_from.endswith("@fwd.example.test")
+    assert token in raw and "DKIM-Signature:" in raw

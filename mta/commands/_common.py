@@ -1,0 +1,110 @@
+"""What the `mta` commands share: the database they work on, the account an `--account`
+names, the time and number arguments, and plain-text tables.
+
+Not a command itself (no `register`): `mta/cli.py` skips modules whose name starts with
+an underscore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mta.config import Settings, parse_duration
+from mta.store.db import Database
+from mta.store.models import Account
+
+__all__ = ["account_ref", "find_account", "open_database", "parse_when", "positive",
+           "resolve_account", "table"]
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """The configured database (starting the embedded cluster when there is no URL)."""
+    from mta.node import database_url
+
+    url, embedded = await asyncio.to_thread(database_url, settings)
+    db = Database(url, pool_size=2, connect_timeout=settings.database.connect_timeout)
+    try:
+        yield db
+    finally:
+        await db.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+# --- accounts ----------------------------------------------------------------------------
+
+
+async def resolve_account(session: AsyncSession, ref: str) -> Account | None:
+    """The one account whose id or name is `ref`."""
+    rows = (await session.execute(select(Account).where(
+        or_(Account.id == ref, Account.name == ref)).limit(2))).scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
+def _no_account(ref: str) -> str:
+    return f"no single account matches {ref!r}"
+
+
+async def find_account(session: AsyncSession, ref: str, *, prefix: str = "mta: ",
+                       stderr: bool = True) -> Account | None:
+    """The account `ref` (id or name) names; when none or several, None after saying
+    so (on stderr, or stdout when not `stderr`)."""
+    account = await resolve_account(session, ref)
+    if account is None:
+        print(f"{prefix}{_no_account(ref)}", file=sys.stderr if stderr else sys.stdout)
+    return account
+
+
+async def account_ref(session: AsyncSession, ref: str | None) -> str | None:
+    """The account id of an optional `ref` (id or name; None: every account); raises
+    LookupError when none or several match."""
+    if ref is None:
+        return None
+    account = await resolve_account(session, ref)
+    if account is None:
+        raise LookupError(_no_account(ref))
+    return account.id
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+def parse_when(value: str, now: datetime) -> datetime:
+    """An age (`24h` = 24 hours ago), a date or an RFC 3339 time (UTC without offset)."""
+    try:
+        return now - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    if len(value) == 10:
+        d = date.fromisoformat(value)
+        return datetime(d.year, d.month, d.day, tzinfo=UTC)
+    ts = datetime.fromisoformat(value)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def positive(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned columns two spaces apart, the header first."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)

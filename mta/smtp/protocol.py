@@ -1,0 +1,199 @@
+"""The connection plumbing every SMTP listener shares (MX in `mx.py`, submission in
+`submission.py`). This is the only module that imports aiosmtpd.
+
+`SmtpProtocol` keeps aiosmtpd's asyncio protocol plumbing (stream reader/writer,
+connection life cycle, the inactivity timer) and replaces its command loop and every
+command handler with a `session.SmtpSession`, whose replies all come from `replies.py`
+(aiosmtpd's own defaults are lenient, see notes/library-pitfalls.md). It implements the
+`session.Connection` protocol.
+
+Per connection: the TLS facts of an implicit-TLS transport are recorded, the session
+limits are checked (421 4.7.0 when full), then the listener's session runs. The
+listener (`ListenerServer`) names the metrics label (`name`) and builds the session
+(`new_session`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import uuid
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP
+
+from mta.observe import metrics
+from mta.smtp import replies
+from mta.smtp.intake import ClientInfo
+from mta.smtp.limits import SessionLimiter
+from mta.smtp.replies import Reply
+from mta.smtp.session import SmtpSession
+from mta.smtp.wire import Wire
+
+__all__ = ["ListenerServer", "SmtpProtocol", "drain_sessions", "say_goodbye"]
+
+log = logging.getLogger("mta.smtp.protocol")
+
+
+class ListenerServer(Protocol):
+    """What `SmtpProtocol` needs from the listener service that created it."""
+
+    name: str  # the listener label of the SMTP metrics
+    hostname: str
+    settings: Any
+    loop: asyncio.AbstractEventLoop | None
+    tls_context: ssl.SSLContext | None
+    limiter: SessionLimiter
+    sessions: Any  # a set of the running sessions
+    stopping: asyncio.Event
+
+    def new_session(self, conn: SmtpProtocol, client: ClientInfo) -> SmtpSession: ...
+
+
+class _NoHooks:
+    """aiosmtpd finds handler hooks by name; we have none (the session does it all)."""
+
+
+class SmtpProtocol(SMTP):
+    def __init__(self, server: ListenerServer, log: logging.Logger = log) -> None:
+        self._server = server
+        self._log = log
+        super().__init__(_NoHooks(), hostname=server.hostname, ident="ESMTP",
+                         data_size_limit=None, enable_SMTPUTF8=False, decode_data=False,
+                         tls_context=None, timeout=server.settings.limits.command_timeout,
+                         auth_exclude_mechanism=("LOGIN", "PLAIN"), loop=server.loop)
+        self.wire: Wire | None = None
+        self._tls_info: dict[str, Any] | None = None
+
+    # -- Connection protocol (what the sessions use) ---------------------------------------
+
+    async def send(self, reply: Reply) -> None:
+        await self._write([reply.line()], reply.code)
+
+    async def send_lines(self, lines: list[str]) -> None:
+        await self._write(lines, int(lines[-1][:3]))
+
+    async def _write(self, lines: list[str], code: int) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        metrics.SMTP_REPLIES.labels(self._server.name, f"{code // 100}xx").inc()
+        self._writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8", "replace"))
+        await self._writer.drain()
+
+    @property
+    def tls_available(self) -> bool:
+        return self._server.tls_context is not None
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_info is not None
+
+    async def starttls(self) -> dict:
+        ctx = self._server.tls_context
+        assert ctx is not None
+        await self._writer.start_tls(ctx, ssl_handshake_timeout=30)
+        self.transport = self._writer.transport
+        self._record_tls()
+        assert self._tls_info is not None
+        return dict(self._tls_info)
+
+    def set_timeout(self, seconds: float) -> None:
+        self._timeout_duration = seconds
+        self._reset_timeout()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _record_tls(self) -> None:
+        """Note the TLS facts of the transport, once it is TLS (after STARTTLS, or from
+        the start on an implicit-TLS listener)."""
+        ssl_object: ssl.SSLObject | None = self.transport.get_extra_info("ssl_object")
+        cipher = ssl_object.cipher() if ssl_object is not None else None
+        self._tls_info = {"version": ssl_object.version() if ssl_object else None,
+                          "cipher": cipher[0] if cipher else None,
+                          "bits": cipher[2] if cipher else None}
+        assert self.session is not None
+        self.session.ssl = dict(self._tls_info)  # aiosmtpd's eof_received looks at it
+
+    # -- aiosmtpd overrides ------------------------------------------------------------------
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 §4.5.3.2: say why before closing (aiosmtpd closes silently).
+        if self.transport is not None and not self.transport.is_closing():
+            line = replies.TIMEOUT.format(hostname=self._server.hostname).line()
+            try:
+                self._writer.write(f"{line}\r\n".encode())
+            except Exception:  # noqa: BLE001 - the peer may already be gone
+                pass
+        super()._timeout_cb()
+
+    async def _handle_client(self) -> None:
+        server = self._server
+        assert self.session is not None
+        peer = self.session.peer or ("0.0.0.0", 0)
+        ip, port = str(peer[0]), int(peer[1])
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        self.wire = Wire(self._reader)
+        if self.transport.get_extra_info("ssl_object") is not None:  # implicit TLS
+            self._record_tls()
+        metrics.SMTP_SESSIONS.labels(server.name).inc()
+        refused = server.limiter.acquire(ip)
+        if refused is not None:
+            metrics.SMTP_SESSIONS_REFUSED.labels(server.name, refused).inc()
+            reply = (replies.TOO_MANY_SESSIONS if refused == "sessions"
+                     else replies.TOO_MANY_SESSIONS_FROM_IP)
+            try:
+                await self.send(reply.format(hostname=server.hostname))
+            except ConnectionError:
+                pass
+            self.close()
+            return
+        client = ClientInfo(session_id=uuid.uuid4().hex[:16], ip=ip, port=port,
+                            tls=dict(self._tls_info) if self._tls_info else None)
+        session = server.new_session(self, client)
+        server.sessions.add(session)
+        metrics.SMTP_SESSIONS_ACTIVE.labels(server.name).inc()
+        try:
+            await session.run(server.stopping)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            self._log.exception("session %s with %s failed", client.session_id, ip)
+            try:
+                await self.send(replies.LOCAL_ERROR)
+            except Exception:  # noqa: BLE001
+                pass
+            self.close()
+        finally:
+            server.limiter.release(ip)
+            server.sessions.discard(session)
+            metrics.SMTP_SESSIONS_ACTIVE.labels(server.name).dec()
+
+
+async def say_goodbye(session: SmtpSession, hostname: str) -> None:
+    """Tell an idle session the listener is shutting down (best effort), then close it."""
+    session.idle = False
+    try:
+        await asyncio.wait_for(
+            session.conn.send(replies.SHUTTING_DOWN.format(hostname=hostname)), 1)
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+    session.conn.close()
+
+
+async def drain_sessions(sessions: set[Any], hostname: str, grace: float) -> None:
+    """A stopping listener's last act: say goodbye to each session as it becomes idle,
+    until `grace` seconds have passed, then close what is left (an unacknowledged DATA
+    is the client's to retry)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while sessions and loop.time() < deadline:
+        for session in list(sessions):
+            if session.idle:
+                await say_goodbye(session, hostname)
+        await asyncio.sleep(0.05)
+    for session in list(sessions):
+        session.conn.close()
