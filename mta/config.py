@@ -209,6 +209,18 @@ class InboundSettings:
 
 
 @dataclass
+class SmartHostSettings:
+    """Relay all outbound mail through another MTA instead of each domain's MX."""
+
+    host: str | None = None  # null = deliver directly to each domain's MX
+    port: int = 587
+    tls: str = "starttls"  # starttls | implicit | none
+    username: str | None = None
+    password: str | None = None  # prefer MTA_SMART_HOST_PASSWORD in the environment
+    verify: bool = True  # check the relay's certificate before sending credentials
+
+
+@dataclass
 class DeliverySettings:
     """Outbound SMTP (queue workers, sending, in-session forwards)."""
 
@@ -218,6 +230,7 @@ class DeliverySettings:
     batch_size: int = 20  # recipients claimed per job (one SMTP session)
     lease_seconds: Duration = Duration(300)  # a claim not finished by then is retried
     poll_interval: Duration = Duration(1)  # how often idle workers look for due mail
+    smart_host: SmartHostSettings = field(default_factory=lambda: SmartHostSettings())
 
 
 @dataclass
@@ -375,6 +388,7 @@ ENVIRONMENT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "MTA_SRS_SECRETS": ("srs", "secrets"),
     "MTA_SECRET_KEY": ("secret_key",),
     "MTA_STATE_DIR": ("state_dir",),
+    "MTA_SMART_HOST_PASSWORD": ("delivery", "smart_host", "password"),
 }
 
 
@@ -512,6 +526,9 @@ def _check_semantics(s: Settings) -> None:
     _check_inbound(s.inbound, src)
     if s.routing.dmarc_safe_from not in ("rewrite", "forward", "reject"):
         raise ConfigError("routing.dmarc_safe_from", "must be rewrite, forward or reject",
+                          source=src)
+    if s.delivery.smart_host.tls not in ("starttls", "implicit", "none"):
+        raise ConfigError("delivery.smart_host.tls", "must be starttls, implicit or none",
                           source=src)
     if not 0 < s.delivery.port <= 65535:
         raise ConfigError("delivery.port", "must be between 1 and 65535", source=src)

@@ -189,12 +189,9 @@ class DeliveryWorkers:
         self.counters: dict[str, int] = defaultdict(int)
 
     def _default_transport(self) -> Transport:
-        from mta.queue.mtasts import MtaSts
-        from mta.queue.remote import RemoteDelivery
+        from mta.queue.remote import remote_delivery_from_settings
 
-        return RemoteDelivery(self.ctx.resolver, self.settings.node.hostname,
-                              port=self.settings.delivery.port,
-                              mtasts=MtaSts(self.ctx.resolver))
+        return remote_delivery_from_settings(self.settings, self.ctx.resolver)
 
     # -- service protocol ----------------------------------------------------------------
 

@@ -511,3 +511,19 @@ def _order(mx: list[tuple[int, str]]) -> list[str]:
         random.shuffle(group)
         hosts.extend(h for h in group if h not in hosts)
     return hosts
+
+
+def remote_delivery_from_settings(settings, resolver, **overrides) -> RemoteDelivery:
+    """The node's transport as configured: MX port, EHLO name, MTA-STS and the optional
+    smart host. `overrides` go to RemoteDelivery (e.g. a shorter connect timeout for
+    in-session forwards)."""
+    from mta.queue.mtasts import MtaSts
+
+    relay = settings.delivery.smart_host
+    smart_host = None
+    if relay.host:
+        smart_host = SmartHost(relay.host, relay.port, relay.tls, relay.username,
+                               relay.password, relay.verify)
+    kwargs = {"port": settings.delivery.port, "mtasts": MtaSts(resolver),
+              "smart_host": smart_host, **overrides}
+    return RemoteDelivery(resolver, settings.node.hostname, **kwargs)

@@ -21,6 +21,8 @@ recorded `Dropped`); `worker` (recorded `Handled` with state pending and the mes
 status `handler_pending` — the seam for the handlers issue, which runs them).
 Mail to an SRS0/SRS1 address at our SRS domain is reversed and forwarded to the original
 sender (`srs_recipient_verdict` is the RCPT-time check: forged or expired -> 550 5.1.1).
+Mail to a VERP or feedback address at a sending domain's return-path domain (issue 4) is
+consumed by `mta.queue.bounces` in the same transaction (`bounce_recipient` at RCPT).
 
 A forward to exactly one destination (and no handler) is tried in-session within
 `routing.in_session_timeout`: 2xx -> 250, 5xx -> that reply, 4xx/timeout/no connection ->
@@ -45,6 +47,7 @@ from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events_now
+from mta.queue import bounces
 from mta.queue.outcome import RecipientOutcome
 from mta.queue.queue import (
     PRIORITY_INTERACTIVE,
@@ -131,6 +134,7 @@ class _Plan:
     # issue 7: recipients whose rule runs handlers, and what they add to the transaction
     workers: list[Any] = field(default_factory=list)
     stages: list[Callable[[AsyncSession, Message], Any]] = field(default_factory=list)
+    bounces: list[str] = field(default_factory=list)  # issue 4: VERP/feedback recipients
 
     def event(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any]):
         self.events.append((status, rcpt, cols, details))
@@ -154,16 +158,30 @@ class InboundRouter:
         self.retry = RetryPolicy(settings.retry)
         self.timeout = float(settings.routing.in_session_timeout)
         if transport is None:
-            from mta.queue.mtasts import MtaSts
-            from mta.queue.remote import RemoteDelivery
+            from mta.queue.remote import remote_delivery_from_settings
 
-            transport = RemoteDelivery(
-                resolver, settings.node.hostname, port=settings.delivery.port,
-                connect_timeout=min(30.0, self.timeout), mtasts=MtaSts(resolver))
+            transport = remote_delivery_from_settings(
+                settings, resolver, connect_timeout=min(30.0, self.timeout))
         self.transport = transport
         # issue 7: handlers run in-session (mta/handlers/runner.py)
         from mta.handlers.runner import HandlerRunner
         self.handlers = HandlerRunner(self, resolver)
+        self.verp_key = bounces.verp_key_or_none(settings)  # issue 4: bounces in
+
+    async def bounce_recipient(self, address: str) -> RecipientVerdict | None:
+        """issue 4: the RCPT-time hook for our return-path domains (`bounces.bounce_recipient`):
+        a genuine VERP or feedback address is accepted, any other one is unknown (5.1.1)."""
+        async with self.db.session() as s:
+            ours = await bounces.bounce_recipient(s, address, self.verp_key)
+        if ours is None:
+            return None
+        addr = normalize_address(address)
+        domain = addr.rpartition("@")[2]
+        if not ours:
+            log.info("refused bounce address %s", addr,
+                     extra={"event": "routing.bounce_refused"})
+            return RecipientVerdict("unknown", addr, domain)
+        return RecipientVerdict("accepted", addr, domain, bounce=True)
 
     def srs_recipient(self, address: str) -> RecipientVerdict | None:
         """The RCPT-time hook of the MX listener (see `srs_recipient_verdict`)."""
@@ -177,6 +195,9 @@ class InboundRouter:
         for v in recipients:
             base = {"account_id": v.routing.account_id if v.routing else None,
                     "zone_id": v.routing.zone_id if v.routing else None}
+            if v.bounce:  # issue 4: consumed by bounce intake in stage(), no rule
+                plan.bounces.append(v.address)
+                continue
             if v.routing is None:
                 if srs is not None and v.domain == srs.domain.lower() and \
                         is_srs_address(v.address):
@@ -399,6 +420,15 @@ class InboundRouter:
                         **({"reply": str(attempt.outcome.reply)}
                            if attempt and attempt.outcome.reply else {})},
                         message_id=message.id)
+            # issue 4: bounces and complaints to our return paths, in this transaction;
+            # handle_inbound_bounce writes their events (on the delivery's message).
+            matched = 0
+            for rcpt in plan.bounces:
+                result = await bounces.handle_inbound_bounce(
+                    session, rcpt, message.raw, key=self.verp_key, now=now)
+                if result.delivery_id is None:
+                    rows += ctx.rows("Error", rcpt, {}, {"reason": "bounce_unmatched"})
+                matched += result.delivery_id is not None
             for row in rows:
                 row.message_id = message.id
             session.add_all(rows)
@@ -407,7 +437,9 @@ class InboundRouter:
             message.status = ("handler_pending" if plan.handlers
                               else "handled" if plan.workers
                               else "forward_unconfigured" if plan.unconfigured
-                              else "forwarded" if plan.targets else "routed")
+                              else "forwarded" if plan.targets
+                              else ("bounce_processed" if matched else "bounce_unmatched")
+                              if plan.bounces else "routed")  # issue 4
         return stage
 
     def _apply_attempt(self, session: AsyncSession, d: Delivery, attempt: _Attempt,

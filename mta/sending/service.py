@@ -154,12 +154,9 @@ class SendingService:
         from mta.queue.delivery import DeliveryWorkers
 
         if transport is None:
-            from mta.queue.mtasts import MtaSts
-            from mta.queue.remote import RemoteDelivery
+            from mta.queue.remote import remote_delivery_from_settings
 
-            port = int(getattr(getattr(self.ctx.settings, "delivery", None), "port", 25))
-            transport = RemoteDelivery(self.ctx.resolver, self.ctx.settings.node.hostname,
-                                       port=port, mtasts=MtaSts(self.ctx.resolver))
+            transport = remote_delivery_from_settings(self.ctx.settings, self.ctx.resolver)
         return DeliveryWorkers(self.ctx, transport)
 
     async def close(self, timeout: float = 30.0) -> None:

@@ -403,3 +403,24 @@ async def test_smart_host_with_starttls_and_auth(dns_server, tls, relay):
     [out] = await e.deliver("far.test", "a@src.test", ["x@far.test"], MSG)
     assert out.result == "deferred" and "AUTH" in out.detail and len(handler.received) == 1
 
+
+
+async def test_configured_smart_host_takes_all_mail(dns_server, make_sink):
+    """delivery.smart_host in the config: mail for a domain with no DNS at all goes to
+    the relay, and the password may come from the environment."""
+    from mta.config import settings_from_text
+    from mta.dnscache import DnsResolver
+    from mta.queue.remote import remote_delivery_from_settings
+
+    sink = make_sink("127.0.0.6")
+    settings = settings_from_text(
+        f"node: {{hostname: out.test}}\n"
+        f"delivery:\n  smart_host: {{host: 127.0.0.6, port: {sink.port}, tls: none}}\n",
+        env={"MTA_SMART_HOST_PASSWORD": "from-env"})
+    assert settings.delivery.smart_host.password == "from-env"
+    resolver = DnsResolver([dns_server.nameserver], timeout=1)
+    transport = remote_delivery_from_settings(settings, resolver)
+    [out] = await transport.deliver("nowhere.test", "a@src.test", ["x@nowhere.test"], MSG)
+    assert out.result == "delivered"
+    [got] = sink.wait_for(1)
+    assert got.rcpt_tos == ["x@nowhere.test"] and got.helo == "out.test"
