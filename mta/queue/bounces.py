@@ -43,12 +43,16 @@ if TYPE_CHECKING:
     from mta.queue.queue import Claimed, RetryPolicy
 
 __all__ = [
-    "BounceResult", "handle_inbound_bounce", "is_bounce_address", "is_bounce_domain",
-    "parse_verp", "queue_dsn", "suppression_applies", "verp_key", "verp_key_or_none",
+    "FEEDBACK_LOCAL_PARTS", "BounceResult", "bounce_recipient", "handle_inbound_bounce",
+    "is_bounce_address", "is_bounce_domain", "parse_verp", "queue_dsn",
+    "suppression_applies", "verp_key", "verp_key_or_none",
 ]
 
 _VERP_RE = re.compile(r"^bounces\+(\d{1,19})-([0-9a-f]{12})$", re.IGNORECASE)
 COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus", "other", "auth-failure"})
+# issue 4: the fixed addresses of a return-path domain that take ARF reports (feedback
+# loops are registered once per domain, not per VERP address); see handle_inbound_bounce.
+FEEDBACK_LOCAL_PARTS = frozenset({"fbl", "abuse"})
 
 
 # --- VERP --------------------------------------------------------------------------------
@@ -96,6 +100,20 @@ async def is_bounce_domain(session: AsyncSession, domain: str) -> bool:
     d = domain.lower().rstrip(".")
     return (await session.execute(select(SendingDomain.id).where(
         SendingDomain.return_path_domain == d).limit(1))).first() is not None
+
+
+async def bounce_recipient(session: AsyncSession, address: str,
+                           key: bytes | None) -> bool | None:
+    """issue 4: the RCPT-time answer for mail to our return-path domains. None: not a
+    return-path domain (someone else decides). True: ours to consume — a VERP address
+    whose token checks, or a fixed feedback address (an ARF report there is mapped through
+    the VERP return path in its original headers). False: forged or unknown (550 5.1.1)."""
+    local, _, domain = address.strip().strip("<>").rpartition("@")
+    if not local or not await is_bounce_domain(session, domain):
+        return None
+    if key is None:  # no secret: we never sent a VERP address, so none can be genuine
+        return False
+    return is_bounce_address(address, key) or local.lower() in FEEDBACK_LOCAL_PARTS
 
 
 # --- DSNs out -------------------------------------------------------------------------------

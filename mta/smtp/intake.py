@@ -109,7 +109,13 @@ class Intake:
         srs = self.router.srs_recipient(address) if self.router is not None else None
         if srs is not None:
             return srs
-        return await self.directory.lookup(address)
+        verdict = await self.directory.lookup(address)
+        # issue 4: not a routing domain; maybe a return-path domain (VERP bounces, ARF)
+        if verdict.kind == "relay_denied" and self.router is not None:
+            bounce = await self.router.bounce_recipient(address)
+            if bounce is not None:
+                return bounce
+        return verdict
 
     def policy_for(self, domain: str) -> EffectivePolicy:
         inbound = self.settings.inbound

@@ -48,6 +48,8 @@ class RecipientVerdict:
     domain: str
     routing: DomainRouting | None = None
     match: RuleMatch | None = None
+    # issue 4: a bounce/complaint to our return path, consumed by mta.queue.bounces (no rule)
+    bounce: bool = False
 
 
 class RecipientDirectory:
