@@ -22,19 +22,16 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OUT = ROOT / "bench" / "out"
-
+from bench.common import run, write_result  # noqa: E402
 
 # --- the clients, run as `inbound.py --client PORT CONC COUNT PER_SESSION RAWFILE` ---------
 
@@ -171,19 +168,8 @@ def main() -> None:
     print(f"{'concurrency':>11}  {'accepted':>8}  {'errors':>6}  {'seconds':>8}  {'msg/s':>10}")
     with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp:
         os.chmod(tmp, 0o755)  # the embedded cluster may run as another user
-        try:
-            import uvloop
-
-            result = uvloop.run(bench(args, Path(tmp)))
-        except ImportError:
-            result = asyncio.run(bench(args, Path(tmp)))
-    result.update({"command": " ".join(["bench/inbound.py", *sys.argv[1:]]),
-                   "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                   "cpus": os.cpu_count(), "python": platform.python_version()})
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"inbound-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path.relative_to(ROOT)}")
+        result = run(bench(args, Path(tmp)))
+    write_result("inbound", result)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OUT = ROOT / "bench" / "out"
+from bench.common import run, write_result  # noqa: E402
+
 SINK_IP = "127.0.0.2"
 
 
@@ -244,13 +245,9 @@ async def main_async(args) -> int:
     if len(rows) > 1:
         print(f"\nreuse speed-up (batch {rows[-1]['batch']} vs {rows[0]['batch']}): "
               f"{rows[-1]['deliveries_per_s'] / rows[0]['deliveries_per_s']:.2f}x")
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"queue_drain-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps({
-        "benchmark": "queue_drain", "fsync": not args.no_fsync, "cpus": os.cpu_count(),
-        "python": sys.version.split()[0], "domains": args.domains, "results": rows},
-        indent=2))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    print()
+    write_result("queue_drain", {"fsync": not args.no_fsync, "domains": args.domains,
+                                 "results": rows})
     return 0
 
 
@@ -266,12 +263,7 @@ def main() -> int:
     p.add_argument("--batch", default="1,20", help="comma-separated claim batch sizes")
     p.add_argument("--no-fsync", action="store_true", help="PostgreSQL without fsync")
     args = p.parse_args()
-    try:
-        import uvloop
-
-        return uvloop.run(main_async(args))
-    except ImportError:
-        return asyncio.run(main_async(args))
+    return run(main_async(args))
 
 
 if __name__ == "__main__":

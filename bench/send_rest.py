@@ -25,13 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OUT = ROOT / "bench" / "out"
+from bench.common import run, write_result  # noqa: E402
+
 BODY = {"from": {"address": "noreply@sender.test", "name": "Bench"},
         "to": "user@rcpt.test", "subject": "Your receipt",
         "text": "Thanks for your order.\n" * 40,
@@ -152,14 +152,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cluster = start_postgres(Path(tmp), fsync=not args.no_fsync)
         try:
-            try:
-                import uvloop
-
-                runner = uvloop.run
-            except ImportError:
-                runner = asyncio.run
-            results = runner(serve_and_measure(cluster.url(), args.requests, levels,
-                                               args.ed25519))
+            results = run(serve_and_measure(cluster.url(), args.requests, levels,
+                                            args.ed25519))
         finally:
             cluster.stop()
     print(f"{'concurrency':>11} {'ok':>6} {'errors':>6} {'seconds':>8} {'sends/s':>8} "
@@ -167,12 +161,8 @@ def main() -> None:
     for r in results:
         print(f"{r['concurrency']:>11} {r['ok']:>6} {r['errors']:>6} {r['seconds']:>8.2f} "
               f"{r['per_second']:>8.1f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}")
-    OUT.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = OUT / f"send_rest-{stamp}.json"
-    path.write_text(json.dumps({"requests": args.requests, "fsync": not args.no_fsync,
-                                "ed25519": args.ed25519, "results": results}, indent=2))
-    print(f"JSON: {path.relative_to(ROOT)}")
+    write_result("send_rest", {"requests": args.requests, "fsync": not args.no_fsync,
+                               "ed25519": args.ed25519, "results": results})
 
 
 if __name__ == "__main__":

@@ -26,13 +26,11 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -40,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OUT = ROOT / "bench" / "out"
+from bench.common import run, write_result  # noqa: E402
+
 SENDER = "noreply@sender.test"
 RCPT = "user@rcpt.test"
 
@@ -256,19 +255,8 @@ def main() -> None:
           f"{'CPU ms':>8}")
     with tempfile.TemporaryDirectory(prefix="bench-submission-") as tmp:
         os.chmod(tmp, 0o755)  # the embedded cluster may run as another user
-        try:
-            import uvloop
-
-            result = uvloop.run(bench(args, Path(tmp)))
-        except ImportError:
-            result = asyncio.run(bench(args, Path(tmp)))
-    result.update({"command": " ".join(["bench/submission.py", *sys.argv[1:]]),
-                   "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                   "cpus": os.cpu_count(), "python": platform.python_version()})
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"submission-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"JSON: {path.relative_to(ROOT)}")
+        result = run(bench(args, Path(tmp)))
+    write_result("submission", result)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import queue_drain as qd  # noqa: E402
 
+from bench.common import run, write_result  # noqa: E402
+
 LEASE_SECONDS = 6.0
 
 
@@ -165,11 +167,7 @@ async def main_async(args) -> int:
             ["result", "PASS" if result["passed"] else "FAIL"]]
     width = max(len(r[0]) for r in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-    qd.OUT.mkdir(parents=True, exist_ok=True)
-    out = qd.OUT / f"two_nodes-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps({"benchmark": "two_nodes", "cpus": os.cpu_count(), **result},
-                              indent=2))
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result("two_nodes", result)
     return 0 if result["passed"] else 1
 
 
@@ -188,12 +186,6 @@ def main() -> int:
     p.add_argument("--dns-port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--sink-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
     if args.node:
         run(run_node(args))
         return 0

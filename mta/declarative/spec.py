@@ -31,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from mta.config import ConfigError, _line, build
+from mta.config import ConfigError
+from mta.yamlschema import build, line
 
 __all__ = ["AccountSpec", "ActionSpec", "CatchAllSpec", "Document", "Loaded", "MatcherSpec",
            "RuleSpec", "SendingDomainSpec", "ZoneSpec", "load_document", "load_text"]
@@ -154,7 +155,7 @@ def load_text(text: str, source: str = "<string>") -> Loaded:
     if root is None:
         return Loaded(Document(), source)
     if not isinstance(root, yaml.MappingNode):
-        raise ConfigError("", "the top level must be a mapping", _line(root), source)
+        raise ConfigError("", "the top level must be a mapping", line(root), source)
     loaded = Loaded(build(Document, root, "", source), source)
     _index(root, "", loaded.lines)
     if loaded.doc.version != 1:

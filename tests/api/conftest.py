@@ -109,6 +109,18 @@ class Admin:
         assert code == expect, f"mta {' '.join(args)} -> {code}\n{out.getvalue()}{err.getvalue()}"
         return out.getvalue()
 
+    def db_run(self, fn):
+        """Run `await fn(session)` in one transaction on the deployment's database."""
+        async def run():
+            db = Database(self.settings.database.url, pool_size=1)
+            try:
+                async with db.session() as s:
+                    return await fn(s)
+            finally:
+                await db.close()
+
+        return asyncio.run(run())
+
     def token(self, *permissions: str, account: str | None = None) -> str:
         key = (account or self.account_id, *sorted(permissions))
         if key not in self.tokens:

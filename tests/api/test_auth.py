@@ -3,30 +3,16 @@ revoked and under-privileged tokens, bad bodies and unknown paths; the token CLI
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cloudflare import AuthenticationError, NotFoundError, PermissionDeniedError
 from sqlalchemy import select
 
-from mta.store.db import Database
 from mta.store.models import ApiToken, AuditEntry
 from mta.tokens import create_token, generate_token, hash_token
 
 READ = "email_routing:read"
-
-
-def _db_run(admin, fn):
-    async def run():
-        db = Database(admin.settings.database.url, pool_size=1)
-        try:
-            async with db.session() as s:
-                return await fn(s)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def _error(resp) -> tuple[int, int, str]:
@@ -80,7 +66,7 @@ def test_wrong_permission_and_foreign_resources(admin):
 def test_revoked_and_expired_tokens(admin):
     token = admin.token(READ)
     assert admin.sdk(token=token).email_routing.get(zone_id=admin.zone_id)
-    token_id = _db_run(admin, lambda s: _id_of(s, token))
+    token_id = admin.db_run(lambda s: _id_of(s, token))
     assert admin.cli("tokens", "revoke", token_id).strip() == f"revoked {token_id}"
     with pytest.raises(AuthenticationError) as exc:
         admin.sdk(token=token).email_routing.get(zone_id=admin.zone_id)
@@ -92,7 +78,7 @@ def test_revoked_and_expired_tokens(admin):
         return secret
 
     with pytest.raises(AuthenticationError) as exc:
-        admin.sdk(token=_db_run(admin, expired)).email_routing.get(zone_id=admin.zone_id)
+        admin.sdk(token=admin.db_run(expired)).email_routing.get(zone_id=admin.zone_id)
     assert "expired" in exc.value.body["errors"][0]["detail"]
 
 
@@ -103,18 +89,18 @@ async def _id_of(s, token: str) -> str:
 
 def test_token_storage_list_and_last_used(admin):
     token = admin.token(READ, "analytics:read")
-    row = _db_run(admin, lambda s: _row(s, token))
+    row = admin.db_run(lambda s: _row(s, token))
     assert row.token_hash == hash_token(token) and token.encode() not in row.token_hash
     assert sorted(row.permissions) == ["analytics:read", READ]
     assert row.last_used_at is None
     admin.sdk(token=token).email_routing.get(zone_id=admin.zone_id)
-    assert _db_run(admin, lambda s: _row(s, token)).last_used_at is not None
+    assert admin.db_run(lambda s: _row(s, token)).last_used_at is not None
 
     listing = admin.cli("tokens", "list", "--account", "acme")
     assert row.id in listing and "active" in listing and token not in listing
     admin.cli("tokens", "create", "--account", admin.account_id, "--name", "x",
               "--permission", "no:such", expect=2)
-    entries = _db_run(admin, lambda s: _audits(s, "api_token"))
+    entries = admin.db_run(lambda s: _audits(s, "api_token"))
     assert entries and all(e.actor.startswith("cli:") for e in entries)
     assert all("token_hash" not in (e.after or {}) for e in entries)
 
@@ -162,5 +148,5 @@ def test_cli_accounts_and_zones(admin):
     assert admin.zone_id in listing and "example.test" in listing
     admin.cli("zones", "create", "--account", admin.account_id, "example.test", expect=1)
     admin.cli("zones", "create", "--account", admin.account_id, "not a domain", expect=2)
-    entries = _db_run(admin, lambda s: _audits(s, "zone"))
+    entries = admin.db_run(lambda s: _audits(s, "zone"))
     assert [e.resource_id for e in entries] == [admin.zone_id]

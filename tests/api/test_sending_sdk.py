@@ -3,7 +3,6 @@ records, and the suppression list (cursor pagination, edit, delete, bulk import)
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import pytest
@@ -13,22 +12,9 @@ from sqlalchemy import select
 
 from mta.sending import suppression
 from mta.signing.keys import KeyVault, public_key_b64
-from mta.store.db import Database
 from mta.store.models import DkimKey, SendingDomain
 
 SEND_EDIT = "email_sending:edit"
-
-
-def _db_run(admin, fn):
-    async def run():
-        db = Database(admin.settings.database.url, pool_size=1)
-        try:
-            async with db.session() as s:
-                return await fn(s)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def test_sending_subdomains(admin):
@@ -65,7 +51,7 @@ def test_sending_subdomains(admin):
         return (await s.execute(select(DkimKey).where(
             DkimKey.domain == "news.example.test"))).scalar_one()
 
-    row = _db_run(admin, key)
+    row = admin.db_run(key)
     private = KeyVault(admin.settings.secret_key).decrypt(
         row.private_key_encrypted, f"news.example.test/{sub.dkim_selector}".encode())
     assert public_key_b64(private) == p
@@ -82,7 +68,7 @@ def test_sending_subdomains(admin):
     assert gone.success is True and gone.errors == []
     with pytest.raises(NotFoundError):
         cf.email_sending.subdomains.get(sub.tag, zone_id=z)
-    assert _db_run(admin, lambda s: _keys(s, "news.example.test")) == []
+    assert admin.db_run(lambda s: _keys(s, "news.example.test")) == []
     assert [s.tag for s in cf.email_sending.subdomains.list(zone_id=z)] == [apex.tag]
 
 
@@ -131,7 +117,7 @@ def test_suppressions(admin):
         return (await suppression.add(s, a, "angry@dest.test", "complaint",
                                       now=_now())).id
 
-    cid = _db_run(admin, complaint)
+    cid = admin.db_run(complaint)
     with pytest.raises(PermissionDeniedError):
         cf.email_sending.suppressions.delete(cid, account_id=a)
 
