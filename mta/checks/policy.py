@@ -4,9 +4,10 @@ Input: the verdicts of SPF, DKIM, DMARC and ARC for one message (`AuthVerdicts`,
 strings so this module depends on no check implementation) and the effective policy
 for the recipient domain (`EffectivePolicy`, settings `inbound.policy` merged with one
 `inbound.domain_policies` entry). Output: a `Decision` value — accept / reject / tempfail,
-a stable `reason` (a metric label and an event field), the reply to send, and whether
-the message is marked (quarantine). Side effects happen in the caller, after this
-returns (mox `analyze()`; maddy's check/action split).
+a stable `reason` (a metric label and an event field), the facts a refusal names
+(`detail`), and whether the message is marked (quarantine). It speaks no SMTP: the
+listener turns a refusal into its reply (`mta.smtp.authcheck.policy_reply`). Side effects
+happen in the caller, after this returns (mox `analyze()`; maddy's check/action split).
 
 Order (RFC 7489 §6.6.1: first, a message without exactly one author domain is
 refused, since DMARC cannot protect it; then MISSION R2, docs Postmaster "Mail authentication requirement", "DMARC enforcing"):
@@ -29,8 +30,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mta.config import InboundDomainPolicy, InboundPolicy
-from mta.smtp import replies
-from mta.smtp.replies import Reply
 
 __all__ = ["AuthVerdicts", "Decision", "EffectivePolicy", "decide", "effective_policy"]
 
@@ -97,7 +96,10 @@ class Decision:
     verdict: Verdict
     reason: str  # stable: accepted|quarantined|arc_override|not_authenticated|dmarc_reject|
     #                      bad_from|spf_temperror|dns_temperror|monitor_only
-    reply: Reply | None = None  # the reply for reject/tempfail; accept replies are the caller's
+    # What a refusal names (the values its reply text is filled with): `detail` for
+    # bad_from / spf_temperror / dns_temperror, `spf` and `dkim` for not_authenticated,
+    # `domain` for dmarc_reject.
+    detail: dict[str, str] = field(default_factory=dict)
     quarantine: bool = False
     would_be: str | None = None  # monitor_only: the reason it would have been refused
 
@@ -117,31 +119,26 @@ def _arc_trusted_pass(v: AuthVerdicts, policy: EffectivePolicy, methods: Iterabl
 def _strict(v: AuthVerdicts, policy: EffectivePolicy) -> Decision:
     """The decision without monitor_only."""
     if v.from_problem:
-        return Decision("reject", "bad_from", replies.BAD_FROM_HEADER.format(
-            detail=v.from_problem))
+        return Decision("reject", "bad_from", {"detail": v.from_problem})
     arc_override = False
     if policy.require_spf_or_dkim and not (v.spf == "pass" or v.dkim_pass):
         if _arc_trusted_pass(v, policy, ("dmarc", "spf", "dkim")):
             arc_override = True
         elif v.spf == "temperror":
-            return Decision("tempfail", "spf_temperror",
-                            replies.SPF_TEMPERROR.format(detail="spf"))
+            return Decision("tempfail", "spf_temperror", {"detail": "spf"})
         elif "temperror" in v.dkim:
-            return Decision("tempfail", "dns_temperror",
-                            replies.AUTH_TEMPERROR.format(detail="dkim key"))
+            return Decision("tempfail", "dns_temperror", {"detail": "dkim key"})
         else:
-            return Decision("reject", "not_authenticated", replies.NOT_AUTHENTICATED.format(
-                spf=v.spf, dkim=v.dkim_summary))
+            return Decision("reject", "not_authenticated",
+                            {"spf": v.spf, "dkim": v.dkim_summary})
     if v.dmarc == "temperror" and policy.enforce_dmarc_reject:
         if _arc_trusted_pass(v, policy, ("dmarc",)):
             return Decision("accept", "arc_override")
-        return Decision("tempfail", "dns_temperror",
-                        replies.AUTH_TEMPERROR.format(detail="dmarc"))
+        return Decision("tempfail", "dns_temperror", {"detail": "dmarc"})
     if v.dmarc == "fail" and v.dmarc_disposition == "reject" and policy.enforce_dmarc_reject:
         if _arc_trusted_pass(v, policy, ("dmarc",)):
             return Decision("accept", "arc_override")
-        return Decision("reject", "dmarc_reject",
-                        replies.DMARC_REJECT.format(domain=v.dmarc_domain or "the sender"))
+        return Decision("reject", "dmarc_reject", {"domain": v.dmarc_domain or "the sender"})
     if v.dmarc == "fail" and v.dmarc_disposition in ("quarantine", "reject"):
         # quarantine, or reject while enforcement is off: accept and mark.
         return Decision("accept", "quarantined", quarantine=True)

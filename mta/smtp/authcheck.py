@@ -5,7 +5,7 @@ connect: maddy's "start DNS early, wait at end of DATA"), then at the end of DAT
 `run_checks`, which verifies every DKIM signature and the ARC chain concurrently, runs
 DMARC from the SPF and DKIM results, and returns one `AuthResults` value (checks/results)
 plus the reduced `AuthVerdicts` the policy reads. Checks never write replies; this module
-never decides.
+never decides, it only speaks: `policy_reply` is the reply for a refusing `Decision`.
 """
 
 from __future__ import annotations
@@ -19,16 +19,33 @@ from dataclasses import dataclass
 from mta.checks.arc import ArcResult, verify_arc
 from mta.checks.dkim import verify_dkim
 from mta.checks.dmarc import check_dmarc
-from mta.checks.policy import AuthVerdicts
+from mta.checks.policy import AuthVerdicts, Decision
 from mta.checks.results import AuthResults, IprevResult
 from mta.checks.spf import SpfResult, check_spf
 from mta.dnscache import DnsError, DnsResolver, DnsTempError
 from mta.routing.rules import normalize_domain
+from mta.smtp import replies
+from mta.smtp.replies import Reply
 
-__all__ = ["FromHeader", "Reverse", "from_header", "lookup_reverse", "run_checks",
-           "start_spf", "verdicts_of"]
+__all__ = ["FromHeader", "Reverse", "from_header", "lookup_reverse", "policy_reply",
+           "run_checks", "start_spf", "verdicts_of"]
 
 log = logging.getLogger("mta.smtp.auth")
+
+# The reply for each reason the policy refuses with; its text is filled with the
+# decision's `detail`.
+_POLICY_REPLIES: dict[str, Reply] = {
+    "bad_from": replies.BAD_FROM_HEADER,
+    "spf_temperror": replies.SPF_TEMPERROR,
+    "dns_temperror": replies.AUTH_TEMPERROR,
+    "not_authenticated": replies.NOT_AUTHENTICATED,
+    "dmarc_reject": replies.DMARC_REJECT,
+}
+
+
+def policy_reply(decision: Decision) -> Reply:
+    """What the listener answers to a message the policy refused (reject or tempfail)."""
+    return _POLICY_REPLIES[decision.reason].format(**decision.detail)
 
 
 @dataclass(frozen=True)

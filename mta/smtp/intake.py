@@ -30,7 +30,7 @@ from mta.dnscache import DnsResolver
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events, record_events_now
 from mta.smtp import replies
-from mta.smtp.authcheck import Reverse, from_header, run_checks, verdicts_of
+from mta.smtp.authcheck import Reverse, from_header, policy_reply, run_checks, verdicts_of
 from mta.smtp.headers import auth_results_field, header_value, prepend, received_field
 from mta.smtp.recipients import RecipientDirectory, RecipientVerdict
 from mta.smtp.replies import Reply
@@ -163,13 +163,13 @@ class Intake:
         metrics.INBOUND_CHECK_SECONDS.observe(time.perf_counter() - started)
         _count_auth(results)
         if not decision.accepted:
-            assert decision.reply is not None
+            reply = policy_reply(decision)
             metrics.INBOUND_MESSAGES.labels(
                 "tempfailed" if decision.verdict == "tempfail" else "rejected").inc()
-            await self.refused(client, decision.reason, decision.reply, mail_from=txn.mail_from,
+            await self.refused(client, decision.reason, reply, mail_from=txn.mail_from,
                                recipients=rcpts, auth=results,
                                extra={"subject": header_value(content, "Subject")})
-            return decision.reply
+            return reply
         return await self._store(client, txn, content, results, decision)
 
     async def _store(self, client: ClientInfo, txn: Transaction, content: bytes,
