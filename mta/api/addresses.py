@@ -5,12 +5,8 @@ creates its verification token; until it is verified, rules forwarding to it are
 inactive. Deleting one disables every rule that forwards to it (audited per rule).
 At most `limits.addresses_per_account` per account.
 
-Verification token: `<address id>.<HMAC-SHA256 of id and address under secret_key>`,
-so whoever mails the verification link can recompute it from the row
-(`verification_token`), and the stored `verification_token_hash` (its SHA-256) finds the
-row. Without a `secret_key` no token can be signed and only an operator can verify
-(`mta addresses verify --id`). `verify_with_token` is what the link or
-`mta addresses verify TOKEN` calls.
+The verification token and what deleting an address disables are routing's
+(`mta.routing.destinations`); the mail and the link are `mta.routing.verification`'s.
 
 PATCH `status`: any editor may set an address back to `unverified`; setting `verified`
 needs an operator ([Update destination address]: "requires admin privileges"), so the API
@@ -19,11 +15,7 @@ answers 403 and points at the CLI.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -34,16 +26,18 @@ from starlette.routing import Route
 
 from mta.api.auth import is_tag, require
 from mta.api.envelope import api_error, body_str, isotime, json_body, ok, page_request, query_bool
-from mta.config import Settings
 from mta.observe import audit
-from mta.store.models import DestinationAddress, RoutingRule, Zone
+from mta.routing.destinations import (
+    AUDIT_FIELDS,
+    disable_rules_forwarding_to,
+    token_hash,
+    verification_token,
+)
+from mta.store.models import DestinationAddress
 
-__all__ = ["AUDIT_FIELDS", "address_body", "disable_rules_forwarding_to", "mark_verified",
-           "normalize_email", "routes", "token_hash", "verification_token",
-           "verify_with_token"]
+__all__ = ["address_body", "normalize_email", "routes"]
 
 READ, EDIT = "email_routing:read", "email_routing:edit"
-AUDIT_FIELDS = ("email", "verified_at")
 _EMAIL_RE = re.compile(r"[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
 
@@ -59,67 +53,6 @@ def normalize_email(value: str, *, field: str = "email") -> str:
 def address_body(row: DestinationAddress) -> dict[str, Any]:
     return {"id": row.id, "tag": row.id, "email": row.email, "created": isotime(row.created_at),
             "modified": isotime(row.modified_at), "verified": isotime(row.verified_at)}
-
-
-# --- verification tokens ---------------------------------------------------------------------
-
-
-def verification_token(settings: Settings, address_id: str, email: str) -> str | None:
-    if not settings.secret_key:
-        return None
-    key = hashlib.sha256(b"mta destination verification\0" + settings.secret_key.encode()).digest()
-    mac = hmac.new(key, f"{address_id}:{email.lower()}".encode(), hashlib.sha256).digest()
-    return f"{address_id}.{base64.urlsafe_b64encode(mac[:24]).decode()}"
-
-
-def token_hash(token: str) -> bytes:
-    """What is stored of a verification token."""
-    return hashlib.sha256(token.encode()).digest()
-
-
-async def verify_with_token(session: AsyncSession, settings: Settings, token: str,
-                            now: datetime, actor: str) -> DestinationAddress:
-    """Mark the address of `token` verified; LookupError when the token is not valid."""
-    address_id, _, _ = token.strip().partition(".")
-    row = await session.get(DestinationAddress, address_id, with_for_update=True) \
-        if is_tag(address_id) else None
-    expected = verification_token(settings, address_id, row.email) if row else None
-    if (row is None or expected is None or not hmac.compare_digest(expected, token.strip())
-            or row.verification_token_hash not in (None, token_hash(expected))):
-        raise LookupError("invalid or expired verification token")
-    return mark_verified(session, row, now, actor)
-
-
-def mark_verified(session: AsyncSession, row: DestinationAddress, now: datetime,
-                  actor: str) -> DestinationAddress:
-    if row.verified_at is None:
-        before = audit.snapshot(row, AUDIT_FIELDS)
-        row.verified_at = now
-        audit.record(session, actor=actor, action="verify", resource_type="destination_address",
-                     resource_id=row.id, account_id=row.account_id, before=before,
-                     after=audit.snapshot(row, AUDIT_FIELDS))
-    return row
-
-
-async def disable_rules_forwarding_to(session: AsyncSession, account_id: str, email: str,
-                                      actor: str) -> list[str]:
-    """Disable the account's enabled rules that forward to `email`; their ids."""
-    rows = (await session.execute(
-        select(RoutingRule).join(Zone, Zone.id == RoutingRule.zone_id)
-        .where(Zone.account_id == account_id, RoutingRule.enabled.is_(True))
-        .with_for_update(of=RoutingRule))).scalars()
-    target = email.lower()
-    changed: list[str] = []
-    for rule in rows:
-        if any(a.get("type") == "forward" and target in (str(v).strip().lower()
-                                                          for v in a.get("value") or ())
-               for a in rule.actions or ()):
-            rule.enabled = False
-            changed.append(rule.id)
-            audit.record(session, actor=actor, action="disable", resource_type="routing_rule",
-                         resource_id=rule.id, account_id=account_id, before={"enabled": True},
-                         after={"enabled": False, "reason": f"destination {email} deleted"})
-    return changed
 
 
 # --- handlers --------------------------------------------------------------------------------

@@ -31,8 +31,7 @@ def build_app(ctx, sending=None) -> Starlette:
     app.state.ctx = ctx
     if sending is not None:
         app.state.sending = sending
-    from mta.api import admin, sending
-    from mta.routing import verification
+    from mta.api import admin, sending, verification
 
     admin.install(app)
     app.router.routes.extend(sending.routes())  # POST .../email/sending/send, send_raw

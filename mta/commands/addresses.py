@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from mta.api.addresses import mark_verified
 from mta.commands._common import find_account, open_database
 from mta.config import Settings
 from mta.observe import audit
+from mta.routing.destinations import mark_verified
 from mta.routing.verification import send_pending_verifications, send_verification, verify
 from mta.store.models import DestinationAddress
 

@@ -31,6 +31,7 @@ from mta.declarative.rules import RuleReconciler
 from mta.declarative.spec import Loaded, ZoneSpec
 from mta.errors import MtaError
 from mta.observe import audit
+from mta.routing import destinations
 from mta.sending.domains import DomainError, onboard_sending_domain
 from mta.store.db import Database
 from mta.store.models import (
@@ -46,7 +47,7 @@ __all__ = ["Change", "apply_document"]
 
 # The audit snapshots of the admin API, so API and YAML rows read alike.
 ZONE_FIELDS = api_routing.AUDIT_FIELDS
-ADDRESS_FIELDS = api_addresses.AUDIT_FIELDS
+ADDRESS_FIELDS = destinations.AUDIT_FIELDS
 SENDING_FIELDS = (*api_sending.AUDIT_FIELDS, "ed25519")
 # Snapshot fields that identify rather than describe: left out of the printed diff.
 _QUIET = {"zone_id", "is_catch_all", "account_id"}
@@ -167,9 +168,9 @@ class Reconciler(RuleReconciler):
             row = DestinationAddress(account_id=account.id, email=email)
             self.s.add(row)
             await self.s.flush()
-            token = api_addresses.verification_token(self.settings, row.id, email)
+            token = destinations.verification_token(self.settings, row.id, email)
             if token:
-                row.verification_token_hash = api_addresses.token_hash(token)
+                row.verification_token_hash = destinations.token_hash(token)
             await self.s.flush()
             await self.s.refresh(row)
             self.record("create", "destination_address", f"{account.name} address {email}",
@@ -183,7 +184,7 @@ class Reconciler(RuleReconciler):
         for row in rows:
             if row.email.lower() in declared:
                 continue
-            for rule_id in await api_addresses.disable_rules_forwarding_to(
+            for rule_id in await destinations.disable_rules_forwarding_to(
                     self.s, account.id, row.email, self.actor):
                 # audited by disable_rules_forwarding_to itself
                 self.changes.append(Change("update", "routing_rule", f"rule {rule_id}",

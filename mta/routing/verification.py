@@ -2,10 +2,10 @@
 
 [Email routing rules and addresses]: adding a destination address sends a verification
 mail; until its owner follows the link, rules forwarding to it stay inactive; deleting it
-disables them (`mta.api.addresses.disable_rules_forwarding_to`).
+disables them (`mta.routing.destinations.disable_rules_forwarding_to`).
 
-The token is the admin API's (`mta.api.addresses.verification_token`: address id + HMAC
-under `secret_key`, its SHA-256 stored on the row). It expires here:
+The token is `mta.routing.destinations.verification_token` (address id + HMAC under
+`secret_key`, its SHA-256 stored on the row). It expires here:
 `routing.verification_ttl` after the last verification mail (`verification_sent_at`);
 sending the mail again renews it.
 
@@ -17,8 +17,8 @@ sending the mail again renews it.
   forwarding domain to a not-yet-verified address can never meet.
 - `send_pending_verifications()` mails every address that was never mailed (addresses
   created through the API or `mta apply`), so creation needs no hook of its own.
-- `verify()` = expiry check + `verify_with_token`; `routes()` serves the link
-  (`GET /email/routing/verify?token=...`).
+- `verify()` = expiry check + `verify_with_token`; the HTTP listener serves the link
+  (`GET /email/routing/verify?token=...`, `mta.api.verification`).
 - `inactive_reason()` says why a rule does not route mail.
 
 Settings read: `routing.verification_*`, `routing.forwarding_domain`, `srs.domain`,
@@ -28,7 +28,6 @@ Settings read: `routing.verification_*`, `routing.forwarding_domain`, `srs.domai
 from __future__ import annotations
 
 import hashlib
-import html
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -37,22 +36,19 @@ from urllib.parse import urlencode
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.requests import Request
-from starlette.responses import HTMLResponse
-from starlette.routing import Route
 
-from mta.api.addresses import verification_token, verify_with_token
 from mta.config import Settings
 from mta.queue.queue import PRIORITY_INTERACTIVE, Recipient, enqueue, utcnow
+from mta.routing.destinations import verification_token, verify_with_token
 from mta.routing.forward import KeyStore, forwarding_domain
 from mta.routing.rules import Rule, normalize_address
 from mta.signing.dkim import sign_message
 from mta.store.db import Database
 from mta.store.models import DestinationAddress, Message
 
-__all__ = ["VerificationError", "VerificationExpired", "inactive_reason",
-           "compose_verification", "routes", "send_pending_verifications",
-           "send_verification", "verification_link", "verify"]
+__all__ = ["VERIFY_PATH", "VerificationError", "VerificationExpired", "compose_verification",
+           "inactive_reason", "send_pending_verifications", "send_verification",
+           "verification_link", "verify"]
 
 VERIFY_PATH = "/email/routing/verify"
 
@@ -181,33 +177,3 @@ def inactive_reason(rule: Rule, verified: Collection[str]) -> str | None:
     if not pending:
         return "the rule forwards to no destination"
     return "destination address not verified: " + ", ".join(pending)
-
-
-# -- the link -----------------------------------------------------------------------------------
-
-
-def _page(status: int, title: str, text: str) -> HTMLResponse:
-    body = (f"<!doctype html><title>{html.escape(title)}</title>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>")
-    return HTMLResponse(body, status_code=status)
-
-
-async def verify_link(request: Request) -> HTMLResponse:
-    ctx = request.app.state.ctx
-    token = request.query_params.get("token", "")
-    if not token:
-        return _page(400, "Missing token", "The link is incomplete.")
-    try:
-        async with ctx.db.session() as s:
-            row = await verify(s, ctx.settings, token, ctx.clock(), "link")
-            email = row.email
-    except VerificationExpired as exc:
-        return _page(410, "Link expired", str(exc))
-    except VerificationError:
-        return _page(404, "Invalid link", "This verification link is not valid.")
-    return _page(200, "Address verified",
-                 f"Email Routing may now forward mail to {email}.")
-
-
-def routes() -> list[Route]:
-    return [Route(VERIFY_PATH, verify_link, methods=["GET"])]

@@ -11,7 +11,7 @@ from cloudflare import BadRequestError, NotFoundError, PermissionDeniedError
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from mta.api.addresses import verification_token
+from mta.routing.destinations import verification_token
 from mta.store.db import Database
 from mta.store.models import AuditEntry, RoutingDomain
 

@@ -13,6 +13,7 @@ import yaml
 from sqlalchemy import select
 from starlette.applications import Starlette
 
+from mta.api import verification as api_verification
 from mta.api.server import _UvicornService
 from mta.config import Listener
 from mta.routing import verification
@@ -65,7 +66,7 @@ async def test_unverified_destination_is_inactive_until_the_link_is_used(world):
     assert verify_all_dkim(mail, w.txt()) == {"fwda.test": True}
     link = re.search(rb"(http://127\.0\.0\.1:\d+/\S+)", mail).group(1).decode()
 
-    app = Starlette(routes=verification.routes())
+    app = Starlette(routes=api_verification.routes())
     app.state.ctx = w.a.ctx
     http = _UvicornService(Listener(address="127.0.0.1", port=port), app)
     await http.start()
