@@ -27,7 +27,7 @@ from starlette.routing import Route
 from mta.api.auth import require
 from mta.api.envelope import api_error, body_list, body_str, json_body, ok
 from mta.observe import audit
-from mta.sending import suppression as sup
+from mta.store import suppression as sup
 from mta.store.models import Suppression
 
 __all__ = ["routes"]

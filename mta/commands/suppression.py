@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from mta.commands._common import find_account, open_database, table
 from mta.config import Settings, parse_duration
-from mta.sending import suppression
+from mta.store import suppression
 
 __all__ = ["register"]
 

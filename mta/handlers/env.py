@@ -25,7 +25,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from mta.handlers.kv import KvNamespace
-from mta.sending import suppression
+from mta.store import suppression
 from mta.store.db import Database
 
 __all__ = ["Env", "ExecutionContext", "SuppressionBinding"]

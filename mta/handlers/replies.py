@@ -41,9 +41,9 @@ from mta.handlers.message import EmailMessage, ForwardableEmailMessage, header_f
 from mta.observe.events import event_rows
 from mta.queue.queue import PRIORITY_INTERACTIVE, Recipient, enqueue
 from mta.routing.forward import KeyStore
-from mta.sending import suppression
 from mta.sending.compose import fold_header, new_message_id
 from mta.signing.dkim import normalize_line_endings, sign_message
+from mta.store import suppression
 from mta.store.db import Database
 from mta.store.models import Message
 

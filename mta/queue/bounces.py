@@ -34,9 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.observe import metrics
 from mta.queue import dsn
-from mta.queue.outcome import RecipientOutcome
+from mta.queue.outcome import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED, RecipientOutcome
 from mta.queue.queue import PRIORITY_INTERACTIVE, Recipient, enqueue, verp_token
-from mta.sending import suppression
+from mta.store import suppression
 from mta.store.models import Delivery, DeliveryAttempt, Event, Message, SendingDomain
 
 if TYPE_CHECKING:
@@ -186,8 +186,6 @@ def _verp_in_headers(headers: list[tuple[str, str]], key: bytes) -> int | None:
 
 
 def _is_hard(status: str, diagnostic: str | None) -> bool:
-    from mta.queue.delivery import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED
-
     if status in HARD_BOUNCE_ENHANCED:
         return True
     if status.startswith("5.") and status != "5.0.0":

@@ -50,7 +50,7 @@ from sqlalchemy import distinct, func, select
 
 from mta.observe import metrics
 from mta.queue import bounces
-from mta.queue.outcome import RecipientOutcome
+from mta.queue.outcome import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED, RecipientOutcome
 from mta.queue.queue import (
     Claimed,
     RetryPolicy,
@@ -62,17 +62,13 @@ from mta.queue.queue import (
     renew_leases,
     utcnow,
 )
-from mta.sending import suppression
+from mta.store import suppression
 from mta.store.models import Delivery, DeliveryAttempt, Event, Message
 
 __all__ = ["DeliveryOptions", "DeliveryWorkers", "SuppressionPolicy", "Transport",
            "Verdict", "decide"]
 
 log = logging.getLogger("mta.delivery")
-
-HARD_BOUNCE_CODES = frozenset({550, 551, 553, 556})
-HARD_BOUNCE_ENHANCED = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
-
 
 class Transport(Protocol):
     async def deliver(self, domain: str, envelope_from: str, recipients: list[str],

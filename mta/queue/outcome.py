@@ -9,9 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Reply", "RecipientOutcome", "Result"]
+__all__ = ["HARD_BOUNCE_CODES", "HARD_BOUNCE_ENHANCED", "Reply", "RecipientOutcome", "Result"]
 
 Result = Literal["delivered", "deferred", "failed"]
+
+# The replies that say the address does not exist (a hard bounce): the failure policy
+# (`delivery.py`) and bounce intake (`bounces.py`) both suppress the recipient on them.
+HARD_BOUNCE_CODES = frozenset({550, 551, 553, 556})
+HARD_BOUNCE_ENHANCED = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
 
 
 @dataclass(frozen=True)

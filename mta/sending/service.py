@@ -52,7 +52,6 @@ from mta.observe.events import event_rows, record_events, record_events_now
 from mta.queue import bounces
 from mta.queue.queue import Claimed, Recipient, enqueue
 from mta.sending import limits as rate
-from mta.sending import suppression
 from mta.sending.compose import compose_message, fold_header, new_message_id
 from mta.sending.domains import check_sender, load_signing_keys
 from mta.sending.headers import MIME_REPLACED_HEADERS, validate_custom_headers
@@ -67,6 +66,7 @@ from mta.sending.validate import (
 )
 from mta.signing.dkim import sign_message
 from mta.signing.keys import KeyVault, SigningKey
+from mta.store import suppression
 from mta.store.models import (
     Delivery,
     DestinationAddress,

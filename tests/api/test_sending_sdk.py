@@ -10,8 +10,8 @@ from cloudflare import BadRequestError, NotFoundError, PermissionDeniedError
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sqlalchemy import select
 
-from mta.sending import suppression
 from mta.signing.keys import KeyVault, public_key_b64
+from mta.store import suppression
 from mta.store.models import DkimKey, SendingDomain
 
 SEND_EDIT = "email_sending:edit"

@@ -17,9 +17,9 @@ from sqlalchemy import select
 from mta.queue import dsn
 from mta.queue.outcome import Reply
 from mta.queue.remote import RemoteDelivery
-from mta.sending import suppression
 from mta.sending.domains import RETURN_PATH_LABEL, onboard_sending_domain
 from mta.sending.service import SendingService
+from mta.store import suppression
 from mta.store.models import Delivery, Event, Message, Suppression
 from tests.queue.test_bounces import arf_report
 from tests.routing.world import world_fixture  # noqa: F401 - the `world` fixture

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from mta.queue import bounces, dsn
 from mta.queue.outcome import Reply
 from mta.queue.queue import Recipient, verp_address
-from mta.sending import suppression
+from mta.store import suppression
 from mta.store.models import Delivery, DeliveryAttempt, Event, Suppression
 from tests.queue.test_delivery import (  # noqa: F401
     port,  # noqa: F401

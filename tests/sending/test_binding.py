@@ -8,9 +8,9 @@ import base64
 import pytest
 
 from mta.errors import MtaError
-from mta.sending import suppression
 from mta.sending.binding import EmailMessage, EmailMessageBuilder, SendBinding
 from mta.sending.limits import SendingLimits
+from mta.store import suppression
 from tests.sending.test_service import PDF, RAW, SENDER, world  # noqa: F401
 
 OK = {"from": SENDER, "to": "bob@rcpt.test", "subject": "s", "text": "t"}

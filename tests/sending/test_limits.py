@@ -11,8 +11,8 @@ from sqlalchemy import text
 
 from mta.errors import MtaError
 from mta.sending import limits as rate
-from mta.sending import suppression
 from mta.sending.limits import SendingLimits
+from mta.store import suppression
 from mta.store.db import Database
 from mta.store.models import DestinationAddress
 from tests.sending.test_service import SENDER, world  # noqa: F401

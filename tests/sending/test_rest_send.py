@@ -197,7 +197,7 @@ async def test_internal_error_is_500_10002_without_details(world):  # noqa: F811
 
 
 async def test_suppressed_recipients_in_the_result_and_all_suppressed_refused(api):
-    from mta.sending import suppression
+    from mta.store import suppression
 
     async with api.world.db.session() as s:
         await suppression.add(s, api.world.account, "gone@rcpt.test", "hard_bounce",

@@ -24,10 +24,10 @@ from mta.dnscache import DnsResolver
 from mta.errors import MtaError
 from mta.node import NodeContext
 from mta.queue.remote import RemoteDelivery
-from mta.sending import suppression
 from mta.sending.domains import domain_records, onboard_sending_domain
 from mta.sending.limits import SendingLimits
 from mta.sending.service import SendingService
+from mta.store import suppression
 from mta.store.models import (
     Account,
     Delivery,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mta.config import Settings
-from mta.sending import suppression as sup
+from mta.store import suppression as sup
 from tests.queue.test_queue import make_account
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
