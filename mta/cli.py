@@ -25,8 +25,23 @@ DEFAULT_CONFIG = os.environ.get("MTA_CONFIG", "/etc/mta/mta.yaml")
 
 def _cmd_serve(args, settings: Settings) -> int:
     from mta.node import run_node
+    from mta.pidlock import PidLock
 
-    run_node(settings, args.config)
+    # One node per state directory: a second one would share (and could stop) the
+    # first one's embedded database. Checked before anything is touched.
+    state = settings.state_path
+    state.mkdir(parents=True, exist_ok=True)
+    lock = PidLock(state / "serve.lock", "mta serve")
+    if not lock.try_acquire():
+        holder = lock.holder()
+        who = f" (pid {holder[0]})" if holder else ""
+        print(f"mta: another mta serve{who} is running with state directory {state}; "
+              "not starting a second one", file=sys.stderr)
+        return 1
+    try:
+        run_node(settings, args.config)
+    finally:
+        lock.release()
     return 0
 
 
@@ -44,7 +59,7 @@ def _cmd_db_upgrade(args, settings: Settings) -> int:
         upgrade(url, args.revision)
     finally:
         if embedded is not None:
-            embedded.stop()
+            embedded.release()  # stops the embedded cluster only if this command started it
     print(f"database at {args.revision}")
     return 0
 

@@ -23,6 +23,7 @@ from mta.config import Settings, load_settings
 from mta.dnscache import DnsResolver
 from mta.handlers.loader import reload_handlers
 from mta.logsetup import setup_logging
+from mta.store.cluster import ClusterLease, own_cluster, use_cluster
 from mta.store.db import Database
 from mta.store.embedded import EmbeddedPostgres
 from mta.store.migrate import upgrade
@@ -61,19 +62,22 @@ def embedded_cluster(settings: Settings) -> EmbeddedPostgres:
     return EmbeddedPostgres(settings.state_path / "postgres", database="mta")
 
 
-def database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
-    """The configured URL, or the embedded cluster (started here) and its URL."""
+def database_url(settings: Settings, *, owner: bool = False
+                 ) -> tuple[str, ClusterLease | None]:
+    """The configured URL, or the embedded cluster's URL and our lease on it: the node
+    (`owner`) owns the cluster; a command uses one that is running without touching its
+    life, or runs its own. Call `release()` on the lease when done (mta/store/cluster.py)."""
     if settings.database.url:
         return settings.database.url, None
     cluster = embedded_cluster(settings)
-    cluster.start()
-    return cluster.url(), cluster
+    lease = own_cluster(cluster) if owner else use_cluster(cluster)
+    return lease.url(), lease
 
 
-def describe_database(url: str, embedded: EmbeddedPostgres | None) -> dict:
+def describe_database(url: str, embedded: ClusterLease | None) -> dict:
     if embedded is not None:
-        return {"kind": "embedded", "data_dir": str(embedded.data_dir),
-                "socket_dir": str(embedded.socket_dir)}
+        return {"kind": "embedded", "data_dir": str(embedded.cluster.data_dir),
+                "socket": embedded.cluster.socket_path}
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
@@ -137,7 +141,7 @@ class Node:
         self.node_id = settings.node.node_id or f"{settings.node.hostname}:{os.getpid()}"
         self._stop = asyncio.Event()
         self.services: list[Service] = []
-        self.embedded: EmbeddedPostgres | None = None
+        self.embedded: ClusterLease | None = None
         self.db: Database | None = None
 
     async def run(self) -> None:
@@ -172,7 +176,7 @@ class Node:
 
     async def _start(self) -> None:
         s = self.settings
-        url, self.embedded = await asyncio.to_thread(database_url, s)
+        url, self.embedded = await asyncio.to_thread(database_url, s, owner=True)
         await asyncio.to_thread(upgrade, url)
         self.db = Database(url, pool_size=s.database.pool_size,
                            connect_timeout=s.database.connect_timeout)
@@ -196,7 +200,7 @@ class Node:
         if self.db is not None:
             await self.db.close()
         if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
+            await asyncio.to_thread(self.embedded.release)
         log.info("node stopped", extra={"event": "node.stopped", "node_id": self.node_id})
 
 

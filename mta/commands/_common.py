@@ -27,7 +27,8 @@ __all__ = ["account_ref", "find_account", "open_database", "parse_when", "positi
 
 @asynccontextmanager
 async def open_database(settings: Settings) -> AsyncIterator[Database]:
-    """The configured database (starting the embedded cluster when there is no URL)."""
+    """The configured database. With the embedded cluster: the running one, untouched
+    (a node owns it), or one started for this command and stopped after it."""
     from mta.node import database_url
 
     url, embedded = await asyncio.to_thread(database_url, settings)
@@ -37,7 +38,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     finally:
         await db.close()
         if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+            await asyncio.to_thread(embedded.release)
 
 
 # --- accounts ----------------------------------------------------------------------------

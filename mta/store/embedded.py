@@ -113,7 +113,13 @@ class EmbeddedPostgres:
                 f"{Path(args[0]).name} failed ({exc.returncode}): "
                 f"{(exc.stderr or exc.stdout).strip()}") from None
 
-    def _prepare_dirs(self) -> None:
+    @property
+    def socket_path(self) -> str:
+        """The socket clients connect to, as error messages name the database."""
+        return str(self.socket_dir / ".s.PGSQL.5432")
+
+    def prepare(self) -> None:
+        """Create base_dir (and run/) for the server user; safe to repeat."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
         for d in (self.base_dir, self.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -133,7 +139,7 @@ class EmbeddedPostgres:
 
     def init(self) -> bool:
         """Create the cluster on first use; returns True when it was created now."""
-        self._prepare_dirs()
+        self.prepare()
         if self.initialised:
             return False
         log.info("initialising embedded PostgreSQL in %s", self.data_dir)
@@ -180,10 +186,10 @@ class EmbeddedPostgres:
                       # Its own session: Ctrl-C on the terminal reaches the node, which
                       # finishes its work first and then stops the cluster itself.
                       start_new_session=True)
-        self._wait_ready(timeout)
+        self.wait_ready(timeout)
         self.create_database(self.database, exist_ok=True)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -1,0 +1,117 @@
+"""The embedded PostgreSQL as an operator lives with it: `mta serve` owns it, `mta`
+commands run beside a live node without stopping it, one node per state directory.
+
+Real `mta serve` processes on the embedded cluster, set up with the `mta` CLI, a message
+submitted over SMTP (implicit TLS) and delivered to a real sink found through the test DNS
+server.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from mta.store.embedded import EmbeddedPostgres
+from tests.harness.smtp_sink import _free_port
+
+SENDER = "welcome@sender.test"
+RCPT = "recipient@rcpt.test"
+
+
+def mta(node, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mta", "--config", str(node.config_path),
+                           *args], capture_output=True, text=True, timeout=90, check=check)
+
+
+def cluster_of(node) -> EmbeddedPostgres:
+    return EmbeddedPostgres(node.directory / "state" / "postgres", database="mta")
+
+
+@pytest.fixture
+def sending_node(make_node, make_sink, dns_server, tls, tmp_path):
+    """A node on its embedded cluster with submission on, rcpt.test's MX a sink; returns
+    (node, sink, send) where send() submits one message and returns the DATA reply."""
+    port = _free_port("127.0.0.2")
+    dns_server.add_zone("""
+        rcpt.test.     300 IN MX 10 mx.rcpt.test.
+        mx.rcpt.test.  300 IN A 127.0.0.2
+    """)
+    sink = make_sink("127.0.0.2", port=port)
+    cert, key = tls.write_server_files(tmp_path, "localhost", "127.0.0.1")
+    node = make_node({"delivery": {"port": port},
+                      "listeners": {"submission": {"enabled": True, "tls_cert": str(cert),
+                                                   "tls_key": str(key)}}})
+    assert node.wait_for_log(lambda e: e.get("event") == "node.ready")["database"][
+        "kind"] == "embedded"
+    token: list[str] = []
+
+    def setup() -> None:
+        account = mta(node, "accounts", "create", "acme").stdout.strip()
+        mta(node, "zones", "create", "--account", account, "sender.test")
+        mta(node, "domains", "onboard", "--sending", "sender.test")
+        out = mta(node, "tokens", "create", "--account", account, "--name", "smtp",
+                  "--permission", "email_sending:send").stdout
+        token.append(out.strip().splitlines()[-1])
+
+    def send(subject: str = "hello") -> tuple[int, bytes]:
+        body = f"From: {SENDER}\r\nTo: {RCPT}\r\nSubject: {subject}\r\n\r\nHi.\r\n"
+        with smtplib.SMTP_SSL("127.0.0.1", node.port("submission"),
+                              context=tls.client_context(), timeout=30) as s:
+            s.login("api_token", token[0])
+            s.mail(SENDER)
+            s.rcpt(RCPT)
+            return s.data(body.encode())
+
+    return node, sink, setup, send
+
+
+def _healthy(node) -> bool:
+    r = httpx.get(f"http://127.0.0.1:{node.port('http')}/healthz", timeout=10)
+    return r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_cli_commands_beside_a_live_node_leave_it_serving(sending_node):
+    node, sink, setup, send = sending_node
+    setup()  # four `mta` commands, each opening and closing the node's own cluster
+    assert mta(node, "accounts", "list").returncode == 0
+    assert mta(node, "queue", "list").returncode == 0
+    assert mta(node, "db", "upgrade").stdout.strip() == "database at head"
+    assert cluster_of(node).running
+    assert _healthy(node)
+
+    code, text = send("after the commands")
+    assert code == 250, text
+    [received] = sink.wait_for(1, 30)
+    assert b"Subject: after the commands" in received.data
+
+
+def test_second_serve_on_the_same_state_dir_refuses_and_changes_nothing(sending_node):
+    node, sink, setup, send = sending_node
+    setup()
+    second = subprocess.run([sys.executable, "-m", "mta", "serve", "--config",
+                             str(node.config_path)], capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode != 0
+    [line] = second.stderr.strip().splitlines()
+    assert f"pid {node.proc.pid}" in line and "state directory" in line, line
+    assert node.proc.poll() is None
+    assert cluster_of(node).running and _healthy(node)
+    code, text = send("after the second serve")
+    assert code == 250, text
+    [received] = sink.wait_for(1, 30)
+    assert b"Subject: after the second serve" in received.data
+
+
+def test_command_without_a_node_runs_its_own_cluster_and_stops_it(make_node):
+    node = make_node()
+    assert node.stop() == 0
+    cluster = cluster_of(node)
+    assert not cluster.running
+    assert mta(node, "accounts", "create", "solo").returncode == 0
+    assert not cluster.running, "the command left the cluster it started running"
+    assert "solo" in mta(node, "accounts", "list").stdout
+    assert not cluster.running
