@@ -52,12 +52,23 @@ class NodeSettings:
 
 
 @dataclass
+class ProxyProtocolSettings:
+    """PROXY protocol v1/v2 from TCP load balancers (SMTP listeners only)."""
+
+    trusted: list[str] = field(default_factory=list)  # the balancers' networks (CIDR)
+    required: bool = True  # a trusted peer must send a header
+    timeout: Duration = Duration(5)  # for the header to arrive
+
+
+@dataclass
 class Listener:
     enabled: bool = True
     address: str = "127.0.0.1"
     port: int = 0
     tls_cert: str | None = None
     tls_key: str | None = None
+    # null = no PROXY protocol: the TCP peer is the client (mx and submission only)
+    proxy_protocol: ProxyProtocolSettings | None = None
 
 
 @dataclass
@@ -383,6 +394,7 @@ def _check_semantics(s: Settings) -> None:
             raise ConfigError(f"listeners.{name}.port", "must be between 0 and 65535", source=src)
         if bool(lst.tls_cert) != bool(lst.tls_key):
             raise ConfigError(f"listeners.{name}", "tls_cert and tls_key go together", source=src)
+        _check_proxy_protocol(name, lst.proxy_protocol, src)
     for name in ("submission", "submission_starttls"):
         lst = getattr(s.listeners, name)
         if lst.enabled and not lst.tls_cert:
@@ -405,6 +417,28 @@ def _check_semantics(s: Settings) -> None:
     if s.observe.retention_batch < 1:
         raise ConfigError("observe.retention_batch", "must be at least 1", source=src)
     _check_mta_sts(s.mta_sts, src)
+
+
+def _check_proxy_protocol(name: str, pp: ProxyProtocolSettings | None, src: str) -> None:
+    import ipaddress
+
+    if pp is None:
+        return
+    key = f"listeners.{name}.proxy_protocol"
+    if name in ("http", "metrics"):
+        raise ConfigError(key, "only the SMTP listeners (mx, submission, "
+                          "submission_starttls) speak the PROXY protocol", source=src)
+    if not pp.trusted:
+        raise ConfigError(f"{key}.trusted", "name the load balancers' networks (CIDR); "
+                          "a header is never taken from anyone else", source=src)
+    for i, net in enumerate(pp.trusted):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}.trusted[{i}]", f"not an IP network: {net!r}",
+                              source=src) from None
+    if not 0 < pp.timeout <= 60:
+        raise ConfigError(f"{key}.timeout", "must be more than 0 and at most 60s", source=src)
 
 
 def _check_mta_sts(sts: MtaStsSettings, src: str) -> None:

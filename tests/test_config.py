@@ -46,6 +46,12 @@ def test_wrong_type_names_key_and_line(tmp_path):
     ("listeners:\n  http:\n    enabled: yes please\n", "listeners.http.enabled"),
     ("logging:\n  level: loud\n", "logging.level"),
     ("listeners:\n  mx:\n    port: 70000\n", "listeners.mx.port"),
+    ("listeners:\n  mx:\n    proxy_protocol: {trusted: [10.0.0.300/8]}\n",
+     "listeners.mx.proxy_protocol.trusted[0]"),
+    ("listeners:\n  mx:\n    proxy_protocol: {required: true}\n",
+     "listeners.mx.proxy_protocol.trusted"),
+    ("listeners:\n  http:\n    proxy_protocol: {trusted: [10.0.0.0/8]}\n",
+     "listeners.http.proxy_protocol"),
 ])
 def test_bad_values_are_rejected_with_their_key(text, key):
     with pytest.raises(ConfigError) as err:
@@ -73,3 +79,12 @@ def test_partial_section_keeps_that_sections_own_defaults():
     assert s.listeners.submission.port == 4650
     assert s.listeners.mx.enabled is True and s.listeners.mx.port == 25
     assert s.listeners.submission_starttls.port == 5870
+
+
+def test_proxy_protocol_settings():
+    s = settings_from_text("listeners:\n  submission_starttls:\n    enabled: false\n"
+                           "    proxy_protocol:\n      trusted: [10.0.0.0/24, 'fd00::/64']\n"
+                           "      required: false\n      timeout: 2s\n", env={})
+    pp = s.listeners.submission_starttls.proxy_protocol
+    assert (pp.trusted, pp.required, pp.timeout) == (["10.0.0.0/24", "fd00::/64"], False, 2)
+    assert s.listeners.mx.proxy_protocol is None  # off unless configured

@@ -30,7 +30,7 @@ SMTP_SESSIONS_ACTIVE = Gauge(
     "mta_smtp_sessions_active", "SMTP sessions open now, by listener", ["listener"])
 SMTP_SESSIONS_REFUSED = Counter(
     "mta_smtp_sessions_refused_total",
-    "SMTP sessions refused at connect (limit = sessions | sessions_per_ip)",
+    "SMTP sessions refused at connect (limit = sessions | sessions_per_ip | proxy_protocol)",
     ["listener", "limit"])
 SMTP_REPLIES = Counter(
     "mta_smtp_replies_total", "SMTP replies sent, by listener and basic code class",

@@ -10,7 +10,7 @@ and PTR look-ups start at once, then the session runs. `stop()` stops accepting,
 `shutdown_grace` seconds, then closes what is left (an unfinished DATA is never
 acknowledged, so nothing is lost: the client retries).
 
-Settings read: `listeners.mx` (address, port, tls_cert, tls_key), `limits.*`,
+Settings read: `listeners.mx` (address, port, tls_cert, tls_key, proxy_protocol), `limits.*`,
 `inbound.*`, `node.hostname`.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 from mta.smtp.intake import ClientInfo, Intake
 from mta.smtp.limits import SessionLimiter
 from mta.smtp.protocol import SmtpProtocol, drain_sessions, say_goodbye
+from mta.smtp.proxyproto import ProxyPolicy
 from mta.smtp.session import MxSession
 from mta.smtp.tls import server_context
 
@@ -45,6 +46,7 @@ class MxServer:
         self.hostname = ctx.settings.node.hostname
         self.shutdown_grace = shutdown_grace
         self.tls_context = server_context(self.listener)
+        self.proxy = ProxyPolicy.from_settings(self.listener.proxy_protocol)
         limits = ctx.settings.limits
         self.limiter = SessionLimiter(limits.max_sessions, limits.max_sessions_per_ip)
         self.intake = Intake(ctx.settings, ctx.db, ctx.resolver)

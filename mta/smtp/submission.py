@@ -35,6 +35,7 @@ from mta.config import ConfigError
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
 from mta.smtp.protocol import SmtpProtocol, drain_sessions
+from mta.smtp.proxyproto import ProxyPolicy
 from mta.smtp.submission_auth import SubmissionGate
 from mta.smtp.submission_session import SubmissionSession
 from mta.smtp.tls import server_context
@@ -80,6 +81,10 @@ class SubmissionServer:
         self.listener = getattr(ctx.settings.listeners, listener)
         self.hostname = ctx.settings.node.hostname
         self.tls_context = _tls_context(ctx.settings, listener)
+        self.proxy = ProxyPolicy.from_settings(self.listener.proxy_protocol)
+        # With the PROXY protocol the header precedes the TLS ClientHello, so implicit
+        # TLS starts in SmtpProtocol once the header is read, not in the transport.
+        self.deferred_tls = self.mode == "implicit" and self.proxy is not None
         limits = ctx.settings.limits
         self.size_limit = int(limits.submission_message_size)
         self.auth_timeout = float(auth_timeout if auth_timeout is not None else getattr(
@@ -109,7 +114,7 @@ class SubmissionServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-        implicit = self.mode == "implicit"
+        implicit = self.mode == "implicit" and not self.deferred_tls
         self._server = await self.loop.create_server(
             lambda: SmtpProtocol(self, log), host=self.listener.address,
             port=self.listener.port, reuse_address=True,
