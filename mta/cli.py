@@ -24,8 +24,24 @@ DEFAULT_CONFIG = os.environ.get("MTA_CONFIG", "/etc/mta/mta.yaml")
 
 
 def _cmd_serve(args, settings: Settings) -> int:
-    from mta.node import run_node
+    from mta.node import WorkerRole, run_node
     from mta.pidlock import PidLock
+
+    workers = args.workers
+    if workers is None:
+        from mta.supervisor import default_workers
+
+        workers = default_workers()
+    if workers < 1:
+        print("mta: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.worker_index is not None:
+        # Started by the supervisor below, which holds the state directory's lock.
+        from mta.supervisor import bind_to_supervisor
+
+        bind_to_supervisor()
+        run_node(settings, args.config, WorkerRole(args.worker_index, workers))
+        return 0
 
     # One node per state directory: a second one would share (and could stop) the
     # first one's embedded database. Checked before anything is touched.
@@ -39,10 +55,14 @@ def _cmd_serve(args, settings: Settings) -> int:
               "not starting a second one", file=sys.stderr)
         return 1
     try:
-        run_node(settings, args.config)
+        if workers == 1:
+            run_node(settings, args.config)
+            return 0
+        from mta.supervisor import run_supervisor
+
+        return run_supervisor(settings, args.config, workers)
     finally:
         lock.release()
-    return 0
 
 
 def _cmd_config_check(args, settings: Settings) -> int:
@@ -72,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one node (every listener and worker)")
     serve.add_argument("--config", "-c", default=argparse.SUPPRESS)
+    serve.add_argument("--workers", "-w", type=int, default=None, metavar="N",
+                       help="worker processes sharing the listeners (default: one per "
+                            "core; 1 runs everything in this process)")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     config = sub.add_parser("config", help="configuration tools")

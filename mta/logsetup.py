@@ -24,6 +24,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,  # which process of a node (`mta serve --workers N`)
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):

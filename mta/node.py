@@ -4,13 +4,23 @@ Start-up order: database (embedded cluster when no URL is configured) -> migrati
 -> DNS resolver -> services (listeners and workers). Shutdown runs the other way:
 stop accepting, let in-flight work finish, close the database, stop the embedded
 cluster. SIGTERM/SIGINT shut down; SIGHUP reloads the settings that are safe to
-change in place (log level and format).
+change in place (log level and format). The service manager hears READY=1 once every
+listener is up, RELOADING=1 / READY=1 around a reload, STOPPING=1 and watchdog pings
+(`mta.sdnotify`).
+
+With `mta serve --workers N` (N > 1) this class runs in each of N worker processes
+under `mta.supervisor` (`WorkerRole`): the supervisor owns the embedded cluster, the
+migrations and the metrics listener; every worker binds the MX, submission and HTTP
+listeners with SO_REUSEPORT; only worker 0 runs the once-per-node jobs (retention,
+queue depth sampling); the node's limits are shared out between the workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -23,6 +33,7 @@ from mta.config import Settings, load_settings
 from mta.dnscache import DnsResolver
 from mta.handlers.loader import reload_handlers
 from mta.logsetup import setup_logging
+from mta.sdnotify import Notifier
 from mta.store.cluster import ClusterLease, own_cluster, use_cluster
 from mta.store.db import Database
 from mta.store.embedded import EmbeddedPostgres
@@ -30,7 +41,7 @@ from mta.store.migrate import upgrade
 
 log = logging.getLogger("mta.node")
 
-__all__ = ["Node", "NodeContext", "Service", "utcnow"]
+__all__ = ["Node", "NodeContext", "Service", "WorkerRole", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -45,6 +56,32 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
     def describe(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process is worker `index` of `count` under the supervisor."""
+
+    index: int
+    count: int
+
+    @property
+    def runs_node_jobs(self) -> bool:
+        """Jobs that must run once per node (retention, queue sampling) run here."""
+        return self.index == 0
+
+
+def share_limits(settings: Settings, role: WorkerRole) -> None:
+    """A node's configured bounds hold for the node, not for each of its processes:
+    give each worker its share (rounded up). Per-IP session limits stay per process,
+    since the kernel spreads one client's connections over the workers unevenly."""
+    def share(n: int, floor: int = 1) -> int:
+        return max(floor, math.ceil(n / role.count))
+
+    settings.delivery.workers = share(settings.delivery.workers)
+    settings.delivery.per_domain_sessions = share(settings.delivery.per_domain_sessions)
+    settings.limits.max_sessions = share(settings.limits.max_sessions)
+    settings.database.pool_size = share(settings.database.pool_size, floor=2)
 
 
 @dataclass
@@ -105,18 +142,21 @@ class _SendingPipeline:
         return {"service": self.name}
 
 
-def build_services(ctx: NodeContext) -> list[Service]:
-    """Every service this node runs, in start order (they stop in reverse)."""
+def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Service]:
+    """Every service this node (or this worker of it) runs, in start order (they stop
+    in reverse)."""
     from mta.api.server import HttpListener, MetricsListener
     from mta.observe.retention import RetentionJob
     from mta.queue.delivery import DeliveryWorkers
 
     listeners = ctx.settings.listeners
+    node_jobs = role is None or role.runs_node_jobs
     services: list[Service] = []
-    if listeners.metrics.enabled:
+    if listeners.metrics.enabled and role is None:  # else the supervisor serves them
         services.append(MetricsListener(ctx))
-    services.append(RetentionJob(ctx))  # activity/message retention (observe.*)
-    workers = DeliveryWorkers(ctx)
+    if node_jobs:
+        services.append(RetentionJob(ctx))  # activity/message retention (observe.*)
+    workers = DeliveryWorkers(ctx, sample_stats=node_jobs)
     sending = _SendingPipeline(ctx, workers)
     services += [workers, sending]
     if listeners.http.enabled:
@@ -135,58 +175,99 @@ def build_services(ctx: NodeContext) -> list[Service]:
 
 
 class Node:
-    def __init__(self, settings: Settings, config_path: str | None = None) -> None:
+    def __init__(self, settings: Settings, config_path: str | None = None,
+                 role: WorkerRole | None = None) -> None:
         self.settings = settings
         self.config_path = config_path
+        self.role = role
         self.node_id = settings.node.node_id or f"{settings.node.hostname}:{os.getpid()}"
+        if role is not None:
+            share_limits(settings, role)
+            if settings.node.node_id:  # lease owners must differ between processes
+                self.node_id = f"{settings.node.node_id}/{role.index}"
+        # Under systemd: the unit's manager; under the supervisor: the supervisor.
+        self.notifier = Notifier()
         self._stop = asyncio.Event()
         self.services: list[Service] = []
         self.embedded: ClusterLease | None = None
         self.db: Database | None = None
+
+    @property
+    def _prefix(self) -> str:
+        return "node" if self.role is None else "worker"
+
+    def _identity(self) -> dict:
+        if self.role is None:
+            return {"node_id": self.node_id}
+        return {"node_id": self.node_id, "worker": self.role.index}
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        watchdog: asyncio.Task | None = None
         try:
             await self._start()
+            self.notifier.ready()
+            if self.notifier.watchdog_interval:
+                watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
             await self._stop.wait()
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             await self._shutdown()
+            self.notifier.close()
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 while the event loop turns: a loop stuck for a whole watchdog
+        period gets the process restarted by its manager."""
+        interval = self.notifier.watchdog_interval or 1.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
 
     def _request_stop(self, sig: int) -> None:
-        log.info("shutdown requested", extra={"event": "node.stopping",
-                                              "signal": signal.Signals(sig).name})
+        if not self._stop.is_set():
+            self.notifier.stopping()
+        log.info("shutdown requested", extra={"event": f"{self._prefix}.stopping",
+                                              "signal": signal.Signals(sig).name,
+                                              **self._identity()})
         self._stop.set()
 
     def _reload(self) -> None:
         if not self.config_path:
             return
+        self.notifier.reloading()
         try:
             fresh = load_settings(self.config_path)
         except Exception as exc:  # a bad edit must not take the node down
             log.error("reload failed, keeping the running settings: %s", exc,
                       extra={"event": "node.reload_failed"})
+            self.notifier.ready()
             return
         setup_logging(fresh.logging.level, fresh.logging.format)
         self.settings.logging = fresh.logging
         reload_handlers(self.settings, fresh)  # issue 7: re-import the email handlers
-        log.info("settings reloaded", extra={"event": "node.reloaded"})
+        log.info("settings reloaded", extra={"event": "node.reloaded", **self._identity()})
+        self.notifier.ready()
 
     async def _start(self) -> None:
         s = self.settings
+        # A worker gets the supervisor's URL ($MTA_DATABASE_URL): it owns no cluster.
         url, self.embedded = await asyncio.to_thread(database_url, s, owner=True)
-        await asyncio.to_thread(upgrade, url)
+        if self.role is None:  # the supervisor migrated before it started workers
+            await asyncio.to_thread(upgrade, url)
         self.db = Database(url, pool_size=s.database.pool_size,
                            connect_timeout=s.database.connect_timeout)
         ctx = NodeContext(settings=s, db=self.db, resolver=DnsResolver.from_settings(s.dns),
                           node_id=self.node_id)
-        for service in build_services(ctx):
+        for service in build_services(ctx, self.role):
             await service.start()
             self.services.append(service)
-        log.info("node ready", extra={
-            "event": "node.ready", "node_id": self.node_id, "hostname": s.node.hostname,
+        log.info(f"{self._prefix} ready", extra={
+            "event": f"{self._prefix}.ready", **self._identity(),
+            "hostname": s.node.hostname,
             "database": describe_database(url, self.embedded),
             "services": [svc.describe() for svc in self.services]})
 
@@ -201,16 +282,22 @@ class Node:
             await self.db.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.release)
-        log.info("node stopped", extra={"event": "node.stopped", "node_id": self.node_id})
+        log.info(f"{self._prefix} stopped", extra={"event": f"{self._prefix}.stopped",
+                                                    **self._identity()})
 
 
-def run_node(settings: Settings, config_path: str | None = None) -> None:
-    setup_logging(settings.logging.level, settings.logging.format)
-    socket.setdefaulttimeout(None)
+def event_loop_runner():
     try:
         import uvloop
 
-        runner = uvloop.run
+        return uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
-    runner(Node(settings, config_path).run())
+        return asyncio.run
+
+
+def run_node(settings: Settings, config_path: str | None = None,
+             role: WorkerRole | None = None) -> None:
+    setup_logging(settings.logging.level, settings.logging.format)
+    socket.setdefaulttimeout(None)
+    with contextlib.suppress(KeyboardInterrupt):
+        event_loop_runner()(Node(settings, config_path, role).run())

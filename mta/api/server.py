@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import sys
 
 import uvicorn
 from prometheus_client import make_asgi_app
@@ -17,8 +19,26 @@ log = logging.getLogger("mta.api")
 __all__ = ["HttpListener", "MetricsListener"]
 
 
+def _shared_socket(address: str, port: int) -> socket.socket:
+    """A listening socket other processes of this node may bind too (SO_REUSEPORT):
+    the kernel spreads connections over the workers."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sys.platform.startswith("linux"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 class _UvicornService:
     name = "http"
+    shared = False  # bind with SO_REUSEPORT (listeners every worker process serves)
 
     def __init__(self, listener: Listener, app) -> None:
         self.listener = listener
@@ -34,7 +54,10 @@ class _UvicornService:
         # uvicorn captures SIGINT/SIGTERM inside serve() and re-raises them when it
         # exits; the node owns signals and stops listeners itself, in order.
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-        self._task = asyncio.create_task(self.server.serve(), name=f"{self.name}-listener")
+        sockets = ([_shared_socket(self.listener.address, self.listener.port)]
+                   if self.shared else None)
+        self._task = asyncio.create_task(self.server.serve(sockets),
+                                         name=f"{self.name}-listener")
         while not self.server.started:
             if self._task.done():
                 self._task.result()  # re-raise the bind error
@@ -57,6 +80,7 @@ class HttpListener(_UvicornService):
     """The HTTP API (admin, sending, well-known)."""
 
     name = "http"
+    shared = True
 
     def __init__(self, ctx, sending=None) -> None:
         from mta.api.app import build_app
@@ -69,5 +93,7 @@ class MetricsListener(_UvicornService):
 
     name = "metrics"
 
-    def __init__(self, ctx) -> None:
-        super().__init__(ctx.settings.listeners.metrics, make_asgi_app())
+    def __init__(self, ctx, registry=None) -> None:
+        from prometheus_client import REGISTRY
+
+        super().__init__(ctx.settings.listeners.metrics, make_asgi_app(registry or REGISTRY))

@@ -4,7 +4,10 @@ Naming convention: `mta_<subsystem>_<what>_<unit>`, counters end in `_total`, du
 are histograms in seconds ending in `_seconds`; label values come from small fixed sets
 (a reason code, a check result, a configured zone) — never an address or a free text.
 Metrics live in prometheus_client's default registry, which the metrics listener
-(`listeners.metrics`) exposes.
+(`listeners.metrics`) exposes. Under `mta serve --workers N` every worker writes its
+samples to files in `$PROMETHEUS_MULTIPROC_DIR` and the supervisor serves their sum
+(`exposition_registry`): gauges therefore say how they combine across processes
+(`multiprocess_mode`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ __all__ = [
 SMTP_SESSIONS = Counter(
     "mta_smtp_sessions_total", "SMTP sessions opened, by listener", ["listener"])
 SMTP_SESSIONS_ACTIVE = Gauge(
-    "mta_smtp_sessions_active", "SMTP sessions open now, by listener", ["listener"])
+    "mta_smtp_sessions_active", "SMTP sessions open now, by listener", ["listener"],
+    multiprocess_mode="livesum")
 SMTP_SESSIONS_REFUSED = Counter(
     "mta_smtp_sessions_refused_total",
     "SMTP sessions refused at connect (limit = sessions | sessions_per_ip | proxy_protocol)",
@@ -63,10 +67,11 @@ QUEUE_DEPTH = Gauge(
     "mta_queue_depth",
     "Queued deliveries by state (due | waiting | in_flight), sampled "
     "periodically by each node's delivery workers",
-    ["status"])
+    ["status"], multiprocess_mode="livemostrecent")
 QUEUE_OLDEST_DUE_SECONDS = Gauge(
     "mta_queue_oldest_due_seconds",
-    "How long the oldest due delivery has been waiting past its attempt time")
+    "How long the oldest due delivery has been waiting past its attempt time",
+    multiprocess_mode="livemostrecent")
 DELIVERY_ATTEMPTS = Counter(
     "mta_delivery_attempts_total",
     "Delivery attempts per recipient by result (delivered | deferred | failed | expired)",
@@ -120,5 +125,22 @@ SUBMISSION_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 __all__ += [
+    "exposition_registry",
     "SUBMISSION_AUTH", "SUBMISSION_MESSAGES", "SUBMISSION_REJECTIONS", "SUBMISSION_SECONDS",
 ]
+
+
+def exposition_registry(multiprocess_dir: str | None = None):
+    """The registry the metrics listener serves: the default one for a single process;
+    for a supervisor, the workers' files in `multiprocess_dir` summed up, plus the
+    supervisor's own process and Python figures."""
+    from prometheus_client import REGISTRY, CollectorRegistry, PlatformCollector, ProcessCollector
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if multiprocess_dir is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiprocess_dir)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry

@@ -1,7 +1,8 @@
 """The retention job: activity events, finished messages and (optionally) audit entries
 older than their retention (`observe.*` settings) are deleted, in bounded batches.
 
-Every node runs it (`RetentionJob`, a node service); batches lock their rows with
+Every node runs it once (`RetentionJob`, a node service; under `--workers N` only in
+worker 0); batches lock their rows with
 SKIP LOCKED, so two nodes never fight over one row, and each batch is its own short
 transaction.
 
@@ -162,6 +163,7 @@ class RetentionJob:
     async def run(self) -> RetentionReport:
         report = await run_once(self.ctx.db, self.ctx.settings, self.ctx.clock())
         self.last_run, self.last_report = self.ctx.clock(), report
+        log.debug("retention run", extra={"event": "retention.ran", "deleted": report.total()})
         if report.total():
             log.info("retention deleted %d event(s), %d message(s), %d audit entr(ies)",
                      report.events, report.messages, report.audit,

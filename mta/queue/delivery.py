@@ -166,8 +166,11 @@ class DeliveryWorkers:
 
     def __init__(self, ctx: Any, transport: Transport | None = None, *,
                  options: DeliveryOptions | None = None, clock: Any = None,
-                 retry: RetryPolicy | None = None, rng: random.Random | None = None) -> None:
+                 retry: RetryPolicy | None = None, rng: random.Random | None = None,
+                 sample_stats: bool = True) -> None:
         self.ctx = ctx
+        # Queue depth is one figure per database: one process per node samples it.
+        self.sample_stats = sample_stats
         self.settings = ctx.settings
         self.db = ctx.db
         self.node_id: str = ctx.node_id
@@ -195,7 +198,8 @@ class DeliveryWorkers:
         self._stopping = False
         self._tasks = [asyncio.create_task(self._worker(i), name=f"delivery-{i}")
                        for i in range(self.options.workers)]
-        self._tasks.append(asyncio.create_task(self._stats_loop(), name="delivery-stats"))
+        if self.sample_stats:
+            self._tasks.append(asyncio.create_task(self._stats_loop(), name="delivery-stats"))
 
     async def stop(self) -> None:
         self._stopping = True

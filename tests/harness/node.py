@@ -2,7 +2,8 @@
 
 The config starts from loopback defaults (free ports, the test DNS server, a
 state directory inside the test's tmp dir) and the test's dict is merged over it.
-Without a `database.url` the node uses its embedded PostgreSQL.
+Without a `database.url` the node uses its embedded PostgreSQL. Tests run one process
+(`--workers 1`) unless they ask for more (`workers=N`: a supervisor and N workers).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 class NodeProcess:
     def __init__(self, directory: Path, config: dict, dns_nameserver: dict | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, workers: int = 1) -> None:
         self.directory = Path(directory)
+        self.workers = workers
         self.directory.mkdir(parents=True, exist_ok=True)
         listeners = {name: {"address": "127.0.0.1", "port": free_port()}
                      for name in ("mx", "submission", "http", "metrics")}
@@ -70,7 +72,8 @@ class NodeProcess:
             self.log_lines.clear()
             self._raw_lines.clear()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mta", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "mta", "serve", "--config", str(self.config_path),
+             "--workers", str(self.workers)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
             start_new_session=True)
         threading.Thread(target=self._read_output, daemon=True).start()
