@@ -572,3 +572,27 @@ def smtp_level(roots, sink: Sink, port: int, message: Path, concurrency: int, me
         "first_refusal": load["first_refusal"], "first_error": load["first_error"],
     }
     return row
+
+
+# --- shared set-ups ----------------------------------------------------------------------
+
+# Accept-only sending: answer once the message is queued (no wait for a first attempt),
+# no delivery workers (bench/queue_drain.py measures delivery), no rate limits.
+ACCEPT_ONLY = {"delivery": {"workers": 0},
+               "sending": {"sync_delivery_timeout": "0s", "account_rate": 0,
+                           "account_daily": 0}}
+
+
+def queue_depth(node: Node) -> dict:
+    """`mta queue stats --json` of the node's database: deliveries per state."""
+    return json.loads(node.cli(["queue", "stats", "--json"])[0]).get("depth", {})
+
+
+def add_common_args(p, messages: int, levels: str = "1,10,50") -> None:
+    p.add_argument("--concurrency", default=levels)
+    p.add_argument("--workers", type=int, default=None,
+                   help="mta serve --workers N (passed when mta serve supports it)")
+
+
+def node_workers(requested: int | None) -> int | None:
+    return requested if requested and serve_supports_workers() else None

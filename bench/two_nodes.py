@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import queue_drain as qd  # noqa: E402
+import soak_support as qd  # noqa: E402
 
 from bench.common import run, write_result  # noqa: E402
 
