@@ -8,6 +8,7 @@ server.
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from mta.store.embedded import EmbeddedPostgres
+from tests.conftest import server_owned_dir
 from tests.harness.smtp_sink import _free_port
 
 SENDER = "welcome@sender.test"
@@ -115,3 +117,21 @@ def test_command_without_a_node_runs_its_own_cluster_and_stops_it(make_node):
     assert not cluster.running, "the command left the cluster it started running"
     assert "solo" in mta(node, "accounts", "list").stdout
     assert not cluster.running
+
+
+def test_a_state_dir_deeper_than_a_socket_path_can_be(make_node):
+    base = server_owned_dir("mta-test-long-")
+    try:
+        state = base / ("d" * 100) / ("e" * 100) / "state"
+        assert len(str(state / "postgres" / "run" / ".s.PGSQL.5432")) > 107
+        node = make_node({"state_dir": str(state)})
+        ready = node.wait_for_log(lambda e: e.get("event") == "node.ready")
+        assert ready["database"]["kind"] == "embedded"
+        assert len(ready["database"]["socket"]) <= 107
+        assert _healthy(node)
+        assert mta(node, "accounts", "create", "deep").returncode == 0
+        assert "deep" in mta(node, "accounts", "list").stdout
+        assert node.stop() == 0
+        assert not EmbeddedPostgres(state / "postgres").running
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -4,15 +4,23 @@ Used when no database URL is configured, and by the test suite. The server liste
 on a unix socket only (no TCP), in a directory only its owner can enter. PostgreSQL
 refuses to run as root, so when we are root the cluster belongs to an unprivileged
 system user (created if needed) and initdb/pg_ctl run as that user.
+
+The socket file lives in `<base_dir>/run`, but everybody (the server included) names it
+through a short alias, a symlink `/tmp/mta-pg-<uid>-<hash>` -> run/: a unix socket's path
+must fit in 107 bytes, and a state directory may be deeper than that. Each process makes
+its own alias on first use (the node's /tmp may be private, systemd's PrivateTmp=), so the
+alias needs no coordination; it is made again if a /tmp cleaner removed it.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,6 +31,8 @@ log = logging.getLogger("mta.store.embedded")
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "find_pg_bin"]
 
 DEFAULT_SYSTEM_USER = "mta"
+SOCKET_ALIAS_DIR = Path("/tmp")
+SOCKET_NAME = ".s.PGSQL.5432"
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -58,6 +68,27 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
+def _ensure_alias(alias: Path, target: Path) -> None:
+    """`alias` is a symlink of ours to `target` when this returns. Someone else's file
+    under that name (/tmp is shared) is refused, not followed."""
+    try:
+        st = os.lstat(alias)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+            raise EmbeddedPostgresError(
+                f"{alias} (the embedded database's socket directory) exists and is not a "
+                "symlink of ours; remove it")
+        if os.readlink(alias) == str(target):
+            return
+    # Made under a temporary name and renamed: never a moment without a valid alias.
+    tmp = alias.with_name(f"{alias.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, alias)
+
+
 @dataclass
 class EmbeddedPostgres:
     """One cluster in `base_dir` (data/ and run/ inside it)."""
@@ -77,8 +108,21 @@ class EmbeddedPostgres:
         return self.base_dir / "data"
 
     @property
-    def socket_dir(self) -> Path:
+    def run_dir(self) -> Path:
+        """Where the socket file really is."""
         return self.base_dir / "run"
+
+    def _alias(self) -> tuple[Path, Path]:
+        target = Path(os.path.realpath(self.run_dir))
+        digest = hashlib.sha256(str(target).encode()).hexdigest()[:16]
+        return SOCKET_ALIAS_DIR / f"mta-pg-{os.geteuid()}-{digest}", target
+
+    @property
+    def socket_dir(self) -> Path:
+        """The short name of run_dir that servers and clients use (made if missing)."""
+        alias, target = self._alias()
+        _ensure_alias(alias, target)
+        return alias
 
     @property
     def owner(self) -> pwd.struct_passwd:
@@ -116,12 +160,12 @@ class EmbeddedPostgres:
     @property
     def socket_path(self) -> str:
         """The socket clients connect to, as error messages name the database."""
-        return str(self.socket_dir / ".s.PGSQL.5432")
+        return str(self.socket_dir / SOCKET_NAME)
 
     def prepare(self) -> None:
         """Create base_dir (and run/) for the server user; safe to repeat."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        for d in (self.base_dir, self.socket_dir):
+        for d in (self.base_dir, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
             os.chown(d, self.owner.pw_uid, self.owner.pw_gid)
             d.chmod(0o700)
@@ -150,7 +194,8 @@ class EmbeddedPostgres:
         with conf.open("a") as f:
             f.write("\n# written by mta: unix socket only, private directory\n")
             f.write("listen_addresses = ''\n")
-            f.write(f"unix_socket_directories = '{self.socket_dir}'\n")
+            # Overridden by `start` with the short alias; here for a manual pg_ctl.
+            f.write(f"unix_socket_directories = '{self.run_dir}'\n")
             f.write("unix_socket_permissions = 0700\n")
             for line in self.extra_settings:
                 f.write(line + "\n")
@@ -181,7 +226,8 @@ class EmbeddedPostgres:
                 logfile.touch()
                 os.chown(logfile, self.owner.pw_uid, self.owner.pw_gid)
             self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(logfile),
-                       "-w", "-t", str(int(timeout)), "-o", "-c listen_addresses=",
+                       "-w", "-t", str(int(timeout)), "-o",
+                       f"-c listen_addresses= -c unix_socket_directories={self.socket_dir}",
                        "start"],
                       # Its own session: Ctrl-C on the terminal reaches the node, which
                       # finishes its work first and then stops the cluster itself.
@@ -219,3 +265,7 @@ class EmbeddedPostgres:
             log.info("stopping embedded PostgreSQL")
             self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w",
                        "stop"])
+            # Nobody can connect any more: leave no dangling alias in /tmp.
+            alias, _ = self._alias()
+            if alias.is_symlink() and alias.lstat().st_uid == os.geteuid():
+                alias.unlink(missing_ok=True)
