@@ -111,7 +111,9 @@ class Limits:
     recipients_per_message: int = 100
     max_sessions: int = 1000
     max_sessions_per_ip: int = 20
-    errors_before_disconnect: int = 10
+    errors_soft_limit: int = 10  # past it, each error reply is delayed by error_delay
+    error_delay: Duration = Duration(1)
+    errors_before_disconnect: int = 20  # the hard limit: 421 and close
     command_timeout: Duration = Duration(300)
     data_timeout: Duration = Duration(600)
     submission_auth_timeout: Duration = Duration(30)  # until AUTH succeeds

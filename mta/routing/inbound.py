@@ -96,7 +96,10 @@ def srs_recipient_verdict(address: str, settings: Settings) -> RecipientVerdict 
         log.info("refused SRS address %s: %s", addr, exc,
                  extra={"event": "routing.srs_refused", "reason": type(exc).__name__})
         return RecipientVerdict("unknown", addr, domain)
-    return RecipientVerdict("accepted", addr, domain)
+    # The local part as given, byte for byte: it holds the original sender's local part,
+    # and local parts are case-sensitive (RFC 5321 §2.4) — a bounce must reach
+    # Carol.Jones, not carol.jones.
+    return RecipientVerdict("accepted", f"{address.rpartition('@')[0]}@{domain}", domain)
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -369,12 +372,11 @@ class InboundRouter:
     async def _upstream_refused(self, plan: _Plan, ctx: _EventContext, target: Target,
                                 attempt: _Attempt) -> Routed:
         up = attempt.outcome.reply
-        text = up.text if up is not None else (attempt.outcome.detail or "refused")
-        reply = replies.FORWARD_REFUSED.format(text=text)
-        if up is not None and 500 <= up.code < 600:
-            enhanced = up.enhanced if up.enhanced and up.enhanced.startswith("5.") \
-                else reply.enhanced
-            reply = replace(reply, code=up.code, enhanced=enhanced)
+        remote = str(up) if up is not None else (attempt.outcome.detail or "refused")
+        reply = replies.FORWARD_REFUSED.format(remote=replies.quoted(remote))
+        code = up.code if up is not None and 500 <= up.code < 600 else reply.code
+        reply = replace(reply, code=code,
+                        enhanced=replies.enhanced_for(code, up.enhanced if up else None))
         metrics.INBOUND_REJECTIONS.labels("upstream_rejected").inc()
         rows: list[Event] = []
         for rcpt in target.recipients:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from mta.routing.rules import normalize_domain
+from mta.smtp.limits import DOMAIN, LOCAL_PART, PATH
 
 __all__ = ["Path", "PathError", "parse_path"]
 
@@ -53,7 +54,7 @@ def _check_domain(domain: str) -> str:
         if not domain.isascii():
             raise PathError("syntax", "invalid internationalised domain")
     domain = domain.rstrip(".")
-    if not domain or len(domain) > 253 or not all(_LABEL.match(p) for p in domain.split(".")):
+    if not domain or len(domain) > DOMAIN or not all(_LABEL.match(p) for p in domain.split(".")):
         raise PathError("syntax", "invalid domain")
     return domain.lower()
 
@@ -66,8 +67,8 @@ def parse_address(text: str) -> str:
         raise PathError("syntax", "address needs a local part and a domain")
     if not local.isascii():
         raise PathError("non_ascii_local")
-    if len(local) > 64:
-        raise PathError("syntax", "local part longer than 64 characters")
+    if len(local.encode()) > LOCAL_PART:
+        raise PathError("syntax", f"local part longer than {LOCAL_PART} octets")
     if not (_DOT_ATOM.match(local) or _QUOTED.match(local)):
         raise PathError("syntax", "invalid local part")
     return f"{local}@{_check_domain(domain)}"
@@ -90,6 +91,8 @@ def parse_path(arg: str | None, keyword: str, *, null_ok: bool) -> Path:
         inner, _, tail = rest.partition(" ")
     if tail and not tail.startswith(" "):
         raise PathError("syntax", "text after the address")
+    if len(inner.encode()) + 2 > PATH:
+        raise PathError("syntax", f"path longer than {PATH} octets")
     if any(ord(c) < 0x20 or c == "\x7f" for c in inner):
         raise PathError("syntax", "control character in address")
     if ":" in inner and inner.startswith("@"):

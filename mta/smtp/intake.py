@@ -62,6 +62,7 @@ class Transaction:
     spf_task: asyncio.Task | None = None
     recipients: list[RecipientVerdict] = field(default_factory=list)
     policy: EffectivePolicy | None = None
+    rcpt_commands: int = 0  # every RCPT of the transaction, repeats and refusals included
 
     def cancel(self) -> None:
         if self.spf_task is not None and not self.spf_task.done():
@@ -163,7 +164,7 @@ class Intake:
         metrics.INBOUND_CHECK_SECONDS.observe(time.perf_counter() - started)
         _count_auth(results)
         if not decision.accepted:
-            reply = policy_reply(decision)
+            reply = _with_spf_explanation(policy_reply(decision), decision, results)
             metrics.INBOUND_MESSAGES.labels(
                 "tempfailed" if decision.verdict == "tempfail" else "rejected").inc()
             await self.refused(client, decision.reason, reply, mail_from=txn.mail_from,
@@ -240,6 +241,17 @@ class Intake:
                  extra={"event": "mx.accepted", "message_id": str(message_id),
                         "session_id": client.session_id, "reason": decision.reason})
         return replies.QUEUED.format(queue_id=message_id.hex)
+
+
+def _with_spf_explanation(reply: Reply, decision: Decision, results: AuthResults) -> Reply:
+    """RFC 7208 §6.2: a refusal because SPF failed carries the domain's exp= text."""
+    spf = results.spf
+    if decision.reason != "not_authenticated" or spf is None or spf.result != "fail" \
+            or not spf.explanation:
+        return reply
+    explained = replies.SPF_EXPLANATION.format(refusal=reply.text,
+                                               explanation=replies.quoted(spf.explanation))
+    return Reply(reply.code, reply.enhanced, explained.text)
 
 
 def _with_from_problem(v, problem: str):

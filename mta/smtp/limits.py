@@ -1,4 +1,7 @@
-"""Concurrent session limits of a listener: overall and per client address.
+"""The protocol's size limits, named once, and the concurrent session limits of a
+listener (overall and per client address).
+
+RFC 5321 §4.5.3.1 sizes (octets): every parser and reader takes its bound from here.
 
 `SessionLimiter.acquire(ip)` says whether a new session may start and, if not, which
 limit refused it; `release(ip)` is called when the session ends. IPv6 clients are
@@ -12,7 +15,35 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
-__all__ = ["SessionLimiter", "client_key"]
+__all__ = ["AUTH_LINE", "COMMAND_LINE", "DOMAIN", "LOCAL_PART", "MAIL_EXTRA", "PATH",
+           "RCPT_EXTRA", "SessionLimiter", "TEXT_LINE", "client_key", "command_line_limit"]
+
+# RFC 5321 §4.5.3.1.1-.3: local part, domain, and a whole path with its angle brackets.
+LOCAL_PART = 64
+DOMAIN = 255
+PATH = 256
+# §4.5.3.1.4: a command line, command word and <CRLF> included.
+COMMAND_LINE = 512
+# §4.5.3.1.6 and RFC 5322 §2.1.1: a line of message text, <CRLF> included (998 + 2).
+TEXT_LINE = 1000
+# Extensions that lengthen a command line say by how much: SIZE= (RFC 1870 §3) on MAIL,
+# AUTH= (RFC 4954 §5) on MAIL, RET=/ENVID= (RFC 3461 §4) on MAIL, NOTIFY=/ORCPT= on RCPT.
+MAIL_EXTRA = 26 + 500 + 100
+RCPT_EXTRA = 500
+# RFC 4954 §4: an AUTH command, or a response in the exchange, may be this long.
+AUTH_LINE = 12288
+
+
+def command_line_limit(verb: str) -> int:
+    """The longest command line (with <CRLF>) a command may have."""
+    verb = verb.upper()
+    if verb == "MAIL":
+        return COMMAND_LINE + MAIL_EXTRA
+    if verb == "RCPT":
+        return COMMAND_LINE + RCPT_EXTRA
+    if verb == "AUTH":
+        return AUTH_LINE
+    return COMMAND_LINE
 
 
 def client_key(ip: str) -> str:

@@ -12,9 +12,10 @@ Codes" registry (enhanced codes), RFC 7372 (X.7.2x authentication codes), RFC 65
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["Reply", "ehlo_lines", "all_replies"]
+__all__ = ["Reply", "all_replies", "ehlo_lines", "enhanced_for", "quoted"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ AUTH_TEMPERROR = Reply(451, "4.7.0",
 # --- 5xx: refused ---------------------------------------------------------------------------
 
 SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error, command unrecognized")
-LINE_TOO_LONG = Reply(500, "5.5.6", "Command line too long")
+# RFC 5321 §4.5.3.1.4 (512 octets; longer for commands an extension widens).
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 BARE_LINE_END_IN_COMMAND = Reply(
     500, "5.5.2", "Command must end with <CR><LF>; bare <CR> or <LF> refused (RFC 5321 2.3.8)")
 NUL_IN_COMMAND = Reply(500, "5.5.2", "NUL character in command refused")
@@ -127,6 +129,16 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum messag
 BARE_LINE_END_IN_DATA = Reply(
     550, "5.6.0", "Message refused: bare <CR> or <LF> in message data; lines must end with <CR><LF>")
 BAD_FROM_HEADER = Reply(550, "5.6.0", "Message refused: {detail}")
+# A NUL in the data could end it early at a next hop ("<CRLF><NUL>.<CRLF>"); with
+# inbound.bare_line_endings = normalize NULs are removed instead.
+NUL_IN_DATA = Reply(550, "5.6.0", "Message refused: NUL character in message data")
+# RFC 5322 §2.1.1 / RFC 5321 §4.5.3.1.6: we would have to forward such a line.
+LONG_LINE_IN_DATA = Reply(
+    550, "5.6.0", "Message refused: a line is longer than 998 characters (RFC 5322 2.1.1)")
+EMPTY_MESSAGE = Reply(554, "5.6.0", "Message refused: no message data was sent")
+# RFC 5322 §3.6: From is required; refused in every policy mode (monitor_only too), as
+# such a message can be neither evaluated (DMARC) nor signed when forwarded.
+NO_FROM_HEADER = Reply(550, "5.6.0", "Message refused: it has no From header (RFC 5322 3.6)")
 NON_ASCII_ADDRESS = Reply(
     553, "5.6.7", "Internationalised local parts are not supported (only the domain may be non-ASCII)")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: {domain} is not a domain served here")
@@ -136,8 +148,43 @@ RBL_LISTED = Reply(554, "5.7.1", "{ip} found on one or more RBLs ({zones})")
 NOT_AUTHENTICATED = Reply(
     550, "5.7.26",
     "Message refused: it must pass SPF or carry a valid DKIM signature (SPF {spf}, DKIM {dkim})")
+# RFC 7208 §6.2: an SPF fail refusal carries the domain's own explanation (exp=).
+SPF_EXPLANATION = Reply(550, "5.7.26", "{refusal}; the sender's domain explains: {explanation}")
 DMARC_REJECT = Reply(
     550, "5.7.1", "Message refused: it fails the DMARC policy (p=reject) of {domain}")
+
+
+# Longest text taken from elsewhere (a next hop's reply, a domain's SPF explanation) that
+# one of our replies quotes; ours stay well under the 512-octet reply line (RFC 5321
+# §4.5.3.1.5).
+QUOTED_TEXT = 200
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z")
+# RFC 3463 codes for what RFC 5321 says each basic code means, for a peer's reply that
+# came without an enhanced code.
+_ENHANCED_FOR_CODE = {
+    421: "4.4.2", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1",
+    550: "5.2.0", 551: "5.1.6", 552: "5.2.2", 553: "5.1.3", 554: "5.0.0",
+}
+
+
+def enhanced_for(code: int, given: str | None = None) -> str:
+    """The enhanced status code of a reply with basic `code`: `given` when it is a
+    well-formed code of the same class, else the one RFC 3463 gives the basic code."""
+    m = _ENHANCED.match(given or "")
+    if m and m.group(1) == str(code)[0]:
+        return given or ""
+    return _ENHANCED_FOR_CODE.get(code, f"{str(code)[0]}.0.0")
+
+
+def quoted(text: str, limit: int = QUOTED_TEXT) -> str:
+    """Text from elsewhere made safe to put inside one of our replies: printable ASCII
+    only (no CR, LF or NUL that could end or split our reply), whitespace collapsed,
+    at most `limit` characters, in double quotes."""
+    clean = "".join(c if " " <= c <= "~" else " " for c in text)
+    clean = " ".join(clean.split()).replace('"', "'")
+    if len(clean) > limit:
+        clean = clean[:limit - 3] + "..."
+    return f'"{clean}"'
 
 
 def all_replies() -> dict[str, Reply]:
@@ -149,9 +196,11 @@ def all_replies() -> dict[str, Reply]:
 
 # RFC 3463 X.4.6: routing loop detected (too many Received fields or ARC sets).
 ROUTING_LOOP = Reply(554, "5.4.6", "Routing loop detected: {detail}")
-# The forwarding destination refused the message during our in-session attempt; the
-# upstream code, enhanced code and text replace these (mta.routing.inbound).
-FORWARD_REFUSED = Reply(550, "5.0.0", "{text}")
+# The forwarding destination refused the message during our in-session attempt. The
+# basic code is the next hop's 5xx, the enhanced code its own when it gave a valid one
+# (else `enhanced_for(code)`); its reply follows, through `quoted()` (mta.routing.inbound).
+FORWARD_REFUSED = Reply(
+    550, "5.0.0", "The forwarding destination refused the message; its server said: {remote}")
 # routing.dmarc_safe_from = reject: forwarding unchanged would fail DMARC downstream.
 FORWARD_DMARC_REFUSED = Reply(
     550, "5.7.1", "Message refused: it cannot be forwarded without failing the DMARC "

@@ -8,9 +8,14 @@ replies from `replies.py` only, and asks `Intake` everything that is not protoco
 TLS, timers — is behind the `Connection` protocol that `protocol.py` implements, so this
 module does not import aiosmtpd.
 
-Limits (settings `limits.*`): recipients per message (452 4.5.3), message size (SIZE
-in EHLO, SIZE= at MAIL and the data itself: 552 5.3.4), errors before disconnect
-(421 4.7.0 and close), command and data timeouts (set on the connection).
+Limits (settings `limits.*`; the RFC's own sizes in `limits.py`): command line length
+(512 octets, more where an extension says so: 500 5.5.2), recipients per message, every
+RCPT counted, repeats included (452 4.5.3), message size (SIZE in EHLO, SIZE= at MAIL
+and the data itself: 552 5.3.4), errors: past `errors_soft_limit` each error reply is
+delayed by `error_delay`, at `errors_before_disconnect` the session gets 421 4.7.0 and
+is closed (Postfix's smtpd_soft_error_limit / smtpd_hard_error_limit: a sender who
+mistypes some addresses still gets the message for the valid ones delivered), command
+and data timeouts (set on the connection).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from mta.config import Settings
 from mta.smtp import replies
 from mta.smtp.address import Path, PathError, parse_path
 from mta.smtp.authcheck import Reverse, lookup_reverse, start_spf
+from mta.smtp.headers import header_value
 from mta.smtp.intake import ClientInfo, Intake, Transaction
+from mta.smtp.limits import command_line_limit
 from mta.smtp.replies import Reply
-from mta.smtp.wire import Wire
+from mta.smtp.wire import DataResult, Wire
 
 __all__ = ["Connection", "MxSession", "SmtpSession"]
 
@@ -134,6 +141,8 @@ class SmtpSession:
         except UnicodeDecodeError:
             return await self.reply(replies.NON_ASCII_COMMAND)
         verb, _, arg = text.partition(" ")
+        if len(line.text) + 2 > command_line_limit(verb):
+            return await self.reply(replies.LINE_TOO_LONG)
         handler = self._commands.get(verb.upper()) if verb.isascii() else None
         if handler is None:
             return await self.reply(replies.UNKNOWN_COMMAND)
@@ -142,6 +151,10 @@ class SmtpSession:
     async def reply(self, reply: Reply) -> None:
         if reply.code >= 400:
             self.errors += 1
+            if self.errors > self.limits.errors_soft_limit:
+                # Slows down address harvesting and broken clients without refusing
+                # anything they might still legitimately send.
+                await asyncio.sleep(self.limits.error_delay)
         await self.conn.send(reply)
 
     # -- commands every listener has -----------------------------------------------------
@@ -214,6 +227,17 @@ class SmtpSession:
         if exc.kind == "bad_parameter":
             return replies.PARAMETER_SYNTAX.format(detail=exc.detail)
         return syntax
+
+    @staticmethod
+    def _data_refusal(result: DataResult) -> tuple[str, Reply] | None:
+        """(reason, reply) for data the wire refused (other than too big), or None."""
+        if result.refused == "bare_line_end":
+            return "bare_line_ending", replies.BARE_LINE_END_IN_DATA
+        if result.refused == "nul":
+            return "nul_in_data", replies.NUL_IN_DATA
+        if result.refused == "long_line":
+            return "line_too_long", replies.LONG_LINE_IN_DATA
+        return None
 
     # -- what MAIL and RCPT share across listeners ---------------------------------------
 
@@ -301,6 +325,16 @@ class MxSession(SmtpSession):
             self.txn.cancel()
         self.txn = None
 
+    @staticmethod
+    def _message_refusal(content: bytes) -> tuple[str, Reply] | None:
+        """RFC 5322 facts refused whatever the policy (monitor_only included): an
+        empty message, and one without a From header (§3.6)."""
+        if not content:
+            return "empty_message", replies.EMPTY_MESSAGE
+        if header_value(content, "From") is None:
+            return "no_from_header", replies.NO_FROM_HEADER
+        return None
+
     # -- commands ------------------------------------------------------------------------
 
     async def mail(self, arg: str | None) -> None:
@@ -338,7 +372,10 @@ class MxSession(SmtpSession):
         path = await self._rcpt_path(arg)
         if path is None:
             return
-        if len(txn.recipients) >= self.limits.recipients_per_message:
+        # Every RCPT counts, repeats and refusals included: the limit bounds the work
+        # (look-ups) a transaction can cause, not only the recipients it ends with.
+        txn.rcpt_commands += 1
+        if txn.rcpt_commands > self.limits.recipients_per_message:
             return await self.reply(replies.TOO_MANY_RECIPIENTS)
         try:
             verdict = await self.intake.recipient(path.address)
@@ -390,9 +427,10 @@ class MxSession(SmtpSession):
                                       recipients=rcpts, extra={"size": result.size})
             self._reset()
             return await self.reply(reply)
-        if not result.content:
-            reply = replies.BARE_LINE_END_IN_DATA
-            await self.intake.refused(self.client, "bare_line_ending", reply,
+        refusal = self._data_refusal(result) or self._message_refusal(result.content)
+        if refusal is not None:
+            reason, reply = refusal
+            await self.intake.refused(self.client, reason, reply,
                                       mail_from=txn.mail_from, recipients=rcpts)
             self._reset()
             return await self.reply(reply)

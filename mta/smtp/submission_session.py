@@ -18,7 +18,8 @@ the wire is `wire.Wire` (strict CRLF command lines, DATA ending only at
 - DATA: `data_timeout` (300 s) without progress ends the session; over the size limit
   `552 5.3.4` after the data; bare CR/LF in the data are normalised to CRLF (submitting
   clients such as curl upload files with LF line ends; normalising after the end of data
-  was found cannot start a second message), then `send_raw()` validates (the header
+  was found cannot start a second message) and NULs removed; a line over 998 octets is
+  `550 5.6.0`; then `send_raw()` validates (the header
   allowlist of [Email headers] included), signs and durably enqueues; its errors become
   their replies from `mta/errors.py`, success is `250 2.0.0 Ok <Message-ID>`.
 """
@@ -243,14 +244,14 @@ class SubmissionSession(SmtpSession):
         path = await self._rcpt_path(arg)
         if path is None:
             return
-        if any(r.lower() == path.address.lower() for r in self.recipients):
-            return await self.reply(replies.SUBMISSION_RECIPIENT_OK)  # deliver once
+        # Repeats count too: the limit bounds what a session can make us do.
         if self.session_recipients >= RECIPIENTS_PER_SESSION:
             return await self.refuse(error_reply(MtaError(
                 "E_TOO_MANY_RECIPIENTS", f"At most {RECIPIENTS_PER_SESSION} recipients per "
                 "session; open a new session for the rest.")), "too_many_recipients")
-        self.recipients.append(path.address)
         self.session_recipients += 1
+        if not any(r.lower() == path.address.lower() for r in self.recipients):
+            self.recipients.append(path.address)  # a repeat is delivered once
         await self.reply(replies.SUBMISSION_RECIPIENT_OK)
 
     async def data(self, arg: str | None) -> None:
@@ -276,6 +277,10 @@ class SubmissionSession(SmtpSession):
         if result.too_big:
             metrics.SUBMISSION_MESSAGES.labels("rejected").inc()
             return await self.refuse(self._too_big(), "too_big")
+        refusal = self._data_refusal(result)  # NULs were removed ("normalize")
+        if refusal is not None:
+            metrics.SUBMISSION_MESSAGES.labels("rejected").inc()
+            return await self.refuse(refusal[1], refusal[0])
         started = time.monotonic()
         try:
             sent = await self.sending.send_raw(self.submitter.account_id, mail_from,

@@ -2,20 +2,26 @@
 
 The product's job where aiosmtpd is lenient (notes/library-pitfalls.md):
 - a command line ends only at <CR><LF>; a bare CR or LF, or a NUL, makes the line
-  invalid (RFC 5321 §2.3.8) — the caller refuses it;
+  invalid (RFC 5321 §2.3.8) — the caller refuses it. Lines are read up to the longest
+  any command may have (`limits.AUTH_LINE`); the session applies each command's own
+  limit (`limits.command_line_limit`);
 - the DATA section ends only at <CR><LF>.<CR><LF>. Anything else that looks like an
   end ("\\n.\\n", "\\r.\\r", "\\r\\n.\\r", ... — the SMTP smuggling family,
   CVE-2023-51764 and friends) is message content. A message holding a bare CR or LF
   is refused whole (`bare="reject"`, default) or has its line ends normalised to
-  CRLF (`bare="normalize"`); either way no second message can start inside it;
+  CRLF (`bare="normalize"`); either way no second message can start inside it. A NUL
+  is treated the same way — refused, or removed with `bare="normalize"` — so it never
+  reaches a next hop, where it could end the data early ("\\r\\n\\x00.\\r\\n");
+- a line of the message longer than 998 octets (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
+  is refused: we would have to forward it, and the next hop may refuse or cut it;
 - size is counted as RFC 1870 does (after dot-unstuffing, without the final dot);
   reading goes on to the end of the data without keeping more than about 4/3 of the
   limit in memory, so the refusal comes after the whole message, as SMTP needs.
 
 `Wire` owns the read buffer, so bytes a client sent after a command stay in order for
 the next command (PIPELINING) and can be dropped wholesale at STARTTLS (RFC 3207 §4.2).
-The pure functions (`find_data_end`, `decode_data`) are what the tests exercise byte
-for byte.
+The pure functions (`find_data_end`, `decode_data`, `check_content`) are what the tests
+exercise byte for byte.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-__all__ = ["CommandLine", "DataResult", "Wire", "decode_data", "find_data_end"]
+from mta.smtp.limits import AUTH_LINE, TEXT_LINE
+
+__all__ = ["CommandLine", "DataResult", "Wire", "check_content", "decode_data",
+           "find_data_end", "has_long_line"]
 
 CHUNK = 65536
 END = b"\r\n.\r\n"
@@ -45,8 +54,13 @@ class CommandLine:
 class DataResult:
     content: bytes  # the message, unstuffed, ending with CRLF (empty when refused)
     size: int  # RFC 1870 size of what was sent
-    too_big: bool = False
-    bare_line_end: bool = False  # held bare CR/LF (refused, or normalised)
+    # Why the message is refused: too_big | bare_line_end | nul | long_line; None = not.
+    refused: str | None = None
+    normalised: bool = False  # bare CR/LF or NUL were repaired (bare="normalize")
+
+    @property
+    def too_big(self) -> bool:
+        return self.refused == "too_big"
 
 
 def find_data_end(buf: bytes | bytearray, start: int = 0, at_start: bool = True) -> int:
@@ -79,10 +93,45 @@ def decode_data(section: bytes, bare: str = "reject") -> tuple[bytes, bool]:
     return unstuffed, had_bare
 
 
+def has_long_line(content: bytes, limit: int = TEXT_LINE) -> bool:
+    """Whether a line (CRLF included) is longer than `limit`. A run of `limit` octets
+    without LF covers a whole aligned block of `limit // 2`, so only blocks are looked
+    at (C-speed `find`s), and only a block without LF is measured exactly: a 25 MB
+    message costs milliseconds, where a per-line loop or regex costs most of a second."""
+    block = limit // 2
+    n = len(content)
+    p = 0
+    while p < n:
+        if content.find(b"\n", p, p + block) >= 0:
+            p += block
+            continue
+        start = content.rfind(b"\n", 0, p) + 1
+        end = content.find(b"\n", p)
+        end = n if end < 0 else end
+        if end - start + 1 > limit:  # + 1: the LF belongs to the line
+            return True
+        p = end + 1
+    return False
+
+
+def check_content(content: bytes, bare: str = "reject") -> tuple[bytes, str | None, bool]:
+    """What may be done with a decoded message: (content, refusal, normalised).
+    A NUL is refused, or removed with `bare="normalize"`; a line over 998 octets is
+    refused in every mode (folding would break the sender's DKIM signature)."""
+    normalised = False
+    if b"\x00" in content:
+        if bare != "normalize":
+            return b"", "nul", False
+        content, normalised = content.replace(b"\x00", b""), True
+    if has_long_line(content):
+        return b"", "long_line", normalised
+    return content, None, normalised
+
+
 class Wire:
     """The read side of one SMTP connection."""
 
-    def __init__(self, reader: asyncio.StreamReader, max_line: int = 1000) -> None:
+    def __init__(self, reader: asyncio.StreamReader, max_line: int = AUTH_LINE) -> None:
         self.reader = reader
         self.max_line = max_line
         self.buf = bytearray()
@@ -122,7 +171,7 @@ class Wire:
                 return None
         line = bytes(self.buf[:nl + 1])
         del self.buf[:nl + 1]
-        if len(line) > self.max_line + 2:
+        if len(line) > self.max_line:  # max_line counts the CRLF (RFC 5321 §4.5.3.1.4)
             return CommandLine(line[:64], too_long=True)
         crlf = line.endswith(b"\r\n")
         text = line[:-2] if crlf else line[:-1]
@@ -166,11 +215,12 @@ class Wire:
         section = bytes(self.buf[:end])
         del self.buf[:end]
         if overflow:
-            return DataResult(b"", dropped + len(section), too_big=True)
+            return DataResult(b"", dropped + len(section), refused="too_big")
         content, had_bare = decode_data(section, bare)
         size = len(content)
         if size > limit:
-            return DataResult(b"", size, too_big=True, bare_line_end=had_bare)
+            return DataResult(b"", size, refused="too_big")
         if had_bare and bare != "normalize":
-            return DataResult(b"", size, bare_line_end=True)
-        return DataResult(content, size, bare_line_end=had_bare)
+            return DataResult(b"", size, refused="bare_line_end")
+        content, refusal, repaired = check_content(content, bare)
+        return DataResult(content, size, refused=refusal, normalised=had_bare or repaired)

@@ -183,8 +183,10 @@ async def seed(db: Database) -> str:
 
 
 async def start_node(world: World, name: str, hostname: str, srs_domain: str,
-                     address: str, port: int) -> Node:
+                     address: str, port: int, tweak=None) -> Node:
     settings = settings_for(world, hostname, srs_domain, address, port)
+    if tweak is not None:
+        tweak(settings)
     db = Database(world.db_url, pool_size=5)
     ctx = NodeContext(settings=settings, db=db,
                       resolver=DnsResolver.from_settings(settings.dns), node_id=f"node-{name}")
