@@ -3,10 +3,11 @@
 Start-up order: database (embedded cluster when no URL is configured) -> migrations
 -> DNS resolver -> services (listeners and workers). Shutdown runs the other way:
 stop accepting, let in-flight work finish, close the database, stop the embedded
-cluster. SIGTERM/SIGINT shut down; SIGHUP reloads the settings that are safe to
-change in place (log level and format). The service manager hears READY=1 once every
-listener is up, RELOADING=1 / READY=1 around a reload, STOPPING=1 and watchdog pings
-(`mta.sdnotify`).
+cluster. SIGTERM/SIGINT shut down; SIGHUP reloads what is safe to change in place — log
+level and format, the email handlers, the SMTP listeners' certificates and their
+cached routing rules — without closing a connection. The service manager hears
+READY=1 once every listener is up, RELOADING=1 / READY=1 around a reload, STOPPING=1
+and watchdog pings (`mta.sdnotify`).
 
 With `mta serve --workers N` (N > 1) this class runs in each of N worker processes
 under `mta.supervisor` (`WorkerRole`): the supervisor owns the embedded cluster, the
@@ -249,6 +250,10 @@ class Node:
         setup_logging(fresh.logging.level, fresh.logging.format)
         self.settings.logging = fresh.logging
         reload_handlers(self.settings, fresh)  # issue 7: re-import the email handlers
+        for service in self.services:  # certificates, cached routing rules
+            reload = getattr(service, "reload", None)
+            if reload is not None:
+                reload(fresh)
         log.info("settings reloaded", extra={"event": "node.reloaded", **self._identity()})
         self.notifier.ready()
 

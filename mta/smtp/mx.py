@@ -8,7 +8,8 @@ Per connection: the session limits are checked first (421 4.7.0 when full), the 
 and PTR look-ups start at once, then the session runs. `stop()` stops accepting, says
 421 4.3.2 to idle sessions, lets sessions inside a transaction finish until
 `shutdown_grace` seconds, then closes what is left (an unfinished DATA is never
-acknowledged, so nothing is lost: the client retries).
+acknowledged, so nothing is lost: the client retries). `reload()` (SIGHUP) takes new
+certificate files and drops the cached routing rules.
 
 Settings read: `listeners.mx` (address, port, tls_cert, tls_key, proxy_protocol), `limits.*`,
 `inbound.*`, `node.hostname`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from typing import Any
 
@@ -26,7 +28,7 @@ from mta.smtp.limits import SessionLimiter
 from mta.smtp.protocol import SmtpProtocol, drain_sessions, say_goodbye
 from mta.smtp.proxyproto import ProxyPolicy
 from mta.smtp.session import MxSession
-from mta.smtp.tls import server_context
+from mta.smtp.tls import reload_context, server_context
 
 __all__ = ["MxServer"]
 
@@ -84,6 +86,19 @@ class MxServer:
                 await say_goodbye(session, self.hostname)
         await drain_sessions(self.sessions, self.hostname, self.shutdown_grace)
         self._server = None
+
+    def reload(self, fresh: Any) -> None:
+        """SIGHUP: new certificate files for the next STARTTLS, routing rules read afresh
+        at the next RCPT. Open connections go on as they are."""
+        self.intake.directory.forget()
+        if self.tls_context is not None:
+            try:
+                self.tls_context = reload_context(fresh.listeners.mx, None)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.error("MX certificate not reloaded, keeping the running one: %s", exc,
+                          extra={"event": "mx.tls_reload_failed"})
+                return
+            log.info("MX certificate reloaded", extra={"event": "mx.tls_reloaded"})
 
     def describe(self) -> dict:
         return {"listener": "mx", "address": self.listener.address, "port": self.port,

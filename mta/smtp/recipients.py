@@ -58,6 +58,10 @@ class RecipientDirectory:
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, DomainRouting | None]] = {}
 
+    def forget(self) -> None:
+        """Drop the cached routing data (SIGHUP): the next RCPT reads the rules afresh."""
+        self._cache.clear()
+
     async def lookup(self, address: str) -> RecipientVerdict:
         """Raises on database errors (the caller answers 451 4.3.0)."""
         addr = normalize_address(address)

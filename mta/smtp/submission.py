@@ -38,7 +38,7 @@ from mta.smtp.protocol import SmtpProtocol, drain_sessions
 from mta.smtp.proxyproto import ProxyPolicy
 from mta.smtp.submission_auth import SubmissionGate
 from mta.smtp.submission_session import SubmissionSession
-from mta.smtp.tls import server_context
+from mta.smtp.tls import reload_context, server_context
 
 __all__ = ["AUTH_TIMEOUT", "DATA_TIMEOUT", "SubmissionServer", "submission_services"]
 
@@ -103,6 +103,7 @@ class SubmissionServer:
         self.stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._bound_tls: ssl.SSLContext | None = None  # the one create_server holds
         self.port: int = self.listener.port
 
     def new_session(self, conn: SmtpProtocol, client: ClientInfo) -> SubmissionSession:
@@ -122,6 +123,7 @@ class SubmissionServer:
             ssl=self.tls_context if implicit else None,
             ssl_handshake_timeout=self.auth_timeout if implicit else None)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._bound_tls = self.tls_context if implicit else None
         log.info("submission listener on %s:%d (%s TLS)", self.listener.address, self.port,
                  self.mode, extra={"event": "submission.listening", "port": self.port,
                                    "listener": self.name, "tls": self.mode})
@@ -139,6 +141,19 @@ class SubmissionServer:
         close = getattr(self.sending, "close", None)
         if close is not None:
             await close(timeout=self.shutdown_grace)
+
+    def reload(self, fresh: Any) -> None:
+        """SIGHUP: new certificate files for the next handshake; open connections go
+        on with theirs."""
+        try:
+            ctx = reload_context(getattr(fresh.listeners, self.name), self._bound_tls)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("%s certificate not reloaded, keeping the running one: %s",
+                      self.name, exc, extra={"event": "submission.tls_reload_failed"})
+            return
+        self.tls_context = ctx
+        log.info("%s certificate reloaded", self.name,
+                 extra={"event": "submission.tls_reloaded", "listener": self.name})
 
     def describe(self) -> dict:
         return {"listener": self.name, "address": self.listener.address, "port": self.port,
