@@ -421,7 +421,8 @@ class Node:
     config/mta.example.yaml; the benchmark's `overrides` are merged over it. Setup
     (accounts, routing, tokens) goes through the `mta` command line."""
 
-    def __init__(self, directory: Path, database_url: str, world: World, sink: Sink | None,
+    def __init__(self, directory: Path, database_url: str, world: World,
+                 sink: Sink | Blackhole | None,
                  overrides: dict | None = None, workers: int | None = None) -> None:
         self.dir = directory / "node"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -524,7 +525,9 @@ class Node:
         """The node's process tree roots, plus the database's."""
         return [p for p in (self.proc.pid if self.proc else None, self.postgres_pid) if p]
 
-    def stop(self) -> None:
+    def stop(self, blackhole: Blackhole | None = None) -> None:
+        if blackhole is not None:
+            blackhole.close()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -549,12 +552,14 @@ def smtp_level(roots, sink: Sink, port: int, message: Path, concurrency: int, me
     connect), CPU per arrived message; otherwise CPU per accepted message."""
     sink.reset()
     dns0 = world.queries() if world else 0
-    cpu0 = cpu_seconds(roots())
+    pids = roots()
+    cpu0 = [cpu_seconds([p]) for p in pids]
     load = run_load({"host": "127.0.0.1", "port": port, "concurrency": concurrency,
                      "messages": messages, "per_session": per_session,
                      "message": str(message), "mail_from": mail_from, "rcpt": rcpt, **job})
     st = sink.wait_for(load["accepted"], e2e_timeout) if end_to_end else sink.stats()
-    cpu = cpu_seconds(roots()) - cpu0
+    parts = [cpu_seconds([p]) - c0 for p, c0 in zip(pids, cpu0, strict=True)]
+    cpu = sum(parts)
     arrived = st["messages"]
     done = arrived if end_to_end else load["accepted"]
     row = {
@@ -567,6 +572,9 @@ def smtp_level(roots, sink: Sink, port: int, message: Path, concurrency: int, me
         "setup_p50_ms": load["setup_p50_ms"],
         "cpu_ms_per_msg": round(cpu * 1000 / done, 2) if done else None,
         "cpu_s": round(cpu, 2), "client_cpu_s": load["client_cpu_s"],
+        # per process tree, in the order of roots() (mta: node, PostgreSQL)
+        "cpu_ms_per_msg_by_tree": [round(x * 1000 / done, 2) if done else None
+                                   for x in parts],
         "sink": {k: st[k] for k in ("sessions", "srs", "arc", "dkim_fields")},
         "dns_queries": (world.queries() - dns0) if world else None,
         "first_refusal": load["first_refusal"], "first_error": load["first_error"],
@@ -576,8 +584,27 @@ def smtp_level(roots, sink: Sink, port: int, message: Path, concurrency: int, me
 
 # --- shared set-ups ----------------------------------------------------------------------
 
+class Blackhole:
+    """A next hop that never answers: a listening socket nobody accepts from. Delivery
+    workers pointed at it (through `delivery.smart_host`) connect and then wait for a
+    banner that never comes, so each holds one batch and spends nothing more: what the
+    node accepts stays queued. (`delivery.workers: 0` is not honoured by `mta serve
+    --workers`, which gives every process at least one.) `close()` resets the waiting
+    connections, so the node can stop promptly."""
+
+    def __init__(self, address: str = SINK_IP) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((address, 0))
+        self.sock.listen(4096)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 # Accept-only sending: answer once the message is queued (no wait for a first attempt),
-# no delivery workers (bench/queue_drain.py measures delivery), no rate limits.
+# no rate limits, delivery workers off where honoured (and pointed at a Blackhole).
 ACCEPT_ONLY = {"delivery": {"workers": 0},
                "sending": {"sync_delivery_timeout": "0s", "account_rate": 0,
                            "account_daily": 0}}

@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/queue_drain.py [--recipients 10000] [--workers N]
 
-PostgreSQL started by the benchmark (fsync on). First a `mta serve` without delivery
-workers (`delivery.workers: 0`) takes `--recipients` recipients through the send API:
-sends of 50 recipients each over 4 destination domains (d0..d3.rcpt.test), every
-recipient its own delivery with its own VERP return path, DKIM-signed, queued. That node
-stops; `mta queue stats` must show them all due. Then a `mta serve` with the default
+PostgreSQL started by the benchmark (fsync on). First a `mta serve` whose delivery
+cannot proceed (workers off where honoured, `delivery.smart_host` a next hop that never
+answers) takes `--recipients` recipients through the send API: sends of 50 recipients
+each over 4 destination domains (d0..d3.rcpt.test), every recipient its own delivery
+with its own VERP return path, DKIM-signed, queued. That node stops, `mta queue retry
+--all` makes the few batches its workers held due again, and `mta queue stats` must
+show them all due. Then a `mta serve` with the default
 delivery settings (8 workers, batch 20, 4 sessions per domain) and `delivery.smart_host`
 = the sink starts on the same database and drains the queue. Measured from its
 `node.ready` to the last arrival at the sink: deliveries/s and CPU ms per delivery over
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     ACCEPT_ONLY,
+    Blackhole,
     Node,
     Postgres,
     Sink,
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     pg = Postgres(wd).start()
     url = pg.create_database("drain")
     try:
-        filler = Node(wd / "fill", url, world, sink, ACCEPT_ONLY)
+        hole = Blackhole()
+        filler = Node(wd / "fill", url, world, hole, ACCEPT_ONLY)
         ids = filler.setup(forward_to=None, sending=True)
         filler.start()
         try:
@@ -72,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
                                f"{ids['account_id']}/email/sending/send"})
             enqueue_s = time.monotonic() - t0
         finally:
-            filler.stop()
+            filler.stop(hole)
         if r["ok"] != sends:
             raise RuntimeError(f"enqueue: {r['ok']} of {sends} sends ok: {r['first_failure']}")
+        # The batches the filler's workers held on the blackhole were deferred: due now.
+        filler.cli(["queue", "retry", "--all"])
         before = queue_depth(filler)
+        if before.get("due") != n:
+            raise RuntimeError(f"expected {n} due deliveries, the queue holds {before}")
         print(f"  enqueued {n} recipients in {enqueue_s:.1f}s: {before}", flush=True)
         drainer = Node(wd / "drain", url, world, sink, {}, workers=node_workers(args.workers))
         drainer.postgres_pid = pg.pid()

@@ -10,8 +10,10 @@ domain sender.test (RSA-2048 DKIM key, onboarded through `mta apply`) and an
 (~2 KB), one recipient, `List-Unsubscribe` and an X- header. The whole pipeline runs
 (token, validation, sending domain, suppression, MIME composition, DKIM signature,
 enqueue and commit) and the 200 comes once the message is queued:
-`sending.sync_delivery_timeout: 0s`, no delivery workers (`delivery.workers: 0`; the
-queue-drain benchmark measures delivery), rate limits off. Per level: sends/s, p50/p99
+`sending.sync_delivery_timeout: 0s`, rate limits off, and delivery kept out of the
+measurement (`delivery.workers: 0`, and `delivery.smart_host` a next hop that never
+answers, where workers hang on their first batch; bench/queue_drain.py measures
+delivery). Per level: sends/s, p50/p99
 of one request, CPU ms per send over the serve process tree and every PostgreSQL
 process. Afterwards `mta queue stats` must show one queued delivery per accepted send.
 """
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     ACCEPT_ONLY,
+    Blackhole,
     Node,
     Postgres,
     World,
@@ -55,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     wd = workdir("send_api")
     world = World(wd)
     pg = Postgres(wd).start()
+    hole = Blackhole()
     rows = []
     try:
-        node = Node(wd, pg.create_database("send"), world, None, ACCEPT_ONLY,
+        node = Node(wd, pg.create_database("send"), world, hole, ACCEPT_ONLY,
                     workers=node_workers(args.workers))
         ids = node.setup(forward_to=None, sending=True)
         node.postgres_pid = pg.pid()
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{rows[-1]['cpu_ms_per_send']} CPU ms/send", flush=True)
             depth = queue_depth(node)
         finally:
-            node.stop()
+            node.stop(hole)
     finally:
         world.stop()
         pg.stop()

@@ -10,7 +10,8 @@ domain sender.test (RSA-2048 DKIM) and an `email_sending:send` token. The client
 `api_token`, the token as password), then sends --per-session messages (~2.7 KB MIME,
 text + HTML) per session. Each runs the send_raw pipeline (sender check, suppression,
 DKIM signature, enqueue, commit) before its 250; as for the send API the message is
-only queued (`sending.sync_delivery_timeout: 0s`, `delivery.workers: 0`). Per level:
+only queued (`sending.sync_delivery_timeout: 0s`; delivery workers off or hanging on a
+next hop that never answers, see bench/send_api.py). Per level:
 messages/s, p50/p99 of one transaction, p50 of session set-up (TCP + TLS + EHLO +
 AUTH), CPU ms per message over the serve process tree and every PostgreSQL process.
 """
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     ACCEPT_ONLY,
+    Blackhole,
     Node,
     Postgres,
     Sink,
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     world = World(wd)
     sink = Sink()  # receives nothing (no workers); the level API wants one
     pg = Postgres(wd).start()
+    hole = Blackhole()
     message = wd / "submission.eml"
     message.write_bytes(mime_message())
     cert = trustme.CA().issue_cert("mx.bench.test")
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         "tls_cert": str(wd / "cert.pem"), "tls_key": str(wd / "key.pem")}}}
     rows = []
     try:
-        node = Node(wd, pg.create_database("submission"), world, None, overrides,
+        node = Node(wd, pg.create_database("submission"), world, hole, overrides,
                     workers=node_workers(args.workers))
         ids = node.setup(forward_to=None, sending=True)
         node.postgres_pid = pg.pid()
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
             depth = queue_depth(node)
         finally:
-            node.stop()
+            node.stop(hole)
     finally:
         sink.stop()
         world.stop()
