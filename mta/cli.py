@@ -16,11 +16,13 @@ import pkgutil
 import sys
 
 import mta.commands
+from mta import __version__
+from mta.commands._errors import CliError, explain
 from mta.config import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
 
-DEFAULT_CONFIG = os.environ.get("MTA_CONFIG", "/etc/mta/mta.yaml")
+DEFAULT_CONFIG = "/etc/mta/mta.yaml"
 
 
 def _cmd_serve(args, settings: Settings) -> int:
@@ -84,25 +86,44 @@ def _cmd_db_upgrade(args, settings: Settings) -> int:
     return 0
 
 
+def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its name. Below the top level
+    they default to SUPPRESS, so a value given before the subcommand is kept."""
+    default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    parser.add_argument("--config", "-c", default=default(None), metavar="PATH",
+                        help="daemon configuration (default $MTA_CONFIG, else "
+                             f"{DEFAULT_CONFIG})")
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help="print the traceback of an unexpected error")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share one
+                out += [child, *_subparsers(child)]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mta", description="Self-hosted mail transfer agent")
-    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
-                        help=f"daemon configuration (default {DEFAULT_CONFIG}, or $MTA_CONFIG)")
+    _add_global_options(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"mta {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run one node (every listener and worker)")
-    serve.add_argument("--config", "-c", default=argparse.SUPPRESS)
     serve.add_argument("--workers", "-w", type=int, default=None, metavar="N",
                        help="worker processes sharing the listeners (default: one per "
                             "core; 1 runs everything in this process)")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    serve.set_defaults(func=_cmd_serve)
+    serve.set_defaults(func=_cmd_serve, secrets="create")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("path")
-    check.set_defaults(func=_cmd_config_check, config_from="path")
+    check.set_defaults(func=_cmd_config_check, config_from="path", secrets="none")
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -115,20 +136,49 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"mta.commands.{info.name}")
         module.register(sub)
+    for child in _subparsers(parser):
+        _add_global_options(child, top=False)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config_path = getattr(args, getattr(args, "config_from", "config"))
-    try:
-        settings = load_settings(config_path)
-    except ConfigError as exc:
-        print(f"mta: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if getattr(args, "config_from", None):
+def _config_path(args) -> str:
+    return args.config or os.environ.get("MTA_CONFIG") or DEFAULT_CONFIG
+
+
+def _run(args) -> int:
+    settings = None
+    if getattr(args, "needs_config", True):
+        config_path = getattr(args, "config_from", None) and getattr(args, args.config_from)
+        config_path = config_path or _config_path(args)
+        try:
+            settings = load_settings(config_path)
+        except ConfigError as exc:
+            hint = ("" if getattr(args, "config_from", None) or args.config else
+                    "; name the file with --config PATH or $MTA_CONFIG")
+            raise CliError(f"configuration error: {exc}{hint}") from None
         args.config = config_path
+        secrets = getattr(args, "secrets", "load")  # none | load | create
+        if secrets != "none":
+            from mta.secrets import ensure_secrets
+
+            ensure_secrets(settings, create=secrets == "create")
     result = args.func(args, settings)
     if inspect.isawaitable(result):
         result = asyncio.run(result)
     return int(result or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CliError as exc:
+        print(f"mta: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"mta: {explain(exc)}", file=sys.stderr)
+        return 1

@@ -143,7 +143,8 @@ class SrsSettings:
 @dataclass
 class LoggingSettings:
     level: str = "info"
-    format: str = "json"  # json (one object a line) | text
+    # auto: text on a terminal, json otherwise (systemd's journal) | json | text
+    format: str = "auto"
 
 
 @dataclass
@@ -388,8 +389,8 @@ def _check_semantics(s: Settings) -> None:
     src = s.source
     if s.logging.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level", "must be debug, info, warning or error", source=src)
-    if s.logging.format not in ("json", "text"):
-        raise ConfigError("logging.format", "must be json or text", source=src)
+    if s.logging.format not in ("auto", "json", "text"):
+        raise ConfigError("logging.format", "must be auto, json or text", source=src)
     for name in ("mx", "submission", "submission_starttls", "http", "metrics"):
         lst: Listener = getattr(s.listeners, name)
         if not 0 <= lst.port <= 65535:

@@ -39,7 +39,11 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def setup_logging(level: str = "info", fmt: str = "json") -> None:
+def setup_logging(level: str = "info", fmt: str = "auto") -> None:
+    """`fmt` auto: text when stdout is a terminal, one JSON object a line otherwise
+    (systemd's journal, a pipe to a log shipper)."""
+    if fmt == "auto":
+        fmt = "text" if sys.stdout.isatty() else "json"
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

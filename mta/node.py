@@ -122,6 +122,15 @@ def describe_database(url: str, embedded: ClusterLease | None) -> dict:
     return {"kind": "external", "url": u.render_as_string(hide_password=True)}
 
 
+def ready_summary(services: list[dict], database: dict) -> str:
+    """The ready line's text, so a terminal (text logs) sees what JSON logs carry:
+    every listener and the database."""
+    listeners = [f"{d['listener']} {d['address']}:{d['port']}{' (tls)' if d.get('tls') else ''}"
+                 for d in services if "listener" in d]
+    where = database.get("data_dir") or database.get("url")
+    return f"{', '.join(listeners) or 'no listeners'}; database {database['kind']} {where}"
+
+
 class _SendingPipeline:
     """Holds the node's one SendingService so shutdown waits for its in-flight
     immediate delivery attempts (it stops after the front doors, before the workers)."""
@@ -270,11 +279,11 @@ class Node:
         for service in build_services(ctx, self.role):
             await service.start()
             self.services.append(service)
-        log.info(f"{self._prefix} ready", extra={
+        database = describe_database(url, self.embedded)
+        services = [svc.describe() for svc in self.services]
+        log.info(f"{self._prefix} ready: %s", ready_summary(services, database), extra={
             "event": f"{self._prefix}.ready", **self._identity(),
-            "hostname": s.node.hostname,
-            "database": describe_database(url, self.embedded),
-            "services": [svc.describe() for svc in self.services]})
+            "hostname": s.node.hostname, "database": database, "services": services})
 
     async def _shutdown(self) -> None:
         for service in reversed(self.services):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from mta.config import Settings, load_settings
 from mta.logsetup import setup_logging
-from mta.node import database_url, describe_database, event_loop_runner
+from mta.node import database_url, describe_database, event_loop_runner, ready_summary
 from mta.sdnotify import Notifier, parse_fields
 from mta.store.cluster import ClusterLease
 from mta.store.migrate import upgrade
@@ -145,11 +145,12 @@ class Supervisor:
             log.error("workers did not start; stopping", extra={"event": "node.start_failed"})
             self.exit_code = 1
             return False
-        log.info("node ready", extra={
-            "event": "node.ready", "hostname": s.node.hostname, "supervisor": os.getpid(),
-            "workers": [w.pid for w in self.workers],
-            "database": describe_database(self.url, self.embedded),
-            "services": self._describe()})
+        database, services = describe_database(self.url, self.embedded), self._describe()
+        log.info("node ready: %s; %d workers", ready_summary(services, database),
+                 len(self.workers), extra={
+                     "event": "node.ready", "hostname": s.node.hostname,
+                     "supervisor": os.getpid(), "workers": [w.pid for w in self.workers],
+                     "database": database, "services": services})
         self._serving = True
         return True
 

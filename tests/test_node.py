@@ -53,5 +53,6 @@ def test_bad_config_exits_nonzero_and_says_why(tmp_path):
     cfg.write_text("listeners:\n  htp: {}\n")
     result = subprocess.run([sys.executable, "-m", "mta", "serve", "--config", str(cfg)],
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
+    assert result.returncode == 1  # an error, not a usage error (those exit 2)
     assert "listeners.htp" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

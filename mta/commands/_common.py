@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mta.commands._errors import CliError
 from mta.config import Settings, parse_duration
 from mta.store.db import Database
 from mta.store.models import Account
@@ -34,11 +35,38 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     url, embedded = await asyncio.to_thread(database_url, settings)
     db = Database(url, pool_size=2, connect_timeout=settings.database.connect_timeout)
     try:
+        await ensure_schema(db)
         yield db
     finally:
         await db.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.release)
+
+
+async def ensure_schema(db: Database) -> None:
+    """Apply pending migrations (what `mta db upgrade` does) so that no command meets a
+    missing table; refuse a database newer than this code."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import ProgrammingError
+
+    from mta.store.migrate import head_revisions, known_revisions, upgrade
+
+    try:
+        async with db.engine.connect() as conn:
+            current = set((await conn.execute(
+                text("SELECT version_num FROM alembic_version"))).scalars())
+    except ProgrammingError:  # no alembic_version table: a fresh database
+        current = set()
+    heads = await asyncio.to_thread(head_revisions)
+    if current == heads:
+        return
+    unknown = current - await asyncio.to_thread(known_revisions)
+    if unknown:
+        raise CliError(f"the database schema ({', '.join(sorted(unknown))}) is newer than "
+                       "this mta; upgrade mta on this machine")
+    await asyncio.to_thread(upgrade, db.url)
+    print(f"mta: applied database migrations (now at {', '.join(sorted(heads))})",
+          file=sys.stderr)
 
 
 # --- accounts ----------------------------------------------------------------------------
@@ -52,7 +80,7 @@ async def resolve_account(session: AsyncSession, ref: str) -> Account | None:
 
 
 def _no_account(ref: str) -> str:
-    return f"no single account matches {ref!r}"
+    return f"no single account matches {ref!r}; see `mta accounts list`"
 
 
 async def find_account(session: AsyncSession, ref: str, *, prefix: str = "mta: ",

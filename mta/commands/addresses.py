@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from mta.commands._common import find_account, open_database
+from mta.commands._common import find_account, open_database, resolve_account
+from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
 from mta.routing.destinations import mark_verified
@@ -21,10 +22,28 @@ from mta.store.models import DestinationAddress
 __all__ = ["register"]
 
 
+async def _by_email(s, email: str, account_ref: str | None) -> DestinationAddress:
+    """The one destination address `email` (of `account_ref` when given), locked."""
+    query = select(DestinationAddress).where(
+        func.lower(DestinationAddress.email) == email.strip().lower())
+    if account_ref:
+        account = await resolve_account(s, account_ref)
+        if account is None:
+            raise CliError(f"no single account matches {account_ref!r}; see `mta accounts "
+                           "list`")
+        query = query.where(DestinationAddress.account_id == account.id)
+    rows = (await s.execute(query.with_for_update())).scalars().all()
+    if not rows:
+        raise CliError(f"no destination address {email}; see `mta addresses list --account A`")
+    if len(rows) > 1:
+        raise CliError(f"{email} is a destination of {len(rows)} accounts; say which with "
+                       "--account")
+    return rows[0]
+
+
 async def _cmd_verify(args, settings: Settings) -> int:
-    if bool(args.token) == bool(args.id):
-        print("mta: give either a TOKEN or --id ID", file=sys.stderr)
-        return 2
+    if sum(1 for v in (args.token, args.id, args.email) if v) != 1:
+        raise CliError("give one of TOKEN, --id ID or --email ADDRESS", exit_code=2)
     now, actor = datetime.now(UTC), audit.cli_actor()
     async with open_database(settings) as db, db.session() as s:
         if args.token:
@@ -35,10 +54,16 @@ async def _cmd_verify(args, settings: Settings) -> int:
                 print(f"mta: {exc}", file=sys.stderr)
                 return 1
         else:
-            row = await s.get(DestinationAddress, args.id, with_for_update=True)
-            if row is None:
-                print(f"mta: no destination address {args.id}", file=sys.stderr)
-                return 1
+            if args.email:
+                row = await _by_email(s, args.email, args.account)
+            else:
+                row = await s.get(DestinationAddress, args.id, with_for_update=True)
+                if row is None:
+                    raise CliError(f"no destination address {args.id}; see `mta addresses "
+                                   "list --account A`")
+            if row.verified_at is not None:
+                print(f"{row.email} was already verified ({row.id})")
+                return 0
             mark_verified(s, row, now, actor)
     print(f"verified {row.email} ({row.id})")
     return 0
@@ -89,13 +114,16 @@ def register(sub) -> None:
     c = ps.add_parser("verify", help="verify a destination address")
     c.add_argument("token", nargs="?", help="the token from the verification mail")
     c.add_argument("--id", help="operator override: verify this address id without a token")
+    c.add_argument("--email", help="operator override: verify this address without a token")
+    c.add_argument("--account", help="with --email: the account (id or name), when the "
+                                     "address belongs to several")
     c.set_defaults(func=_cmd_verify)
     c = ps.add_parser("send-verification",
                       help="(re)send the verification mail of an address")
     c.add_argument("--id", help="the destination address id")
     c.add_argument("--pending", action="store_true",
                    help="every unverified address that was never mailed")
-    c.set_defaults(func=_cmd_send_verification)
+    c.set_defaults(func=_cmd_send_verification, secrets="create")
     c = ps.add_parser("list", help="list an account's destination addresses")
     c.add_argument("--account", required=True, help="account id or name")
     c.set_defaults(func=_cmd_list)

@@ -93,7 +93,7 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     p.add_argument("--prune", action="store_true",
                    help="delete what the file's managed collections do not declare")
-    p.set_defaults(func=_cmd_apply)
+    p.set_defaults(func=_cmd_apply, secrets="create")
     p = sub.add_parser("export", help="print routing and sending configuration as YAML")
     p.add_argument("--account", help="only this account (id or name)")
     p.set_defaults(func=_cmd_export)

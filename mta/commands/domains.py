@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from mta.api.wellknown import POLICY_PATH, mta_sts_records
 from mta.commands._common import open_database
+from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.sending.domains import DomainError, check_domain, domain_records, onboard_sending_domain
@@ -40,8 +41,8 @@ def _print_records(records: list[dict], states: list[str] | None = None) -> None
 
 async def _cmd_onboard(args, settings: Settings) -> int:
     if not args.sending:
-        print("only --sending onboarding is done here (routing: the admin API or mta apply)")
-        return 2
+        raise CliError("only --sending onboarding is done here (routing domains: "
+                       "`mta zones create` or `mta apply`)", exit_code=2)
     async with open_database(settings) as db:
         try:
             async with db.session() as s:
@@ -51,8 +52,7 @@ async def _cmd_onboard(args, settings: Settings) -> int:
             async with db.session() as s:
                 _, records = await domain_records(s, settings, name)
         except DomainError as exc:
-            print(f"error: {exc}")
-            return 2
+            raise CliError(str(exc)) from None
     print(f"{name}: sending domain, bounce subdomain {bounce}. Publish:")
     _print_records(records)
     print(f"then check with: mta dns {name}")
@@ -103,8 +103,7 @@ async def _cmd_dns(args, settings: Settings) -> int:
                     records = [c.record for c in result.checks]
                     checks = result.checks
         except DomainError as exc:
-            print(f"error: {exc}")
-            return 2
+            raise CliError(str(exc)) from None
     if args.json:
         out = [dict(c.record, state=c.state, found=list(c.found)) for c in checks] \
             if checks is not None else records
@@ -139,7 +138,7 @@ def register(sub) -> None:
     c.add_argument("--ed25519", action="store_true",
                    help="also an Ed25519 key (RFC 8463 dual signature)")
     c.add_argument("--zone", help="zone id (default: the zone containing the domain)")
-    c.set_defaults(func=_cmd_onboard)
+    c.set_defaults(func=_cmd_onboard, secrets="create")
     c = ps.add_parser("list", help="list sending domains and their status")
     c.set_defaults(func=_cmd_list)
 

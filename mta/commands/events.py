@@ -15,6 +15,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from mta.commands._common import account_ref, open_database, parse_when, positive, table
+from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import analytics
 from mta.observe.analytics import EventFilter
@@ -43,8 +44,7 @@ async def _cmd_list(args, settings: Settings) -> int:
         try:
             f = await _filter(args, s, now)
         except LookupError as exc:
-            print(exc)
-            return 1
+            raise CliError(f"{exc}; see `mta accounts list`") from None
         rows, total = await analytics.list_events(
             s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
             newest_first=not args.oldest_first)
@@ -74,8 +74,8 @@ async def _cmd_stats(args, settings: Settings) -> int:
     for part in (p for value in args.by or ["status"] for p in value.split(",")):
         name = analytics.canonical_dimension(part)
         if name is None:
-            print(f"unknown dimension {part!r}; known: {', '.join(analytics.DIMENSIONS)}")
-            return 2
+            raise CliError(f"unknown dimension {part!r}; known: "
+                           f"{', '.join(analytics.DIMENSIONS)}", exit_code=2)
         if name not in dims:
             dims.append(name)
     now = datetime.now(UTC)
@@ -83,8 +83,7 @@ async def _cmd_stats(args, settings: Settings) -> int:
         try:
             f = await _filter(args, s, now)
         except LookupError as exc:
-            print(exc)
-            return 1
+            raise CliError(f"{exc}; see `mta accounts list`") from None
         groups, total = await analytics.aggregate(s, f, dims, limit=args.limit)
     if args.json:
         print(json.dumps({"groups": groups, "total_events": total, "since": f.since,

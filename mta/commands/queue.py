@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from mta.commands._common import open_database, table
+from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.queue import queue as q
 from mta.store.models import Delivery, DeliveryAttempt, Message
@@ -76,8 +77,7 @@ async def _cmd_show(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         d = await s.get(Delivery, args.id)
         if d is None:
-            print(f"no delivery {args.id}")
-            return 1
+            raise CliError(f"no delivery {args.id}; see `mta queue list`")
         msg = await s.get(Message, d.message_id)
         attempts = (await s.execute(select(DeliveryAttempt).where(
             DeliveryAttempt.delivery_id == d.id).order_by(DeliveryAttempt.started_at))
@@ -121,8 +121,7 @@ def _plural(n: int) -> str:
 async def _cmd_retry(args, settings: Settings) -> int:
     targets = _targets(args)
     if not (args.all or any(targets.values())):
-        print("name deliveries (ids, --domain, --message) or use --all")
-        return 2
+        raise CliError("name deliveries (ids, --domain, --message) or use --all", exit_code=2)
     async with open_database(settings) as db, db.session() as s:
         n = await q.requeue(s, now=_now(), include_failed=args.failed, **targets)
     print(f"{_plural(n)} due now")
@@ -138,8 +137,8 @@ async def _cmd_purge(args, settings: Settings) -> int:
             print(f"{_plural(n)} finished before {before:%F %T} deleted")
             return 0
         if not any(targets.values()):
-            print("name deliveries (ids, --domain, --message) or --finished-before-days")
-            return 2
+            raise CliError("name deliveries (ids, --domain, --message) or "
+                           "--finished-before-days", exit_code=2)
         n = await q.purge(s, now=_now(), **targets)
     print(f"{_plural(n)} purged")
     return 0

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mta.commands._common import open_database
+from mta.commands._errors import CliError
 from mta.config import Settings
 
 __all__ = ["register"]
@@ -28,8 +29,7 @@ async def _cmd(args, settings: Settings) -> int:
             result = await simulate(settings, db, mail_from=args.mail_from,
                                     rcpt_to=args.rcpt_to, raw=raw, dmarc=args.dmarc)
         except SimulationError as exc:
-            print(f"mta simulate: {exc}", file=sys.stderr)
-            return 2
+            raise CliError(f"simulate: {exc}", exit_code=2) from None
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json
           else format_text(result))
     return 0 if result["smtp_reply"].startswith("2") else 1

@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from mta.commands._common import find_account, open_database, table
+from mta.commands._errors import CliError
 from mta.config import Settings, parse_duration
 from mta.store import suppression
 
@@ -29,7 +30,7 @@ def _expiry(value: str | None, now: datetime) -> datetime | None:
 async def _cmd_add(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
-        account = await find_account(s, args.account, prefix="", stderr=False)
+        account = await find_account(s, args.account)
         if account is None:
             return 1
         acct = account.id
@@ -39,8 +40,7 @@ async def _cmd_add(args, settings: Settings) -> int:
                 scope_type=args.scope or ("sending_domain" if args.domain else "account"),
                 scope_value=args.domain, note=args.note, expires_at=_expiry(args.expires, now))
         except suppression.SuppressionError as exc:
-            print(f"error: {exc}")
-            return 2
+            raise CliError(str(exc), exit_code=2) from None
         out = suppression.to_dict(entry)
     print(json.dumps(out, indent=2) if args.json else
           f"suppressed {out['email']} ({out['reason']}, {_scope(out)}, "
@@ -50,7 +50,7 @@ async def _cmd_add(args, settings: Settings) -> int:
 
 async def _cmd_remove(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        account = await find_account(s, args.account, prefix="", stderr=False)
+        account = await find_account(s, args.account)
         if account is None:
             return 1
         acct = account.id
@@ -62,11 +62,9 @@ async def _cmd_remove(args, settings: Settings) -> int:
                 scope_type=args.scope or ("sending_domain" if args.domain else None),
                 scope_value=args.domain, force=args.force)
         except suppression.SuppressionProtected as exc:
-            print(f"refused: {exc} (use --force)")
-            return 3
+            raise CliError(f"refused: {exc}; add --force to remove it anyway") from None
         except suppression.SuppressionError as exc:
-            print(f"error: {exc}")
-            return 1
+            raise CliError(str(exc)) from None
     for e in removed:
         print(f"removed {e.email} ({e.reason}, {e.scope_type}"
               f"{':' + e.scope_value if e.scope_value else ''}) id {e.id}")
@@ -81,7 +79,7 @@ def _scope(d: dict) -> str:
 async def _cmd_list(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
-        account = await find_account(s, args.account, prefix="", stderr=False)
+        account = await find_account(s, args.account)
         if account is None:
             return 1
         acct = account.id

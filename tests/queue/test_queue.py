@@ -281,7 +281,20 @@ def cli(settings: Settings, *argv: str):
     sub = parser.add_subparsers(dest="command", required=True)
     queue_cmd.register(sub)
     args = parser.parse_args(list(argv))
-    return args.func(args, settings)
+    return _exit_code(args.func(args, settings))
+
+
+async def _exit_code(run) -> int:
+    """What `mta` would exit with: a CliError is its one stderr line and its code."""
+    import sys
+
+    from mta.commands._errors import CliError
+
+    try:
+        return await run
+    except CliError as exc:
+        print(f"mta: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 async def test_cli_queue_stats_list_show_retry_purge(db, db_url, capsys):

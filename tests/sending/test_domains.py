@@ -130,4 +130,4 @@ async def test_cli_onboard_then_dns_reports_missing_ok_and_wrong(db, config, dns
 
 def test_cli_refuses_a_domain_without_zone(config):
     done = mta(config, "domains", "onboard", "nozone.test", "--sending")
-    assert done.returncode == 2 and "no zone" in done.stdout
+    assert done.returncode == 1 and "no zone" in done.stderr and done.stdout == ""
