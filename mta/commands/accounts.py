@@ -1,26 +1,57 @@
-"""`mta accounts create NAME | list`: the tenants that own zones, addresses and tokens.
+"""`mta accounts create NAME | list | rename ACCOUNT NEW | delete ACCOUNT [--yes]`: the
+tenants that own zones, addresses and tokens.
 
+Names are unique (a database constraint), so `--account NAME` always names one account.
+`delete` first says what goes with the account (its zones with their rules, its
+addresses, tokens, sending domains and suppressions) and deletes only with `--yes`.
 Every change is written to the audit log as `cli:<unix user>`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from mta.commands._common import open_database
+from mta.commands._common import open_database, resolve_account
+from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
-from mta.store.models import Account
+from mta.store.models import (
+    Account,
+    ApiToken,
+    DestinationAddress,
+    RoutingRule,
+    SendingDomain,
+    Suppression,
+    Zone,
+)
 
 __all__ = ["register"]
 
 
-async def _cmd_create(args, settings: Settings) -> int:
-    name = args.name.strip()
+def _name(raw: str) -> str:
+    name = raw.strip()
     if not name:
-        print("mta: an account needs a name")
-        return 2
+        raise CliError("an account needs a name", exit_code=2)
+    return name
+
+
+async def _refuse_taken(s, name: str) -> None:
+    taken = (await s.execute(select(Account.id).where(Account.name == name))).scalar()
+    if taken:
+        raise CliError(f"an account named {name!r} exists ({taken}); pick another name")
+
+
+async def _account(s, ref: str) -> Account:
+    account = await resolve_account(s, ref)
+    if account is None:
+        raise CliError(f"no account {ref!r}; see `mta accounts list`")
+    return account
+
+
+async def _cmd_create(args, settings: Settings) -> int:
+    name = _name(args.name)
     async with open_database(settings) as db, db.session() as s:
+        await _refuse_taken(s, name)
         row = Account(name=name)
         s.add(row)
         await s.flush()
@@ -39,11 +70,77 @@ async def _cmd_list(args, settings: Settings) -> int:
     return 0
 
 
+async def _cmd_rename(args, settings: Settings) -> int:
+    name = _name(args.new_name)
+    async with open_database(settings) as db, db.session() as s:
+        account = await _account(s, args.account)
+        if account.name == name:
+            print(f"account {account.id} is already named {name!r}")
+            return 0
+        await _refuse_taken(s, name)
+        before, account.name = account.name, name
+        audit.record(s, actor=audit.cli_actor(), action="update", resource_type="account",
+                     resource_id=account.id, account_id=account.id,
+                     before={"name": before}, after={"name": name})
+    print(f"account {account.id} renamed {before!r} -> {name!r}; its id, zones, rules and "
+          "tokens are unchanged")
+    return 0
+
+
+async def _count(s, column, account_id: str, *where) -> int:
+    return (await s.execute(select(func.count()).select_from(column.table).where(
+        column == account_id, *where))).scalar_one()
+
+
+async def _cmd_delete(args, settings: Settings) -> int:
+    async with open_database(settings) as db, db.session() as s:
+        account = await _account(s, args.account)
+        zones = (await s.execute(select(Zone.name).where(
+            Zone.account_id == account.id).order_by(Zone.name))).scalars().all()
+        rules = (await s.execute(select(func.count()).select_from(RoutingRule).join(
+            Zone, Zone.id == RoutingRule.zone_id).where(
+            Zone.account_id == account.id))).scalar_one()
+        counts = {
+            "zones": len(zones),
+            "routing rules": rules,
+            "destination addresses": await _count(s, DestinationAddress.account_id,
+                                                  account.id),
+            "sending domains": (await s.execute(select(func.count()).select_from(
+                SendingDomain).join(Zone, Zone.id == SendingDomain.zone_id).where(
+                Zone.account_id == account.id))).scalar_one(),
+            "API tokens": await _count(s, ApiToken.account_id, account.id),
+            "suppressions": await _count(s, Suppression.account_id, account.id),
+        }
+        what = ", ".join(f"{n} {k}" for k, n in counts.items())
+        print(f"account {account.name!r} ({account.id}) owns {what}"
+              + (f" (zones: {', '.join(zones)})" if zones else ""))
+        print("deleting it deletes all of them: mail to its zones is refused (550 5.1.1), "
+              "its tokens stop working; stored messages and the activity log are kept")
+        if not args.yes:
+            raise CliError(f"nothing deleted; run `mta accounts delete {args.account} --yes` "
+                           "to delete it")
+        audit.record(s, actor=audit.cli_actor(), action="delete", resource_type="account",
+                     resource_id=account.id, account_id=None,
+                     before={"name": account.name, **{k: n for k, n in counts.items()}})
+        await s.delete(account)
+    print(f"deleted account {account.name!r} ({account.id})")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("accounts", help="accounts (tenants)")
     ps = p.add_subparsers(dest="accounts_command", required=True)
     c = ps.add_parser("create", help="create an account; prints its id")
-    c.add_argument("name")
+    c.add_argument("name", help="a name no other account has")
     c.set_defaults(func=_cmd_create)
     c = ps.add_parser("list", help="list accounts with their ids")
     c.set_defaults(func=_cmd_list)
+    c = ps.add_parser("rename", help="give an account another (unique) name")
+    c.add_argument("account", help="account id or name")
+    c.add_argument("new_name")
+    c.set_defaults(func=_cmd_rename)
+    c = ps.add_parser("delete", help="delete an account and everything it owns (says what "
+                                     "first; deletes with --yes)")
+    c.add_argument("account", help="account id or name")
+    c.add_argument("--yes", action="store_true", help="delete without asking again")
+    c.set_defaults(func=_cmd_delete)

@@ -1,4 +1,6 @@
-"""`mta zones create --account ID NAME | list`: DNS zones whose mail we route or send.
+"""`mta zones create --account ID NAME | list | rename ZONE NEW | delete ZONE`: DNS zones
+whose mail we route or send. `rename` and `delete` first say what happens to the zone's
+rules and go ahead only with `--yes` (or, for `rename`, when no rule is affected).
 
 Creating a zone also makes its apex a routing domain; routing itself stays off until
 it is enabled (`POST /zones/{id}/email/routing/dns` or `mta apply`). The ids printed
@@ -10,9 +12,10 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from mta.commands._common import find_account, open_database
+from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
-from mta.store.models import RoutingDomain, Zone
+from mta.store.models import RoutingDomain, RoutingRule, SendingDomain, Zone
 
 __all__ = ["register", "zone_name"]
 
@@ -30,15 +33,13 @@ def zone_name(raw: str) -> str | None:
 async def _cmd_create(args, settings: Settings) -> int:
     name = zone_name(args.name)
     if name is None:
-        print(f"mta: {args.name!r} is not a domain name")
-        return 2
+        raise CliError(f"{args.name!r} is not a domain name", exit_code=2)
     async with open_database(settings) as db, db.session() as s:
-        account = await find_account(s, args.account, stderr=False)
+        account = await find_account(s, args.account)
         if account is None:
             return 1
         if (await s.execute(select(Zone.id).where(Zone.name == name))).first():
-            print(f"mta: zone {name} already exists")
-            return 1
+            raise CliError(f"zone {name} already exists; see `mta zones list`")
         zone = Zone(account_id=account.id, name=name)
         s.add(zone)
         await s.flush()
@@ -50,11 +51,109 @@ async def _cmd_create(args, settings: Settings) -> int:
     return 0
 
 
+async def _zone(s, ref: str) -> Zone:
+    name = zone_name(ref)
+    zone = (await s.execute(select(Zone).where(
+        (Zone.id == ref) | (Zone.name == (name or ref))))).scalar_one_or_none()
+    if zone is None:
+        raise CliError(f"no zone {ref!r}; see `mta zones list`")
+    return zone
+
+
+async def _rules(s, zone: Zone) -> list[RoutingRule]:
+    return list((await s.execute(select(RoutingRule).where(
+        RoutingRule.zone_id == zone.id).order_by(RoutingRule.priority))).scalars().all())
+
+
+def _rule_line(rule: RoutingRule) -> str:
+    match = ", ".join(m.get("value", m.get("type", "")) for m in rule.matchers)
+    acts = "; ".join(f"{a.get('type')} {','.join(a.get('value') or [])}".strip()
+                     for a in rule.actions)
+    return f"  rule {rule.name or rule.id!s}: {match or 'catch-all'} -> {acts}"
+
+
+async def _cmd_delete(args, settings: Settings) -> int:
+    async with open_database(settings) as db, db.session() as s:
+        zone = await _zone(s, args.zone)
+        rules = await _rules(s, zone)
+        domains = (await s.execute(select(RoutingDomain.name).where(
+            RoutingDomain.zone_id == zone.id))).scalars().all()
+        sending = (await s.execute(select(SendingDomain.name).where(
+            SendingDomain.zone_id == zone.id))).scalars().all()
+        print(f"zone {zone.name} ({zone.id}): {len(rules)} routing rules, routing domains "
+              f"{', '.join(sorted(domains)) or 'none'}, sending domains "
+              f"{', '.join(sorted(sending)) or 'none'}")
+        for rule in rules:
+            print(_rule_line(rule))
+        print("deleting the zone deletes these rules and domains: mail to them is refused "
+              "(550 5.1.1) and sending from them stops; queued mail is still delivered")
+        if not args.yes:
+            raise CliError(f"nothing deleted; run `mta zones delete {args.zone} --yes` to "
+                           "delete it")
+        audit.record(s, actor=audit.cli_actor(), action="delete", resource_type="zone",
+                     resource_id=zone.id, account_id=zone.account_id,
+                     before={"name": zone.name, "rules": len(rules), "domains": domains,
+                             "sending_domains": sending})
+        await s.delete(zone)
+    print(f"deleted zone {zone.name} ({zone.id})")
+    return 0
+
+
+def _renamed(matchers: list[dict], old: str, new: str) -> list[dict]:
+    out = []
+    for m in matchers:
+        value = m.get("value")
+        if isinstance(value, str) and value.lower().endswith("@" + old):
+            m = dict(m, value=value[: -len(old)] + new)
+        out.append(m)
+    return out
+
+
+async def _cmd_rename(args, settings: Settings) -> int:
+    new = zone_name(args.new_name)
+    if new is None:
+        raise CliError(f"{args.new_name!r} is not a domain name", exit_code=2)
+    async with open_database(settings) as db, db.session() as s:
+        zone = await _zone(s, args.zone)
+        old = zone.name
+        if (await s.execute(select(Zone.id).where(Zone.name == new))).first() or (
+                await s.execute(select(RoutingDomain.id).where(RoutingDomain.name == new))
+        ).first():
+            raise CliError(f"{new} is already a zone or routing domain; see `mta zones list`")
+        others = (await s.execute(select(RoutingDomain.name).where(
+            RoutingDomain.zone_id == zone.id, RoutingDomain.name != old))).scalars().all()
+        sending = (await s.execute(select(SendingDomain.name).where(
+            SendingDomain.zone_id == zone.id))).scalars().all()
+        if others or sending:
+            raise CliError(f"zone {old} also has {', '.join([*others, *sending])}; a zone "
+                           "with subdomains or sending domains cannot be renamed (create "
+                           "the new zone and move the rules with `mta apply`)")
+        rules = [r for r in await _rules(s, zone)
+                 if _renamed(r.matchers, old, new) != r.matchers]
+        print(f"zone {old} ({zone.id}) becomes {new}; {len(rules)} rules then match "
+              f"@{new} instead of @{old}:")
+        for rule in rules:
+            print(_rule_line(rule))
+        if rules and not args.yes:
+            raise CliError(f"nothing renamed; run `mta zones rename {args.zone} {new} --yes` "
+                           "to rename it")
+        for rule in rules:
+            rule.matchers = _renamed(rule.matchers, old, new)
+        await s.execute(RoutingDomain.__table__.update().where(
+            RoutingDomain.zone_id == zone.id, RoutingDomain.name == old).values(name=new))
+        zone.name = new
+        audit.record(s, actor=audit.cli_actor(), action="update", resource_type="zone",
+                     resource_id=zone.id, account_id=zone.account_id,
+                     before={"name": old}, after={"name": new})
+    print(f"renamed zone {old} -> {new} ({zone.id}); publish its DNS records: mta dns {new}")
+    return 0
+
+
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         query = select(Zone).order_by(Zone.name)
         if args.account:
-            account = await find_account(s, args.account, stderr=False)
+            account = await find_account(s, args.account)
             if account is None:
                 return 1
             query = query.where(Zone.account_id == account.id)
@@ -73,6 +172,16 @@ def register(sub) -> None:
     c.add_argument("--account", required=True, help="account id or name")
     c.add_argument("name", help="the zone apex, e.g. example.com")
     c.set_defaults(func=_cmd_create)
+    c = ps.add_parser("delete", help="delete a zone with its rules (says what first; "
+                                     "deletes with --yes)")
+    c.add_argument("zone", help="zone id or name")
+    c.add_argument("--yes", action="store_true", help="delete without asking again")
+    c.set_defaults(func=_cmd_delete)
+    c = ps.add_parser("rename", help="rename a zone; its rules follow (says which first)")
+    c.add_argument("zone", help="zone id or name")
+    c.add_argument("new_name")
+    c.add_argument("--yes", action="store_true", help="rename without asking again")
+    c.set_defaults(func=_cmd_rename)
     c = ps.add_parser("list", help="list zones with their ids")
     c.add_argument("--account", help="only this account's zones (id or name)")
     c.set_defaults(func=_cmd_list)

@@ -70,7 +70,8 @@ def modified_col() -> Mapped[datetime]:
 class Account(Base):
     __tablename__ = "accounts"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    # Unique: `--account NAME` and routing files name accounts by it.
+    name: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
     created_at: Mapped[datetime] = created_col()
 
 

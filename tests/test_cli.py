@@ -1,0 +1,245 @@
+"""Conventions every `mta` command follows: global options before or after the
+subcommand, `--version`, one-line errors on stderr with exit 1 (usage errors 2) and no
+traceback unless `--debug`, migrations applied by the command that needs them, and
+secrets generated into the state directory once."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mta import __version__
+
+
+def mta(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
+    return subprocess.run([sys.executable, "-m", "mta", *args], capture_output=True,
+                          text=True, timeout=120, env={**base, **(env or {})})
+
+
+def write_config(path: Path, db_url: str, **extra) -> Path:
+    path.write_text(yaml.safe_dump({"database": {"url": db_url}, "state_dir": str(
+        path.parent / "state"), **extra}))
+    return path
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
+    assert result.returncode == code, result
+    assert result.stdout == "", result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mta: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_version():
+    result = mta("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"mta {__version__}"
+
+
+def test_config_before_or_after_the_subcommand(tmp_path, db_url):
+    cfg = write_config(tmp_path / "mta.yaml", db_url)
+    assert mta("accounts", "create", "acme").returncode == 1  # no /etc/mta/mta.yaml here
+    created = mta("--config", str(cfg), "accounts", "create", "acme")
+    assert created.returncode == 0, created.stderr
+    for argv in (["--config", str(cfg), "accounts", "list"],
+                 ["accounts", "--config", str(cfg), "list"],
+                 ["accounts", "list", "--config", str(cfg)],
+                 ["accounts", "list", "-c", str(cfg)]):
+        listed = mta(*argv)
+        assert listed.returncode == 0, (argv, listed.stderr)
+        assert created.stdout.strip() in listed.stdout and "acme" in listed.stdout
+    via_env = mta("accounts", "list", env={"MTA_CONFIG": str(cfg)})
+    assert "acme" in via_env.stdout
+
+
+def test_missing_config_says_how_to_name_one(tmp_path):
+    line = assert_one_line_error(mta("accounts", "list", env={"MTA_STATE_DIR": str(tmp_path)}))
+    assert "/etc/mta/mta.yaml" in line and "--config" in line and "MTA_CONFIG" in line
+
+
+def test_usage_errors_exit_2():
+    result = mta("accounts", "frobnicate")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    assert result.stdout == ""
+
+
+def test_unreachable_database_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    cfg = tmp_path / "mta.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "database": {"url": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+                     "connect_timeout": "2s"},
+        "state_dir": str(tmp_path / "state")}))
+    line = assert_one_line_error(mta("--config", str(cfg), "accounts", "list"))
+    assert "cannot reach the database" in line and "database.url" in line
+    debug = mta("accounts", "list", "--config", str(cfg), "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_a_fresh_database_is_migrated_by_the_first_command(tmp_path, pg):
+    cfg = write_config(tmp_path / "mta.yaml", pg.empty_database())
+    first = mta("--config", str(cfg), "accounts", "create", "acme")
+    assert first.returncode == 0, first.stderr
+    assert "applied database migrations" in first.stderr
+    second = mta("--config", str(cfg), "accounts", "list")
+    assert second.returncode == 0 and "acme" in second.stdout
+    assert "migrations" not in second.stderr
+
+
+def test_secrets_are_generated_once_into_the_state_dir(tmp_path, db_url):
+    cfg = write_config(tmp_path / "mta.yaml", db_url)
+    listed = mta("--config", str(cfg), "accounts", "list")  # reads secrets, makes none
+    assert listed.returncode == 0 and "generated" not in listed.stderr
+    first = mta("--config", str(cfg), "addresses", "send-verification", "--pending")
+    assert first.returncode == 0, first.stderr
+    state = tmp_path / "state"
+    for name in ("secret_key", "srs_secret"):
+        path = state / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert len(path.read_text().strip()) >= 40
+        assert f"into {path}" in first.stderr
+    kept = (state / "secret_key").read_text()
+    second = mta("--config", str(cfg), "addresses", "send-verification", "--pending")
+    assert second.returncode == 0 and "generated" not in second.stderr
+    assert (state / "secret_key").read_text() == kept
+    # A configured secret is used as given: nothing is generated or written.
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg2 = write_config(other / "mta.yaml", db_url, secret_key="given",
+                        srs={"secrets": ["given-too"]})
+    third = mta("--config", str(cfg2), "accounts", "list")
+    assert third.returncode == 0 and "generated" not in third.stderr
+    assert not (other / "state" / "secret_key").exists()
+
+
+# --- accounts, zones, addresses (in-process: the same main() as the `mta` script) -------
+
+
+class Cli:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+
+    def __call__(self, *args: str, expect: int = 0) -> tuple[str, str]:
+        import contextlib
+        import io
+
+        from mta.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([*args, "--config", str(self.config)])
+            except SystemExit as exc:
+                code = exc.code
+        assert code == expect, (args, code, out.getvalue(), err.getvalue())
+        return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cli(tmp_path, db_url):
+    return Cli(write_config(tmp_path / "mta.yaml", db_url))
+
+
+ROUTING = """
+version: 1
+accounts:
+  - account: acme
+    destination_addresses: [you@inbox.test]
+    zones:
+      - name: example.test
+        routing: true
+        rules:
+          - {name: hello, to: hello@example.test, forward: [you@inbox.test]}
+"""
+
+
+def test_account_names_are_unique(cli, db_url):
+    import asyncio
+
+    from sqlalchemy.exc import IntegrityError
+
+    from mta.store.db import Database
+    from mta.store.models import Account
+
+    first, _ = cli("accounts", "create", "acme")
+    _, err = cli("accounts", "create", "acme", expect=1)
+    assert f"an account named 'acme' exists ({first.strip()})" in err
+    listed, _ = cli("accounts", "list")
+    assert listed.count("acme") == 1
+
+    async def insert_twin():
+        db = Database(db_url, pool_size=1)
+        try:
+            async with db.session() as s:
+                s.add(Account(name="acme"))
+        finally:
+            await db.close()
+    with pytest.raises(IntegrityError):
+        asyncio.run(insert_twin())
+
+
+def test_account_rename_and_delete_say_what_happens_first(cli, tmp_path):
+    account_id = cli("accounts", "create", "acme")[0].strip()
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING)
+    cli("apply", str(routing))
+    cli("accounts", "create", "other")
+    _, err = cli("accounts", "rename", "acme", "other", expect=1)
+    assert "an account named 'other' exists" in err
+    out, _ = cli("accounts", "rename", "acme", "globex")
+    assert "renamed 'acme' -> 'globex'" in out
+    assert "example.test" in cli("zones", "list", "--account", "globex")[0]
+
+    out, err = cli("accounts", "delete", "globex", expect=1)
+    assert "owns 1 zones, 1 routing rules, 1 destination addresses" in out
+    assert "(zones: example.test)" in out and "refused (550 5.1.1)" in out
+    assert "nothing deleted" in err and "--yes" in err
+    assert "example.test" in cli("zones", "list")[0]  # still there
+    out, _ = cli("accounts", "delete", account_id, "--yes")
+    assert f"deleted account 'globex' ({account_id})" in out
+    assert "example.test" not in cli("zones", "list")[0]
+    assert "globex" not in cli("accounts", "list")[0]
+
+
+def test_zone_rename_moves_its_rules_and_delete_lists_them(cli, tmp_path):
+    cli("accounts", "create", "acme")
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING)
+    cli("apply", str(routing))
+    out, err = cli("zones", "rename", "example.test", "example.org", expect=1)
+    assert "rule hello: hello@example.test -> forward you@inbox.test" in out
+    assert "1 rules then match @example.org instead of @example.test" in out
+    assert "nothing renamed" in err
+    cli("zones", "rename", "example.test", "example.org", "--yes")
+    exported, _ = cli("export")
+    assert "to: hello@example.org" in exported and "example.test" not in exported
+
+    out, err = cli("zones", "delete", "example.org", expect=1)
+    assert "rule hello: hello@example.org -> forward you@inbox.test" in out
+    assert "nothing deleted" in err
+    cli("zones", "delete", "example.org", "--yes")
+    assert "example.org" not in cli("zones", "list")[0]
+
+
+def test_addresses_verify_by_email(cli, tmp_path):
+    cli("accounts", "create", "acme")
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING)
+    cli("apply", str(routing))
+    assert "pending" in cli("addresses", "list", "--account", "acme")[0]
+    _, err = cli("addresses", "verify", "--email", "nobody@inbox.test", expect=1)
+    assert "no destination address nobody@inbox.test" in err
+    out, _ = cli("addresses", "verify", "--email", "You@Inbox.test")
+    assert out.startswith("verified you@inbox.test")
+    assert "pending" not in cli("addresses", "list", "--account", "acme")[0]
+    out, _ = cli("addresses", "verify", "--email", "you@inbox.test")
+    assert "already verified" in out
+    _, err = cli("addresses", "verify", expect=2)
+    assert "give one of TOKEN, --id ID or --email ADDRESS" in err
