@@ -8,14 +8,19 @@ server.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from mta.store.db import Database, DatabaseUnavailable, is_unavailable
 from mta.store.embedded import EmbeddedPostgres
 from tests.conftest import server_owned_dir
 from tests.harness.smtp_sink import _free_port
@@ -135,3 +140,42 @@ def test_a_state_dir_deeper_than_a_socket_path_can_be(make_node):
         assert not EmbeddedPostgres(state / "postgres").running
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_node_restarts_its_killed_postmaster_and_serves_again(sending_node):
+    node, sink, setup, send = sending_node
+    setup()
+    cluster = cluster_of(node)
+    pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    down = node.wait_for_log(lambda e: e.get("event") == "database.down", timeout=30)
+    assert down["database"] == cluster.socket_path  # named, not a bare errno
+    while True:  # the operator does nothing; a client simply retries
+        try:
+            code, text = send("after the restart")
+        except (smtplib.SMTPException, OSError) as exc:
+            code, text = 0, str(exc).encode()
+        if code == 250:
+            break
+        assert time.monotonic() - killed < 30, f"not serving 30 s after the kill: {text}"
+        time.sleep(0.5)
+    assert time.monotonic() - killed < 30
+    node.wait_for_log(lambda e: e.get("event") == "database.restarted", timeout=1)
+    [received] = sink.wait_for(1, 30)
+    assert b"Subject: after the restart" in received.data
+    assert _healthy(node)
+    assert int((cluster.data_dir / "postmaster.pid").read_text().split()[0]) != pid
+
+
+async def test_connection_errors_name_the_database(tmp_path):
+    gone = tmp_path / "no-such-dir"
+    db = Database(f"postgresql+asyncpg://mta@/mta?host={gone}", connect_timeout=2)
+    try:
+        with pytest.raises(DatabaseUnavailable) as e:
+            async with db.session() as s:
+                await s.execute(text("SELECT 1"))
+    finally:
+        await db.close()
+    assert f"{gone}/.s.PGSQL.5432 (database mta)" in str(e.value)
+    assert is_unavailable(e.value)

@@ -8,7 +8,9 @@ even by SIGKILL.
 - The node (`mta serve`, or the supervisor of its workers) calls `own_cluster`: it waits
   while an `mta` command owns the cluster (commands are short), then starts it when it
   is not running, or adopts the postmaster a killed node left behind, and stops it at
-  `release()`. `ClusterWatch` (mta/store/clusterwatch.py) restarts it if it dies.
+  `release()`. Meanwhile a watcher thread restarts it if the postmaster dies (killed,
+  OOM): the node's connections fail for those seconds (SMTP answers 4xx, the API 503)
+  and recover by themselves.
 - Every other command calls `use_cluster`: when the cluster has an owner it is used as it
   is, never started or stopped; when nobody owns it the command owns it for its own run,
   starting it if needed and stopping at `release()` only what it started.
@@ -17,7 +19,8 @@ even by SIGKILL.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from mta.pidlock import PidLock
 from mta.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
@@ -28,6 +31,9 @@ __all__ = ["ClusterLease", "own_cluster", "use_cluster"]
 
 # How long a node waits for a command that owns the cluster to finish with it.
 OWNER_WAIT = 120.0
+# How often the owner checks that the postmaster is alive, and retries a failed restart.
+WATCH_INTERVAL = 1.0
+RETRY_INTERVAL = 2.0
 
 
 @dataclass
@@ -37,6 +43,8 @@ class ClusterLease:
     cluster: EmbeddedPostgres
     lock: PidLock
     stop_on_release: bool
+    _watcher: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def owned(self) -> bool:
@@ -45,7 +53,36 @@ class ClusterLease:
     def url(self) -> str:
         return self.cluster.url()
 
+    def watch(self, interval: float = WATCH_INTERVAL) -> None:
+        """Restart the cluster whenever its postmaster dies, until `release()`."""
+        self._watcher = threading.Thread(target=self._watch, args=(interval,),
+                                         name="embedded-postgres-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        where = self.cluster.socket_path
+        while not self._stopping.wait(interval):
+            if self.cluster.alive():
+                continue
+            log.error("embedded PostgreSQL at %s is down; restarting it", where,
+                      extra={"event": "database.down", "database": where})
+            while not self._stopping.is_set():
+                try:
+                    self.cluster.start()
+                except Exception as exc:  # keep trying: the node is useless without it
+                    log.error("restarting embedded PostgreSQL at %s failed: %s", where, exc,
+                              extra={"event": "database.restart_failed", "database": where})
+                    self._stopping.wait(RETRY_INTERVAL)
+                    continue
+                log.info("embedded PostgreSQL at %s restarted", where,
+                         extra={"event": "database.restarted", "database": where})
+                break
+
     def release(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()  # a restart in progress finishes before we stop
+            self._watcher = None
         try:
             if self.stop_on_release:
                 self.cluster.stop()
@@ -79,7 +116,9 @@ def own_cluster(cluster: EmbeddedPostgres, timeout: float = OWNER_WAIT) -> Clust
     except BaseException:
         lock.release()
         raise
-    return ClusterLease(cluster, lock, stop_on_release=True)
+    lease = ClusterLease(cluster, lock, stop_on_release=True)
+    lease.watch()
+    return lease
 
 
 def use_cluster(cluster: EmbeddedPostgres, ready_timeout: float = 30.0) -> ClusterLease:

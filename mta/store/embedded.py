@@ -102,6 +102,7 @@ class EmbeddedPostgres:
         self.base_dir = Path(self.base_dir)
         self.bin = find_pg_bin()
         self._owner: pwd.struct_passwd | None = None
+        self._proc: subprocess.Popen | None = None  # the postmaster, when we started it
 
     @property
     def data_dir(self) -> Path:
@@ -221,30 +222,56 @@ class EmbeddedPostgres:
     def start(self, timeout: float = 60) -> None:
         self.init()
         if not self.running:
-            logfile = self.base_dir / "postgresql.log"
-            if not logfile.exists():
-                logfile.touch()
-                os.chown(logfile, self.owner.pw_uid, self.owner.pw_gid)
-            self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(logfile),
-                       "-w", "-t", str(int(timeout)), "-o",
-                       f"-c listen_addresses= -c unix_socket_directories={self.socket_dir}",
-                       "start"],
-                      # Its own session: Ctrl-C on the terminal reaches the node, which
-                      # finishes its work first and then stops the cluster itself.
-                      start_new_session=True)
+            self._spawn()
         self.wait_ready(timeout)
         self.create_database(self.database, exist_ok=True)
+
+    def _spawn(self) -> None:
+        """Run the postmaster as our own child (not daemonised by pg_ctl): we learn of its
+        death at once and reap it, so a restart never meets a zombie still holding
+        postmaster.pid. Its own session: Ctrl-C on the terminal reaches the node, which
+        finishes its work first and then stops the cluster itself."""
+        logfile = self.base_dir / "postgresql.log"
+        if not logfile.exists():
+            logfile.touch()
+            os.chown(logfile, self.owner.pw_uid, self.owner.pw_gid)
+        as_other = os.geteuid() == 0
+        env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+        with logfile.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [str(self.bin / "postgres"), "-D", str(self.data_dir),
+                 "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                user=self.owner.pw_uid if as_other else None,
+                group=self.owner.pw_gid if as_other else None,
+                extra_groups=[] if as_other else None, cwd="/", start_new_session=True)
+
+    def alive(self) -> bool:
+        """Whether the postmaster is up, cheaply (no subprocess): our child's state, or
+        for a postmaster someone else started, its pid from postmaster.pid."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            return False
+        return state != "Z"
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                self._proc = None
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL exited while starting; see {self.base_dir / 'postgresql.log'}")
             try:
                 self._run([str(self.bin / "pg_isready"), "-h", str(self.socket_dir), "-q"])
                 return
             except EmbeddedPostgresError:
                 time.sleep(0.1)
-        raise EmbeddedPostgresError("PostgreSQL did not become ready in time; see "
-                                    f"{self.base_dir / 'postgresql.log'}")
+        raise EmbeddedPostgresError(f"PostgreSQL at {self.socket_path} did not become ready "
+                                    f"in time; see {self.base_dir / 'postgresql.log'}")
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         return self._run([str(self.bin / "psql"), "-h", str(self.socket_dir), "-U", self.role,
@@ -265,6 +292,9 @@ class EmbeddedPostgres:
             log.info("stopping embedded PostgreSQL")
             self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w",
                        "stop"])
+            if self._proc is not None:
+                self._proc.wait(30)
+                self._proc = None
             # Nobody can connect any more: leave no dangling alias in /tmp.
             alias, _ = self._alias()
             if alias.is_symlink() and alias.lstat().st_uid == os.geteuid():
