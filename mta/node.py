@@ -158,6 +158,8 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
     from mta.api.server import HttpListener, MetricsListener
     from mta.observe.retention import RetentionJob
     from mta.queue.delivery import DeliveryWorkers
+    from mta.queue.pool import ConnectionPool
+    from mta.queue.remote import remote_delivery_from_settings
 
     listeners = ctx.settings.listeners
     node_jobs = role is None or role.runs_node_jobs
@@ -166,7 +168,11 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
         services.append(MetricsListener(ctx))
     if node_jobs:
         services.append(RetentionJob(ctx))  # activity/message retention (observe.*)
-    workers = DeliveryWorkers(ctx, sample_stats=node_jobs)
+    # One pool of outbound SMTP connections for the queue and in-session forwards.
+    pool = ConnectionPool()
+    workers = DeliveryWorkers(
+        ctx, remote_delivery_from_settings(ctx.settings, ctx.resolver, pool=pool),
+        sample_stats=node_jobs)
     sending = _SendingPipeline(ctx, workers)
     services += [workers, sending]
     if listeners.http.enabled:
@@ -175,7 +181,8 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
         from mta.routing.inbound import InboundRouter
         from mta.smtp.mx import MxServer
 
-        router = InboundRouter(ctx.settings, ctx.db, ctx.resolver, clock=ctx.clock)
+        router = InboundRouter(ctx.settings, ctx.db, ctx.resolver, clock=ctx.clock,
+                               pool=pool)
         services.append(MxServer(ctx, router=router))
     if listeners.submission.enabled or listeners.submission_starttls.enabled:
         from mta.smtp.submission import submission_services

@@ -207,6 +207,9 @@ class DeliveryWorkers:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        close = getattr(self.transport, "close", None)
+        if close is not None:  # idle outbound connections (RemoteDelivery's pool)
+            close()
 
     def describe(self) -> dict:
         return {"name": self.name, "workers": self.options.workers,

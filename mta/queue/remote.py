@@ -3,7 +3,8 @@
 Job: find where mail for a domain goes (MX with implicit-MX fallback, null MX per
 RFC 7505, or a configured smart host), connect (IPv6 addresses of a host first, then
 IPv4), negotiate TLS (STARTTLS whenever offered; MTA-STS per RFC 8461 when the domain
-publishes a policy), and run the SMTP transaction with aiosmtplib. The result is a
+publishes a policy), and run the SMTP transaction (`smtpclient.SmtpClient`: MAIL, RCPT and
+DATA pipelined when the server offers PIPELINING). The result is a
 `RecipientOutcome` per recipient: 2xx delivered, 4xx / connection trouble / timeouts
 deferred, 5xx failed. Side effects: network only. This module never touches the database
 and never decides about retries or bounces; `delivery.py` applies the failure policy.
@@ -12,6 +13,12 @@ When to try the next MX host or address: the connection could not be made, the g
 or EHLO was refused, TLS required by an enforce policy failed, or the session was lost
 (421, disconnect, timeout) before the message body was sent. A recipient refused with
 4xx/5xx at RCPT is settled by that server, as is a reply to the end of DATA.
+
+Connections are kept for the next message to the same next hop (`pool.ConnectionPool`,
+shared by every caller of one RemoteDelivery: queue workers and in-session forwards): a
+connection goes back to the pool only after a clean transaction, with nothing unread;
+one that failed is closed. A pooled connection the server closed while it sat idle is
+noticed when it is taken (or at the first reply) and replaced without blaming the host.
 
 Settings read (constructor arguments): EHLO name, port (the same for every MX, so tests
 can use loopback sinks), connect / command / data timeouts, the TLS context that verifies
@@ -28,15 +35,16 @@ import random
 import re
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import aiosmtplib
-
 from mta.dnscache import DnsError, DnsResolver
 from mta.queue.mtasts import MtaSts, Policy
 from mta.queue.outcome import RecipientOutcome, Reply, Result
+from mta.queue.pool import ConnectionPool
+from mta.queue.smtpclient import ClientReply, SmtpClient, SmtpClientError
 
 __all__ = ["DeliverySession", "RemoteDelivery", "SmartHost", "normalize_line_endings"]
 
@@ -94,23 +102,28 @@ class _Route:
     failure: tuple[Result, Reply | None, str] | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # pooled by identity
 class _Connection:
-    smtp: aiosmtplib.SMTP
+    client: SmtpClient
     host: str
     ip: str
     tls_version: str | None
-    notes: list[str]
-    used: bool = False
+    notes: list[str]  # how TLS went (fallbacks, MTA-STS testing findings)
+    key: tuple = ()
+    created: float = 0.0
+    uses: int = 0  # transactions started on it
+    dirty: bool = False  # a transaction may be open: RSET before the next MAIL
 
-    def outcome(self, rcpt: str, result: Result, reply: Reply | None) -> RecipientOutcome:
+    def outcome(self, rcpt: str, result: Result, reply: Reply | None,
+                route_notes: list[str] = ()) -> RecipientOutcome:
+        notes = list(dict.fromkeys([*route_notes, *self.notes]))
         return RecipientOutcome(rcpt, result, reply, mx_host=self.host, ip=self.ip,
                                 tls_version=self.tls_version,
-                                detail="; ".join(self.notes) or None)
+                                detail="; ".join(notes) or None)
 
 
 def _reply(code: int, message: str) -> Reply:
-    """Split an aiosmtplib reply into basic code, enhanced code and one-line text."""
+    """Split a server reply into basic code, enhanced code and one-line text."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()] or [""]
     enhanced = None
     m = _ENHANCED_RE.match(lines[0])
@@ -132,7 +145,7 @@ class RemoteDelivery:
                  data_timeout: float = 600.0, verify_context: ssl.SSLContext | None = None,
                  ca_bundle: str | None = None, mtasts: MtaSts | None = None,
                  smart_host: SmartHost | None = None, ipv6: bool = True,
-                 max_connect_attempts: int = 10) -> None:
+                 max_connect_attempts: int = 10, pool: ConnectionPool | None = None) -> None:
         self._resolver = resolver
         self._ehlo = ehlo_name
         self._port = port
@@ -150,6 +163,8 @@ class RemoteDelivery:
         self.smart_host = smart_host
         self._ipv6 = ipv6
         self._max_attempts = max_connect_attempts
+        self.pool = pool if pool is not None else ConnectionPool()
+        self.connections_opened = 0  # so tests and callers can see reuse
 
     async def deliver(self, domain: str, envelope_from: str, recipients: list[str],
                       raw: bytes) -> list[RecipientOutcome]:
@@ -164,7 +179,16 @@ class RemoteDelivery:
         try:
             yield session
         finally:
-            await session.close()
+            session.close()
+
+    def close(self) -> None:
+        """Close the idle connections (node shutdown)."""
+        self.pool.close()
+
+    def _pool_key(self, host: str, policy: Policy | None) -> tuple:
+        relay = self.smart_host
+        return (host, relay.port if relay else self._port, tuple(self._levels(policy)),
+                relay.username if relay else None)
 
     # -- where to connect ------------------------------------------------------------------
 
@@ -226,20 +250,13 @@ class RemoteDelivery:
     async def _establish(self, host: str, ip: str, policy: Policy | None,
                        notes: list[str]) -> _Connection:
         """A ready session (greeted, EHLO done, TLS as required, AUTH for a smart host)."""
-        relay = self.smart_host
-        if relay is not None:
-            levels = ["verify" if relay.verify else "opportunistic"]
-            if relay.tls == "none":
-                levels = ["none"]
-        elif policy is not None and policy.mode == "enforce":
-            levels = ["verify"]  # RFC 8461 §5.1: never in clear, never unverified
-        elif policy is not None:
-            levels = ["verify", "opportunistic", "none"]
-        else:
-            levels = ["opportunistic", "none"]
+        levels = self._levels(policy)
         for i, level in enumerate(levels):
             try:
-                return await self._open(host, ip, level, policy, notes)
+                conn = await self._open(host, ip, level, policy, notes)
+                conn.key = self._pool_key(host, policy)
+                self.connections_opened += 1
+                return conn
             except _ConnectError as exc:
                 if not exc.tls or i == len(levels) - 1:
                     raise
@@ -247,6 +264,18 @@ class RemoteDelivery:
                 # and say so on the outcome.
                 notes.append(f"{level} TLS to {host} failed ({exc}), retried weaker")
         raise AssertionError("unreachable")
+
+    def _levels(self, policy: Policy | None) -> list[str]:
+        """TLS levels to try, strongest first."""
+        relay = self.smart_host
+        if relay is not None:
+            return ["none"] if relay.tls == "none" else [
+                "verify" if relay.verify else "opportunistic"]
+        if policy is not None and policy.mode == "enforce":
+            return ["verify"]  # RFC 8461 §5.1: never in clear, never unverified
+        if policy is not None:
+            return ["verify", "opportunistic", "none"]
+        return ["opportunistic", "none"]
 
     async def _open(self, host: str, ip: str, level: str, policy: Policy | None,
                     notes: list[str]) -> _Connection:
@@ -263,73 +292,77 @@ class RemoteDelivery:
         except (OSError, TimeoutError) as exc:
             sock.close()
             raise _ConnectError(f"{host} [{ip}]:{port}: {exc or 'connect timeout'}") from None
-        # Handing aiosmtplib a connected socket lets TLS check the host *name* (SNI and
-        # certificate) while we choose the address; its own connect would use the IP.
-        smtp = aiosmtplib.SMTP(hostname=host, sock=sock, local_hostname=self._ehlo,
-                               timeout=self._command_timeout, use_tls=implicit,
-                               start_tls=False, tls_context=context)
+        # We connect the socket ourselves (choosing the address) and let TLS check the
+        # host *name* (SNI and certificate).
+        timeout = self._connect_timeout
         try:
-            await smtp.connect(timeout=self._connect_timeout)
-            await self._ehlo_or_helo(smtp)
+            client, greeting = await SmtpClient.connect(
+                sock, host, timeout=timeout, tls=context if implicit else None)
+        except SmtpClientError as exc:
+            raise _ConnectError(f"{host} [{ip}]: {exc}", tls=False) from None
+        client.timeout = self._command_timeout
+        try:
+            if greeting.code != 220:
+                raise _ConnectError(f"{host} [{ip}] refused the session: {greeting.code} "
+                                    f"{greeting.message}")
+            await self._ehlo_or_helo(client, host, ip)
             if not implicit:
-                await self._starttls(smtp, host, level, policy, notes)
+                await self._starttls(client, host, level, policy, notes, timeout)
             if relay is not None and relay.username:
-                if relay.tls != "none" and smtp.get_transport_info("sslcontext") is None:
+                if relay.tls != "none" and not client.encrypted:
                     raise _ConnectError(f"smart host {host} without TLS: AUTH refused")
-                try:
-                    await _authenticate(smtp, relay.username, relay.password or "")
-                except aiosmtplib.SMTPAuthenticationError as exc:
-                    raise _ConnectError(
-                        f"smart host AUTH failed: {exc.code} {exc.message}") from None
+                r = await client.auth(relay.username, relay.password or "")
+                if r.code != 235:
+                    raise _ConnectError(f"smart host AUTH failed: {r.code} {r.message}")
         except _ConnectError:
-            smtp.close()
+            client.close()
             raise
-        except aiosmtplib.SMTPResponseException as exc:
-            smtp.close()
-            raise _ConnectError(f"{host} [{ip}] refused the session: {exc.code} "
-                                f"{exc.message}") from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            smtp.close()
-            tls = isinstance(exc, ssl.SSLError) or "ssl" in type(exc).__name__.lower()
-            raise _ConnectError(f"{host} [{ip}]: {exc}", tls=tls and not implicit) from None
-        ssl_object = smtp.get_transport_info("ssl_object")
-        version = ssl_object.version() if ssl_object is not None else None
-        return _Connection(smtp, host, ip, version, notes)
+        except SmtpClientError as exc:
+            client.close()
+            raise _ConnectError(f"{host} [{ip}]: {exc}") from None
+        return _Connection(client, host, ip, client.tls_version, notes,
+                           created=time.monotonic())
 
-    async def _ehlo_or_helo(self, smtp: aiosmtplib.SMTP) -> None:
-        try:
-            await smtp.ehlo()
-        except aiosmtplib.SMTPHeloError as exc:
-            if exc.code == 421:
-                raise
-            await smtp.helo()  # RFC 5321 §3.2: fall back for pre-ESMTP servers
+    async def _ehlo_or_helo(self, client: SmtpClient, host: str, ip: str) -> None:
+        r = await client.ehlo(self._ehlo)
+        if r.code == 250:
+            return
+        if r.code != 421:
+            r = await client.helo(self._ehlo)  # RFC 5321 §3.2: pre-ESMTP servers
+            if r.code == 250:
+                return
+        raise _ConnectError(f"{host} [{ip}] refused the session: {r.code} {r.message}")
 
-    async def _starttls(self, smtp: aiosmtplib.SMTP, host: str, level: str,
-                        policy: Policy | None, notes: list[str]) -> None:
+    async def _starttls(self, client: SmtpClient, host: str, level: str,
+                        policy: Policy | None, notes: list[str], timeout: float) -> None:
         enforce = policy is not None and policy.mode == "enforce"
         required = enforce or (self.smart_host is not None and self.smart_host.tls == "starttls")
         if level == "none":
             return
-        if not smtp.supports_extension("starttls"):
+        if not client.supports("STARTTLS"):
             if required:
                 raise _ConnectError(f"{host} does not offer STARTTLS, which "
                                     f"{'MTA-STS enforce' if enforce else 'the relay'} requires")
             if policy is not None:
                 notes.append(f"MTA-STS testing: {host} does not offer STARTTLS")
             return
+        context = self._verify if level == "verify" else self._opportunistic
         try:
-            await smtp.starttls(server_hostname=host, timeout=self._connect_timeout)
-        except aiosmtplib.SMTPResponseException as exc:
-            raise _ConnectError(f"STARTTLS refused by {host}: {exc.code} {exc.message}",
-                                tls=not required) from None
-        except (ssl.SSLError, OSError, aiosmtplib.SMTPException, TimeoutError) as exc:
+            r = await client.starttls(context, timeout)
+        except SmtpClientError as exc:
             # A certificate that fails verification lands here too.
             raise _ConnectError(f"TLS with {host} failed: {exc}", tls=not required) from None
-        await smtp.ehlo()  # RFC 3207 §4.2: forget what the server said before TLS
+        if r.code != 220:
+            raise _ConnectError(f"STARTTLS refused by {host}: {r.code} {r.message}",
+                                tls=not required)
+        r = await client.ehlo(self._ehlo)  # RFC 3207 §4.2: forget what was said before TLS
+        if r.code != 250:
+            raise _ConnectError(f"{host} refused EHLO after STARTTLS: {r.code} {r.message}")
 
 
 class DeliverySession:
-    """Sends messages to one destination, reusing one connection (RSET between them)."""
+    """Sends messages to one destination over one connection, taken from the pool (or
+    opened) for the first message and given back to the pool at `close()`."""
 
     def __init__(self, engine: RemoteDelivery, route: _Route) -> None:
         self._engine = engine
@@ -350,6 +383,8 @@ class DeliverySession:
         pending = unique
         while pending:
             if self._conn is None:
+                self._conn = self._from_pool()
+            if self._conn is None:
                 try:
                     self._conn = await self._connect(errors)
                 except _ConnectError:
@@ -359,13 +394,13 @@ class DeliverySession:
                 settled.update(await self._transaction(conn, envelope_from, pending, raw))
                 pending = []
             except _Stale:
-                await self._drop()
+                self._drop()
             except _SessionLost as exc:
                 settled.update(exc.settled)
                 pending = [r for r in pending if r not in settled]
                 errors.append(str(exc))
                 self._bad.add((conn.host, conn.ip))
-                await self._drop()
+                self._drop()
         if pending:
             # No reply on these: a 5xx greeting from one MX says nothing about the
             # recipient, and the failure policy must not read it as a hard bounce.
@@ -374,16 +409,28 @@ class DeliverySession:
                 settled[r] = RecipientOutcome(r, "deferred", None, detail=detail)
         return [settled[r] for r in recipients]
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Hand the connection back for the next message to this next hop."""
         if self._conn is not None:
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                await self._conn.smtp.quit(timeout=5)
-            await self._drop()
-
-    async def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.smtp.close()
+            self._engine.pool.give(self._conn.key, self._conn)
             self._conn = None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.client.close()
+            self._conn = None
+
+    def _from_pool(self) -> _Connection | None:
+        """An idle connection to the most preferred host that has one."""
+        engine, route = self._engine, self._route
+        for host in route.hosts:
+            conn = engine.pool.take(engine._pool_key(host, route.policy))
+            if conn is not None:
+                if (conn.host, conn.ip) in self._bad:
+                    conn.client.close()
+                    continue
+                return conn
+        return None
 
     async def _connect(self, errors: list[str]) -> _Connection:
         """Try hosts in order and each host's addresses, IPv6 first."""
@@ -406,7 +453,7 @@ class DeliverySession:
                     raise last or _ConnectError("connection attempt limit reached")
                 attempts += 1
                 try:
-                    conn = await engine._establish(host, ip, route.policy, list(route.notes))
+                    conn = await engine._establish(host, ip, route.policy, [])
                 except _ConnectError as exc:
                     errors.append(str(exc))
                     self._bad.add((host, ip))
@@ -418,86 +465,110 @@ class DeliverySession:
 
     async def _transaction(self, conn: _Connection, envelope_from: str,
                            recipients: list[str], raw: bytes) -> dict[str, RecipientOutcome]:
-        smtp = conn.smtp
+        """One mail transaction. With PIPELINING, RSET (when the previous transaction was
+        left open), MAIL, every RCPT and DATA go out in one write and their replies
+        are read in order; without it, one command at a time, stopping early."""
+        client = conn.client
+        notes = self._route.notes
         out: dict[str, RecipientOutcome] = {}
+
+        def outcome(rcpt: str, result: Result, reply: Reply | None) -> RecipientOutcome:
+            return conn.outcome(rcpt, result, reply, notes)
+
+        utf8 = not all(a.isascii() for a in [envelope_from, *recipients])
+        if utf8 and not client.supports("SMTPUTF8"):
+            r = Reply(553, "5.6.7", "Non-ASCII address and no SMTPUTF8 at the server")
+            return {a: outcome(a, "failed", r) for a in recipients}
+        options = [b"SMTPUTF8"] if utf8 else []
+        if client.supports("SIZE"):
+            options.append(b"SIZE=%d" % len(raw))
+        if not raw.isascii() and client.supports("8BITMIME"):
+            options.append(b"BODY=8BITMIME")
+        enc = "utf-8" if utf8 else "ascii"
+        mail = b" ".join([b"MAIL FROM:<" + envelope_from.encode(enc) + b">", *options])
+        rcpts = [b"RCPT TO:<" + r.encode(enc) + b">" for r in recipients]
+        reused = conn.uses > 0
+        rset = conn.dirty
+        conn.uses += 1
+        conn.dirty = True  # until the end of DATA says otherwise
+        pipelined = client.supports("PIPELINING")
         timeout = self._engine._command_timeout
         try:
-            if conn.used:
+            if pipelined:
+                client.send(([b"RSET"] if rset else []) + [mail, *rcpts, b"DATA"])
+
+            async def ask(command: bytes) -> ClientReply:
+                if not pipelined:
+                    client.send([command])
+                return await client.reply(timeout)
+
+            if rset or reused:
+                # The first reply on a reused connection tells whether it still lives.
                 try:
-                    reply = await smtp.execute_command(b"RSET", timeout=timeout)
-                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    first = await ask(b"RSET" if rset else mail)
+                except SmtpClientError:
                     raise _Stale() from None
-                if reply.code != 250:
+                if first.code == 421 or (rset and first.code != 250):
                     raise _Stale()
-            conn.used = True
-            utf8 = not all(a.isascii() for a in [envelope_from, *recipients])
-            if utf8 and not smtp.supports_extension("smtputf8"):
-                r = Reply(553, "5.6.7", "Non-ASCII address and no SMTPUTF8 at the server")
-                return {a: conn.outcome(a, "failed", r) for a in recipients}
-            options = [b"SMTPUTF8"] if utf8 else []
-            if smtp.supports_extension("size"):
-                options.append(b"SIZE=%d" % len(raw))
-            if not raw.isascii() and smtp.supports_extension("8bitmime"):
-                options.append(b"BODY=8BITMIME")
-            enc = "utf-8" if utf8 else "ascii"
-            mail = await smtp.execute_command(
-                b"MAIL", b"FROM:<" + envelope_from.encode(enc) + b">", *options,
-                timeout=timeout)
-            if mail.code == 421:
-                raise _SessionLost(f"{conn.host}: MAIL: {mail.code} {mail.message}", out)
-            if mail.code != 250:
-                r = _reply(mail.code, mail.message)
-                return {a: conn.outcome(a, _result_for(mail.code), r) for a in recipients}
+                mail_reply = await ask(mail) if rset else first
+            else:
+                mail_reply = await ask(mail)
+            if mail_reply.code == 421:
+                raise _SessionLost(f"{conn.host}: MAIL: {mail_reply}", out)
+            if mail_reply.code != 250:
+                r = _reply(mail_reply.code, mail_reply.message)
+                if pipelined:  # the RCPTs and DATA were refused too; read them off
+                    for _ in range(len(rcpts) + 1):
+                        if (await client.reply(timeout)).code == 354:
+                            raise _SessionLost(f"{conn.host}: DATA accepted without MAIL",
+                                               out)
+                return {a: outcome(a, _result_for(mail_reply.code), r) for a in recipients}
             accepted: list[str] = []
-            for rcpt in recipients:
-                resp = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode(enc) + b">",
-                                                  timeout=timeout)
+            for rcpt, command in zip(recipients, rcpts, strict=True):
+                resp = await ask(command)
                 if resp.code == 421:
-                    raise _SessionLost(f"{conn.host}: RCPT: {resp.code} {resp.message}",
+                    raise _SessionLost(f"{conn.host}: RCPT: {resp}",
                                        {a: o for a, o in out.items() if o.result == "failed"})
                 if resp.code in (250, 251):
                     accepted.append(rcpt)
                 else:
-                    out[rcpt] = conn.outcome(rcpt, _result_for(resp.code),
-                                             _reply(resp.code, resp.message))
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
-                OSError, TimeoutError) as exc:
+                    out[rcpt] = outcome(rcpt, _result_for(resp.code),
+                                        _reply(resp.code, resp.message))
+            if not accepted and not pipelined:
+                return out  # the transaction stays open: RSET next time
+            data = await ask(b"DATA")
+            if not accepted:
+                if data.code == 354:  # a server that accepts DATA without recipients
+                    self._drop()
+                return out
+        except (SmtpClientError, OSError) as exc:
             raise _SessionLost(f"{conn.host} [{conn.ip}]: {exc or type(exc).__name__}",
                                {a: o for a, o in out.items() if o.result == "failed"}) from None
-        if not accepted:
+        if data.code != 354:
+            if data.code == 421:
+                self._drop()
+            reply = _reply(data.code, data.message)
+            for a in accepted:
+                out[a] = outcome(a, _result_for(data.code), reply)
             return out
         try:
-            resp = await smtp.data(raw, timeout=self._engine._data_timeout)
-            code, reply = resp.code, _reply(resp.code, resp.message)
-        except aiosmtplib.SMTPDataError as exc:
-            code, reply = exc.code, _reply(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            final = await client.send_body(raw, self._engine._data_timeout)
+        except (SmtpClientError, OSError) as exc:
             # The body may have reached the server: deferring risks a duplicate, which is
             # better than a loss (delivery is at-least-once).
-            await self._drop()
+            self._drop()
             detail = f"{conn.host} [{conn.ip}] during DATA: {exc or type(exc).__name__}"
             for a in accepted:
                 out[a] = RecipientOutcome(a, "deferred", None, conn.host, conn.ip,
                                           conn.tls_version, detail)
             return out
-        if not smtp.is_connected:  # e.g. 421 at DATA: the server is gone
-            self._conn = None
+        conn.dirty = False
+        if final.code == 421:  # the server is going away
+            self._drop()
+        reply = _reply(final.code, final.message)
         for a in accepted:
-            out[a] = conn.outcome(a, _result_for(code), reply)
+            out[a] = outcome(a, _result_for(final.code), reply)
         return out
-
-
-async def _authenticate(smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
-    """One AUTH attempt, PLAIN preferred: aiosmtplib's login() retries every offered
-    mechanism with the same wrong password, which can trip a relay's lockout."""
-    methods = smtp.server_auth_methods
-    if "plain" in methods:
-        await smtp.auth_plain(username, password)
-    elif "login" in methods:
-        await smtp.auth_login(username, password)
-    else:
-        raise aiosmtplib.SMTPAuthenticationError(
-            504, f"no supported AUTH mechanism among {' '.join(methods) or 'none'}")
 
 
 def _order(mx: list[tuple[int, str]]) -> list[str]:

@@ -153,7 +153,8 @@ def _auth_summary(auth: AuthResults) -> dict[str, str]:
 
 class InboundRouter:
     def __init__(self, settings: Settings, db: Database, resolver: DnsResolver, *,
-                 transport: Any = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 transport: Any = None, clock: Callable[[], datetime] = utcnow,
+                 pool: Any = None) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
@@ -163,8 +164,9 @@ class InboundRouter:
         if transport is None:
             from mta.queue.remote import remote_delivery_from_settings
 
+            # `pool`: the node's outbound connections, shared with the queue workers.
             transport = remote_delivery_from_settings(
-                settings, resolver, connect_timeout=min(30.0, self.timeout))
+                settings, resolver, connect_timeout=min(30.0, self.timeout), pool=pool)
         self.transport = transport
         # issue 7: handlers run in-session (mta/handlers/runner.py)
         from mta.handlers.runner import HandlerRunner

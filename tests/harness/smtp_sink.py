@@ -3,7 +3,8 @@
 It runs aiosmtpd in its own thread, so tests in any event loop (or none) can use it.
 Replies can be scripted per recipient or for DATA (`sink.rcpt_replies["a@x"] = "550 5.1.1 no"`,
 `sink.data_replies.append("451 4.3.0 try later")`), and STARTTLS is offered when a
-certificate is given (see `tls_context_for` in conftest).
+certificate is given (see `tls_context_for` in conftest). It offers PIPELINING unless
+told not to, and closes a connection idle for `idle_timeout` seconds (421 first).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class ReceivedMessage:
 class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:  # aiosmtpd reads pipelined commands in order anyway
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -70,7 +78,8 @@ class _Controller(Controller):
         return SMTP(self.handler, hostname=self._sink.hostname, decode_data=False,
                     tls_context=self._sink.tls_context,
                     require_starttls=self._sink.require_starttls,
-                    enable_SMTPUTF8=True, data_size_limit=self._sink.size_limit)
+                    enable_SMTPUTF8=True, data_size_limit=self._sink.size_limit,
+                    timeout=self._sink.idle_timeout)
 
     def _trigger_server(self) -> None:
         # The base class connects to the listening port to wake the server; with
@@ -85,13 +94,16 @@ class _Controller(Controller):
 class SmtpSink:
     def __init__(self, address: str = "127.0.0.2", port: int = 0,
                  tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
-                 hostname: str = "sink.test", size_limit: int = 64 * 1024 * 1024) -> None:
+                 hostname: str = "sink.test", size_limit: int = 64 * 1024 * 1024,
+                 pipelining: bool = True, idle_timeout: float = 300) -> None:
         self.address = address
         self.port = port or _free_port(address)
         self.tls_context = tls_context
         self.require_starttls = require_starttls
         self.hostname = hostname
         self.size_limit = size_limit
+        self.pipelining = pipelining  # offer PIPELINING (RFC 2920) in the EHLO reply
+        self.idle_timeout = idle_timeout  # seconds of silence before it says 421 and closes
         self.messages: list[ReceivedMessage] = []
         # Scripted replies: per recipient (lower-cased) a queue of replies used one per RCPT.
         self.rcpt_replies: dict[str, deque[str] | str] = {}
