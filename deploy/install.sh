@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install one mta node on a fresh Debian (12+) host, from a checkout of this repository.
 #
-#   sudo deploy/install.sh --hostname mx1.example.com [--domain example.com ...]
+#   sudo deploy/install.sh --hostname mx1.example.com --public-url https://mail.example.com
+#        [--domain example.com ...]
 #        [--database-url postgresql+asyncpg://mta:PASS@db.example.com/mta]
 #        [--tls-cert /etc/letsencrypt/live/mx1/fullchain.pem --tls-key .../privkey.pem]
 #        [--srs-domain srs.example.com] [--no-start]
@@ -9,32 +10,38 @@
 # What it does (each step is skipped when already done, so it can be re-run):
 #   1. Debian packages: python3-venv, ca-certificates, and the PostgreSQL server
 #      binaries when no --database-url is given (the node then runs an embedded cluster
-#      under /var/lib/mta/postgres).
+#      under /var/lib/mta/postgres, and Debian's own default cluster is set to start
+#      manually and stopped; with --database-url no local cluster is touched).
 #   2. System user and group `mta` (no login shell, home /var/lib/mta).
 #   3. /opt/mta/.venv with this checkout installed (pip; needs PyPI or a mirror).
 #   4. /etc/mta/mta.yaml from config/mta.example.yaml, every comment kept, with production
-#      values: MX on 0.0.0.0:25, submission on 0.0.0.0:465 (only with a certificate),
-#      state_dir /var/lib/mta, node.hostname and srs.domain. An existing file is kept.
+#      values: MX on port 25 of every address, IPv4 and IPv6 (`::`), submission on 465
+#      (only with a certificate), state_dir /var/lib/mta, node.hostname,
+#      srs.domain, routing.verification_base_url (--public-url, default
+#      https://HOSTNAME). An existing file is kept.
 #   5. /etc/mta/secrets.env (mode 0640, group mta): MTA_SECRET_KEY and MTA_SRS_SECRETS
 #      generated once, MTA_DATABASE_URL when --database-url is given.
-#   6. /etc/systemd/system/mta.service from systemd/mta.service; with an external
+#   6. /usr/local/bin/mta: the CLI with /etc/mta/mta.yaml and secrets.env (root and
+#      group mta can use it).
+#   7. /etc/systemd/system/mta.service from systemd/mta.service; with an external
 #      database, `mta db upgrade` before the first start; then enable --now.
-#   7. Prints the DNS records to publish (node records, and per --domain the routing,
-#      MTA-STS and TLS-RPT records, via `mta dns`).
+#   8. Prints every DNS record to publish: the node's own, then per --domain the routing
+#      MX, SPF, MTA-STS and TLS-RPT records, and the SRS domain's MX and SPF with the
+#      forwarding DKIM key (`mta dns DOMAIN --routing`, `mta dns SRS --forwarding`).
 #
 # Options for trying it without touching this machine:
 #   --dry-run     print every command and file instead of running or writing it
-#   --prefix DIR  install under DIR (DIR/etc/mta, DIR/opt/mta, ...): no apt, no user,
-#                 no chown, no systemctl; --no-venv skips the venv (the DNS step then
-#                 uses the checkout's .venv when there is one)
+#   --prefix DIR  install under DIR (DIR/etc/mta, DIR/opt/mta, DIR/usr/local/bin, ...):
+#                 no apt, no user, no chown, no systemctl; --no-venv skips the venv (the
+#                 CLI is then the checkout's .venv/bin/mta)
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX="" DRY_RUN=0 NO_VENV=0 START=1
-HOSTNAME_="" SRS_DOMAIN="" DB_URL="" TLS_CERT="" TLS_KEY=""
+HOSTNAME_="" SRS_DOMAIN="" DB_URL="" TLS_CERT="" TLS_KEY="" PUBLIC_URL=""
 DOMAINS=()
 
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,6 +51,7 @@ while [ $# -gt 0 ]; do
         --tls-cert) TLS_CERT="$2"; shift 2 ;;
         --tls-key) TLS_KEY="$2"; shift 2 ;;
         --srs-domain) SRS_DOMAIN="$2"; shift 2 ;;
+        --public-url) PUBLIC_URL="${2%/}"; shift 2 ;;
         --prefix) PREFIX="$(realpath -m "$2")"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         --no-venv) NO_VENV=1; shift ;;
@@ -55,6 +63,11 @@ done
 
 [ -n "$HOSTNAME_" ] || HOSTNAME_="$(hostname -f 2>/dev/null || hostname)"
 [ -n "$SRS_DOMAIN" ] || SRS_DOMAIN="$HOSTNAME_"
+[ -n "$PUBLIC_URL" ] || PUBLIC_URL="https://$HOSTNAME_"
+case "$PUBLIC_URL" in
+    http://*|https://*) ;;
+    *) echo "install.sh: --public-url must start with https:// (or http://)" >&2; exit 2 ;;
+esac
 if { [ -n "$TLS_CERT" ] && [ -z "$TLS_KEY" ]; } || { [ -z "$TLS_CERT" ] && [ -n "$TLS_KEY" ]; }; then
     echo "install.sh: --tls-cert and --tls-key go together" >&2; exit 2
 fi
@@ -65,7 +78,7 @@ if [ "$SYSTEM" = 1 ] && [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
 fi
 
 ETC="$PREFIX/etc/mta" OPT="$PREFIX/opt/mta" STATE="$PREFIX/var/lib/mta"
-UNIT_DIR="$PREFIX/etc/systemd/system"
+UNIT_DIR="$PREFIX/etc/systemd/system" BIN_DIR="$PREFIX/usr/local/bin"
 MTA="$OPT/.venv/bin/mta"
 
 say() { printf '==> %s\n' "$*"; }
@@ -95,8 +108,27 @@ if [ "$SYSTEM" = 1 ]; then
     if [ ${#missing[@]} -gt 0 ]; then
         run env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-        # The Debian package starts a cluster of its own; the node runs its own instead.
-        [ -n "$DB_URL" ] || run systemctl disable --now postgresql.service || true
+    fi
+    if [ -z "$DB_URL" ]; then
+        # The Debian package creates and starts a default cluster ("main"); the node
+        # runs its own, so that one is stopped and set to start only by hand. Other
+        # clusters, and everything when an external database is used, are left alone.
+        say "Debian's default PostgreSQL cluster: stopped, start=manual (the node runs its own)"
+        found=0
+        for conf in /etc/postgresql/*/main/start.conf; do
+            [ -e "$conf" ] || continue
+            found=1
+            version="$(basename "$(dirname "$(dirname "$conf")")")"
+            if ! grep -qx 'manual' "$conf"; then
+                if [ "$DRY_RUN" = 1 ]; then
+                    printf '    would write %s: manual\n' "$conf"
+                else
+                    echo manual > "$conf"
+                fi
+            fi
+            run systemctl stop "postgresql@$version-main.service"
+        done
+        [ "$found" = 1 ] || echo "    (no default cluster yet: the one apt creates is handled on the next run)"
     fi
 
     # --- 2. user ---------------------------------------------------------------------------
@@ -153,9 +185,10 @@ if [ -e "$ETC/mta.yaml" ] && [ "$DRY_RUN" = 0 ]; then
 else
     settings=(
         "node.hostname=$HOSTNAME_" "state_dir=/var/lib/mta" "srs.domain=$SRS_DOMAIN"
-        "listeners.mx.address=0.0.0.0" "listeners.mx.port=25"
-        "listeners.submission.address=0.0.0.0" "listeners.submission.port=465"
-        "listeners.submission_starttls.address=0.0.0.0" "listeners.submission_starttls.port=587"
+        "listeners.mx.address='::'" "listeners.mx.port=25"
+        "listeners.submission.address='::'" "listeners.submission.port=465"
+        "listeners.submission_starttls.address='::'" "listeners.submission_starttls.port=587"
+        "routing.verification_base_url=$PUBLIC_URL"
         "logging.format=json"
     )
     if [ -n "$TLS_CERT" ]; then
@@ -198,7 +231,27 @@ if [ "$DRY_RUN" = 0 ] && [ -x "$MTA" ]; then
     "$MTA" config check "$ETC/mta.yaml"
 fi
 
-# --- 6. service ------------------------------------------------------------------------------
+# --- 6. the mta command ---------------------------------------------------------------------
+# `mta ...` for the operator: the node's configuration, and its secrets (the database URL,
+# the key that decrypts DKIM keys) read from secrets.env, which only root and group mta
+# may read. Paths are the installed ones (under --prefix: inside the prefix).
+say "command $BIN_DIR/mta"
+write_file "$BIN_DIR/mta" 0755 <<EOF
+#!/bin/sh
+# The mta CLI with this node's configuration and secrets (written by deploy/install.sh).
+if [ ! -r "$ETC/secrets.env" ]; then
+    echo "mta: cannot read $ETC/secrets.env (run it as root or as a member of group mta)" >&2
+    exit 1
+fi
+set -a
+# shellcheck source=/dev/null
+. "$ETC/secrets.env"
+set +a
+MTA_CONFIG="$ETC/mta.yaml" exec "$MTA" "\$@"
+EOF
+CLI="$BIN_DIR/mta"
+
+# --- 7. service ------------------------------------------------------------------------------
 say "systemd unit $UNIT_DIR/mta.service"
 run install -d "$UNIT_DIR"
 run install -m 0644 "$SRC/systemd/mta.service" "$UNIT_DIR/mta.service"
@@ -207,7 +260,7 @@ if [ "$SYSTEM" = 1 ]; then
     if [ -n "$DB_URL" ]; then
         # Nodes also migrate at start-up (serialised by an advisory lock); doing it here
         # surfaces a wrong URL or missing privileges before the service starts.
-        run runuser -u mta -- env "MTA_DATABASE_URL=$DB_URL" "$MTA" --config "$ETC/mta.yaml" db upgrade
+        run runuser -u mta -- "$CLI" db upgrade
     fi
     if [ "$START" = 1 ]; then
         run systemctl enable --now mta.service
@@ -216,28 +269,34 @@ if [ "$SYSTEM" = 1 ]; then
     fi
 fi
 
-# --- 7. DNS ----------------------------------------------------------------------------------
+# --- 8. DNS ----------------------------------------------------------------------------------
+# What `mta dns` prints, wherever it can: the same code the admin API uses.
+dns() {  # dns ARGS...: the records `mta dns ARGS --no-check` prints, or that command
+    if [ "$DRY_RUN" = 0 ] && [ -x "$MTA" ]; then
+        "$CLI" dns "$@" --no-check | sed 's/^/    /' || echo "    (failed: mta dns $*)"
+    else
+        echo "    \$ mta dns $*"
+    fi
+}
 say "DNS records to publish"
 cat <<EOF
-    # This node (one set per node; the MX of every routing domain points at them):
-    $HOSTNAME_.            A/AAAA   <this node's public addresses>
+    # This node (one set per node; every MX record below points at the nodes):
+    $HOSTNAME_.            A/AAAA   <this node's public IPv4 and IPv6 addresses>
     <its addresses>        PTR      $HOSTNAME_.   (ask your provider; receivers check it)
     _spf.$HOSTNAME_.       TXT      "v=spf1 ip4:<node IPv4s> ip6:<node IPv6s> -all"
-    # Mail for SRS-rewritten senders comes back here:
-    $SRS_DOMAIN.           MX 10    $HOSTNAME_.
+    # The SRS domain (envelope sender of forwarded mail: MX for its bounces, SPF) and
+    # the forwarding DKIM key (generated now if this is the first time):
 EOF
+if [ "$SYSTEM" = 1 ] || [ -n "$DB_URL" ]; then
+    dns "$SRS_DOMAIN" --forwarding
+else
+    # Under --prefix the embedded cluster's state_dir is not inside the prefix.
+    echo "    \$ mta dns $SRS_DOMAIN --forwarding"
+fi
 for d in ${DOMAINS[@]+"${DOMAINS[@]}"}; do
-    cat <<EOF
-    # Routing domain $d (or enable routing: mta apply routing.yaml):
-    $d.                    MX 10    $HOSTNAME_.
-    $d.                    TXT      "v=spf1 include:_spf.$HOSTNAME_ ~all"
-    mta-sts.$d.            CNAME    <the HTTPS front end of the HTTP listener>
-EOF
-    if [ -x "$MTA" ] && [ "$DRY_RUN" = 0 ]; then
-        "$MTA" --config "$ETC/mta.yaml" dns "$d" --mta-sts --no-check | sed 's/^/    /'
-    else
-        echo "    \$ mta dns $d --mta-sts      # the _mta-sts and _smtp._tls TXT records"
-    fi
+    echo "    # Routing domain $d (MX, SPF, then MTA-STS and TLS-RPT):"
+    dns "$d" --routing
+    echo "    mta-sts.$d   CNAME   <the HTTPS front end of the HTTP listener>"
 done
 cat <<EOF
     # Sending domains: onboard each, then publish what it prints and check it live:

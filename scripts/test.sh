@@ -3,7 +3,7 @@
 # to pytest (e.g. a path, or -m slow for the long soak runs).
 source "$(dirname "$0")/setup.sh"
 # Real peers used by the tests: Mail::DKIM (independent DKIM/ARC verifier), curl (an
-# SMTPS client), swaks.
-ensure_debian_packages libmail-dkim-perl curl swaks
+# SMTPS client), swaks; systemd-analyze and shellcheck check systemd/ and deploy/
+ensure_debian_packages libmail-dkim-perl curl swaks systemd shellcheck
 ensure_venv "[test]"
 exec .venv/bin/pytest -q "$@"

@@ -2,7 +2,7 @@
 
     mta domains onboard example.com --sending [--ed25519] [--zone ZONE_ID]
     mta domains list
-    mta dns example.com [--json] [--no-check] [--mta-sts]
+    mta dns example.com [--json] [--no-check] [--mta-sts | --routing | --forwarding]
 
 `onboard` makes the domain (or subdomain: each is onboarded on its own) a sending domain
 of the account owning its zone, with DKIM keys and a bounce subdomain, then prints the
@@ -11,7 +11,8 @@ DMARC TXT) and checks each in live DNS through the node's resolver: ok, missing,
 or unknown when DNS cannot answer. The exit code is 0 when every record is in place,
 1 when one is missing or wrong, 3 when DNS could not say, 2 on a usage error.
 The MTA-STS and TLS-RPT records follow, unchecked; `--mta-sts` prints and checks only
-them, for any domain we receive mail for (mta/api/wellknown.py).
+them, for any domain we receive mail for (mta/api/wellknown.py); `--routing` and
+`--forwarding` print the node's own domains' records (mta/commands/_nodedns.py).
 """
 
 from __future__ import annotations
@@ -71,10 +72,21 @@ async def _cmd_list(args, settings: Settings) -> int:
 
 async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
     """`mta dns DOMAIN --mta-sts`: the _mta-sts and _smtp._tls TXT records of any
-    domain we receive for, checked live like the sending records (no database needed)."""
+    domain we receive for, checked live like the sending records (no database needed);
+    `--routing` adds the MX and SPF records before them, `--forwarding` prints the SRS
+    and forwarding-DKIM records instead (mta/commands/_nodedns.py)."""
     from mta.api.dnsrecords import check_records
+    from mta.commands import _nodedns as nodedns
 
-    records = mta_sts_records(settings, args.domain)
+    if args.forwarding:
+        records = await nodedns.forwarding_records(settings, args.domain)
+        if isinstance(records, str):
+            print(f"error: {records}")
+            return 2
+    elif args.routing:
+        records = nodedns.routing_domain_records(settings, args.domain)
+    else:
+        records = mta_sts_records(settings, args.domain)
     checks = None if args.no_check else await check_records(
         DnsResolver.from_settings(settings.dns), records)
     if args.json:
@@ -82,14 +94,15 @@ async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
             dict(c.record, state=c.state, found=list(c.found)) for c in checks], indent=2))
     else:
         _print_records(records, None if checks is None else [c.state for c in checks])
-        print(f"and serve https://mta-sts.{args.domain}{POLICY_PATH} from this node's "
-              "HTTP listener behind TLS")
+        if not args.forwarding:
+            print(f"and serve https://mta-sts.{args.domain}{POLICY_PATH} from this "
+                  "node's HTTP listener behind TLS")
     states = {c.state for c in checks or ()}
     return 1 if states & {"missing", "wrong"} else 3 if "unknown" in states else 0
 
 
 async def _cmd_dns(args, settings: Settings) -> int:
-    if args.mta_sts:
+    if args.mta_sts or args.routing or args.forwarding:
         return await _cmd_dns_mta_sts(args, settings)
     resolver = DnsResolver.from_settings(settings.dns)
     async with open_database(settings) as db:
@@ -148,4 +161,9 @@ def register(sub) -> None:
     d.add_argument("--no-check", action="store_true", help="print only, do not query DNS")
     d.add_argument("--mta-sts", action="store_true",
                    help="the _mta-sts and _smtp._tls records (any receiving domain)")
+    d.add_argument("--routing", action="store_true",
+                   help="a routing domain's MX and SPF records, then --mta-sts's")
+    d.add_argument("--forwarding", action="store_true",
+                   help="the SRS domain's MX and SPF and the forwarding DKIM key "
+                        "(generated on first use)")
     d.set_defaults(func=_cmd_dns)

@@ -25,7 +25,7 @@ from typing import Any
 
 from mta.smtp.intake import ClientInfo, Intake
 from mta.smtp.limits import SessionLimiter
-from mta.smtp.protocol import SmtpProtocol, drain_sessions, say_goodbye
+from mta.smtp.protocol import SmtpProtocol, bind_hosts, drain_sessions, say_goodbye
 from mta.smtp.proxyproto import ProxyPolicy
 from mta.smtp.session import MxSession
 from mta.smtp.tls import reload_context, server_context
@@ -68,7 +68,7 @@ class MxServer:
         # logs say the same with the session id.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         self._server = await self.loop.create_server(
-            lambda: SmtpProtocol(self, log), host=self.listener.address,
+            lambda: SmtpProtocol(self, log), host=bind_hosts(self.listener.address),
             port=self.listener.port,
             reuse_address=True, reuse_port=sys.platform.startswith("linux"), backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -33,7 +33,7 @@ from mta.smtp.replies import Reply
 from mta.smtp.session import SmtpSession
 from mta.smtp.wire import Wire
 
-__all__ = ["ListenerServer", "SmtpProtocol", "drain_sessions", "say_goodbye"]
+__all__ = ["ListenerServer", "SmtpProtocol", "bind_hosts", "drain_sessions", "say_goodbye"]
 
 log = logging.getLogger("mta.smtp.protocol")
 
@@ -222,6 +222,13 @@ class SmtpProtocol(SMTP):
             server.limiter.release(ip)
             server.sessions.discard(session)
             metrics.SMTP_SESSIONS_ACTIVE.labels(server.name).dec()
+
+
+def bind_hosts(address: str) -> str | list[str]:
+    """What a listener's `address` binds: `::` is every address of both families. asyncio
+    makes IPv6 listening sockets v6-only, so that takes two sockets, `::` and `0.0.0.0`
+    (IPv4 clients then show as plain IPv4, not as ::ffff:-mapped)."""
+    return ["::", "0.0.0.0"] if address.strip("[]") == "::" else address
 
 
 async def say_goodbye(session: SmtpSession, hostname: str) -> None:

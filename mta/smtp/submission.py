@@ -34,7 +34,7 @@ from typing import Any
 from mta.config import ConfigError
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
-from mta.smtp.protocol import SmtpProtocol, drain_sessions
+from mta.smtp.protocol import SmtpProtocol, bind_hosts, drain_sessions
 from mta.smtp.proxyproto import ProxyPolicy
 from mta.smtp.submission_auth import SubmissionGate
 from mta.smtp.submission_session import SubmissionSession
@@ -117,7 +117,7 @@ class SubmissionServer:
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         implicit = self.mode == "implicit" and not self.deferred_tls
         self._server = await self.loop.create_server(
-            lambda: SmtpProtocol(self, log), host=self.listener.address,
+            lambda: SmtpProtocol(self, log), host=bind_hosts(self.listener.address),
             port=self.listener.port, reuse_address=True,
             reuse_port=sys.platform.startswith("linux"), backlog=512,
             ssl=self.tls_context if implicit else None,

@@ -291,3 +291,41 @@ async def test_submission_implicit_tls_after_proxy_header(world) -> None:  # noq
         said = b""
     assert said == b""
     w4.close()
+
+
+# --- deployment: `address: "::"` (deploy/install.sh) ------------------------------------
+
+
+def _port_free_on_both() -> int:
+    import socket
+
+    for _ in range(20):
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s6.bind(("::", 0))
+            port = s6.getsockname()[1]
+            with socket.socket(socket.AF_INET) as s4:
+                try:
+                    s4.bind(("0.0.0.0", port))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no port free on both families")
+
+
+async def test_mx_on_all_addresses_serves_ipv4_and_ipv6(make_mx) -> None:
+    port = _port_free_on_both()
+
+    def tweak(s):
+        s.listeners.mx.address, s.listeners.mx.port = "::", port
+    mxw = await make_mx(tweak)
+    for host in ("127.0.0.1", "::1"):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"EHLO lb-client.test\r\nQUIT\r\n")
+        said = await asyncio.wait_for(reader.read(), 10)
+        assert said.startswith(b"220 "), (host, said)
+        writer.close()
+    out = await session(mxw, b"", transaction("alice@good.test"))
+    assert codes(out)[-2].startswith("250 2.0.0"), out
+    [msg] = await mxw.messages()
+    assert str(msg.client_ip) == "127.0.0.1"  # plain IPv4, not ::ffff:127.0.0.1

@@ -1,0 +1,47 @@
+"""`mta dns DOMAIN --routing` and `mta dns DOMAIN --forwarding`: the records of the
+node's own domains, in the format (and with the live check) of `mta dns`.
+
+- `--routing`: a domain we receive mail for — MX to every MX host, SPF including the
+  nodes (forwarded mail leaves from them), then MTA-STS and TLS-RPT. No database.
+- `--forwarding`: the SRS domain (`srs.domain`: MX so bounces to SRS addresses come
+  back, SPF for the rewritten envelope senders) and/or the forwarding DKIM domain
+  (`routing.forwarding_domain`, default the SRS domain: the key forwarded mail is
+  signed with, generated here on first use exactly as the first forward would).
+
+deploy/install.sh prints these at the end of an installation.
+"""
+
+from __future__ import annotations
+
+from mta.api.dnsrecords import routing_records
+from mta.api.wellknown import mta_sts_records
+from mta.commands._common import open_database
+from mta.config import Settings
+
+__all__ = ["forwarding_records", "routing_domain_records"]
+
+
+def routing_domain_records(settings: Settings, domain: str) -> list[dict]:
+    return [*routing_records(settings, domain), *mta_sts_records(settings, domain)]
+
+
+async def forwarding_records(settings: Settings, domain: str) -> list[dict] | str:
+    """The records `domain` needs as SRS and/or forwarding DKIM domain, or why none."""
+    from mta.routing.forward import KeyStore, forwarding_domain
+    from mta.signing.keys import public_key_b64
+
+    domain = domain.strip().rstrip(".").lower()
+    srs = (settings.srs.domain or "").lower()
+    records = routing_records(settings, domain) if domain == srs else []
+    if domain == forwarding_domain(settings):
+        if not settings.secret_key:
+            return "secret_key (MTA_SECRET_KEY) is not set: no forwarding key can be stored"
+        async with open_database(settings) as db:
+            key = await KeyStore(db, settings).key_for(domain, generate=True)
+        if key is not None:
+            records.append({"type": "TXT", "name": key.dns_name, "ttl": 1,
+                            "content": f"v=DKIM1; k=rsa; p={public_key_b64(key.private_key)}"})
+    if not records:
+        return (f"{domain} is neither srs.domain ({srs or 'unset'}) nor the forwarding "
+                f"domain ({forwarding_domain(settings) or 'unset'})")
+    return records
