@@ -118,6 +118,12 @@ class Limits:
     data_timeout: Duration = Duration(600)
     submission_auth_timeout: Duration = Duration(30)  # until AUTH succeeds
     submission_data_timeout: Duration = Duration(300)  # DATA without progress
+    # Submission AUTH failures (mta/smtp/auth_throttle.py): per client address, then 454;
+    # per user name, then each AUTH for it waits auth_failure_delay.
+    auth_failures_per_ip: int = 10
+    auth_failures_per_user: int = 30
+    auth_failure_window: Duration = Duration(900)
+    auth_failure_delay: Duration = Duration(2)
     rules_per_zone: int = 200
     addresses_per_account: int = 200
     domains_per_zone: int = 30

@@ -104,10 +104,15 @@ __all__ += [
 
 # --- SMTP submission (mta/smtp/submission.py) --------------------------------------------
 
+SUBMISSION_AUTH_THROTTLED = Counter(
+    "mta_submission_auth_throttled_total",
+    "AUTH attempts on the submission listeners throttled after failures, by scope "
+    "(ip: refused with 454 | user: answered after a delay)",
+    ["scope"])
 SUBMISSION_AUTH = Counter(
     "mta_submission_auth_total",
     "AUTH attempts on the submission listeners by mechanism (plain | login) and result "
-    "(ok | failed | cancelled | error)",
+    "(ok | failed | cancelled | error | throttled)",
     ["mechanism", "result"])
 SUBMISSION_MESSAGES = Counter(
     "mta_submission_messages_total",
@@ -126,7 +131,8 @@ SUBMISSION_SECONDS = Histogram(
 
 __all__ += [
     "exposition_registry",
-    "SUBMISSION_AUTH", "SUBMISSION_MESSAGES", "SUBMISSION_REJECTIONS", "SUBMISSION_SECONDS",
+    "SUBMISSION_AUTH", "SUBMISSION_AUTH_THROTTLED", "SUBMISSION_MESSAGES",
+    "SUBMISSION_REJECTIONS", "SUBMISSION_SECONDS",
 ]
 
 

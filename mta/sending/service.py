@@ -60,6 +60,7 @@ from mta.sending.validate import (
     SendLimits,
     SendRequest,
     check_message_size,
+    no_line_breaks,
     normalize_address,
     parse_send_request,
     validate_send,
@@ -191,7 +192,8 @@ class SendingService:
         """Send a whole RFC 5322 message. The header section goes through the same
         allowlist as `headers` of send() (mime=True); Date and Message-ID are replaced
         by ours, Bcc, trace and old signature fields are dropped."""
-        sender = normalize_address(mail_from.strip().strip("<>"), "from")
+        sender = normalize_address(no_line_breaks(mail_from, "from").strip().strip("<>"),
+                                   "from")
         if not recipients:
             raise MtaError("E_FIELD_MISSING", "At least one recipient is required.",
                            field="recipients")
@@ -203,6 +205,7 @@ class SendingService:
             if not isinstance(r, str):
                 raise MtaError("E_VALIDATION_ERROR", "Recipients must be strings.",
                                field=f"recipients[{i}]")
+            no_line_breaks(r, f"recipients[{i}]")
             a = normalize_address(r.strip().strip("<>"), f"recipients[{i}]")
             rcpts.setdefault(a.lower(), a)
         data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)

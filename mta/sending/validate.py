@@ -23,8 +23,8 @@ from mta.sending.headers import DEFAULT_HEADER_LIMITS, HeaderLimits, validate_cu
 
 __all__ = [
     "Address", "Attachment", "SendLimits", "SendRequest", "ValidatedSend",
-    "check_message_size", "normalize_address", "check_address", "parse_send_request",
-    "validate_custom_headers", "validate_send",
+    "check_message_size", "normalize_address", "check_address", "no_line_breaks",
+    "parse_send_request", "validate_custom_headers", "validate_send",
 ]
 
 MiB = 1024 * 1024
@@ -136,7 +136,7 @@ def parse_send_request(data: object) -> SendRequest:
         bcc=_address_list(fields.get("bcc"), "bcc"),
         reply_to=(_one_address(fields["reply_to"], "reply_to")
                   if "reply_to" in fields else None),
-        subject=_optional_str(fields, "subject"),
+        subject=_optional_str(fields, "subject", header=True),
         text=_optional_str(fields, "text"),
         html=_optional_str(fields, "html"),
         attachments=_attachments(fields.get("attachments")),
@@ -144,15 +144,28 @@ def parse_send_request(data: object) -> SendRequest:
     )
 
 
-def _optional_str(fields: Mapping[str, Any], key: str) -> str | None:
+def no_line_breaks(value: str, where: str) -> str:
+    """`value`, refused when it holds CR, LF or NUL: a field that ends up in a header
+    could otherwise add header fields of its own (or end the data at a next hop).
+    Refused rather than stripped, even at the ends, so what is sent is what was asked."""
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise MtaError("E_VALIDATION_ERROR",
+                       f"'{where}' contains a line break or a NUL character.", field=where)
+    return value
+
+
+def _optional_str(fields: Mapping[str, Any], key: str, *, header: bool = False) -> str | None:
     value = fields.get(key)
     if value is not None and not isinstance(value, str):
         raise MtaError("E_VALIDATION_ERROR", f"'{key}' must be a string.", field=key)
+    if value is not None and header:
+        no_line_breaks(value, key)
     return value
 
 
 def _one_address(value: object, where: str) -> Address:
     if isinstance(value, str):
+        no_line_breaks(value, where)
         m = _NAMED.fullmatch(value)
         if m:
             return Address(m.group(2).strip(), _unquote(m.group(1)) or None)
@@ -165,6 +178,8 @@ def _one_address(value: object, where: str) -> Address:
             raise MtaError("E_VALIDATION_ERROR",
                            f"'{where}' must be an address string or {{address, name}}.",
                            field=where)
+        no_line_breaks(addr, f"{where}.address")
+        no_line_breaks(name or "", f"{where}.name")
         return Address(addr.strip(), name or None)
     raise MtaError("E_VALIDATION_ERROR",
                    f"'{where}' must be an address string or {{address, name}}.", field=where)
@@ -218,6 +233,8 @@ def _attachment(value: object, where: str) -> Attachment:
     if content_id is not None and not isinstance(content_id, str):
         raise MtaError("E_VALIDATION_ERROR", f"'{where}.content_id' must be a string.",
                        field=f"{where}.content_id")
+    for key in ("filename", "type", "content_id"):  # all three reach MIME part headers
+        no_line_breaks(item.get(key) or "", f"{where}.{key}")
     try:
         content = base64.b64decode(re.sub(r"\s+", "", item["content"]), validate=True)
     except (binascii.Error, ValueError):

@@ -229,6 +229,9 @@ AUTH_DURING_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail 
 AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
 AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Cannot decode the authentication response")
 AUTH_MECHANISM_UNKNOWN = Reply(504, "5.5.4", "Unrecognized authentication mechanism; use PLAIN or LOGIN")
+# Too many failed AUTHs from the client's address (mta/smtp/auth_throttle.py); sent
+# before any credential is read, so it says nothing about them.
+AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed authentication attempts, try again later")
 SUBMISSION_NULL_SENDER = Reply(501, "5.1.7", "A submitted message needs a sender address")
 
 

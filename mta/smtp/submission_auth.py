@@ -29,6 +29,7 @@ from typing import Any
 
 from mta.errors import MtaError
 from mta.sending import domains
+from mta.smtp.auth_throttle import AuthThrottle
 from mta.tokens import grants, is_well_formed, verify_token
 
 __all__ = ["PERMISSION", "USERNAME", "Submitter", "SubmissionGate", "b64decode",
@@ -78,6 +79,9 @@ class SubmissionGate:
     def __init__(self, ctx: Any) -> None:
         self.db = ctx.db
         self.clock = ctx.clock
+        limits = ctx.settings.limits
+        self.throttle = AuthThrottle(limits.auth_failures_per_ip, limits.auth_failures_per_user,
+                                     limits.auth_failure_window, limits.auth_failure_delay)
 
     async def authenticate(self, username: str, password: str, *,
                            authzid: str = "") -> Submitter:

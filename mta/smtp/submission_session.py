@@ -11,6 +11,8 @@ the wire is `wire.Wire` (strict CRLF command lines, DATA ending only at
   advertised in the clear (RFC 4954 §4);
 - AUTH PLAIN (RFC 4616) and LOGIN, with or without an initial response; each step of
   the exchange, and every command before AUTH succeeds, has `auth_timeout` (30 s);
+  failures are throttled per client address (then `454 4.7.0`) and per user name (then
+  delayed), see `auth_throttle.py`;
 - MAIL FROM: the sender domain must be onboarded for the token's account
   (`550 5.7.1`); `SIZE=` over the limit is `552 5.3.4`;
 - RCPT TO: at most `RECIPIENTS_PER_SESSION` (50) accepted recipients per session,
@@ -26,6 +28,7 @@ the wire is `wire.Wire` (strict CRLF command lines, DATA ending only at
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -133,6 +136,11 @@ class SubmissionSession(SmtpSession):
         if mechanism not in ("PLAIN", "LOGIN"):
             return await self.reply(replies.AUTH_MECHANISM_UNKNOWN)
         label = mechanism.lower()
+        throttle = self.gate.throttle
+        if throttle.ip_blocked(self.client.ip):
+            metrics.SUBMISSION_AUTH_THROTTLED.labels("ip").inc()
+            metrics.SUBMISSION_AUTH.labels(label, "throttled").inc()
+            return await self.refuse(replies.AUTH_THROTTLED, "auth_throttled")
         try:
             if mechanism == "PLAIN":
                 credentials = await self._plain(initial.strip() or None)
@@ -143,13 +151,20 @@ class SubmissionSession(SmtpSession):
             return
         if isinstance(credentials, Reply):  # malformed exchange
             metrics.SUBMISSION_AUTH.labels(label, "failed").inc()
+            throttle.failed(self.client.ip, None)
             return await self.reply(credentials)
         authzid, username, password = credentials
+        delay = throttle.user_delay(username)
+        if delay:  # before the look-up, whatever its outcome: no timing oracle
+            metrics.SUBMISSION_AUTH_THROTTLED.labels("user").inc()
+            await asyncio.sleep(delay)
         try:
             self.submitter = await self.gate.authenticate(username, password,
                                                           authzid=authzid)
         except MtaError as err:
             temporary = err.spec.temporary
+            if not temporary:
+                throttle.failed(self.client.ip, username)
             metrics.SUBMISSION_AUTH.labels(label, "error" if temporary else "failed").inc()
             # Which part was wrong goes to the log only (submission_auth.py).
             return await self.refuse(error_reply(err, detail=False), err.code)

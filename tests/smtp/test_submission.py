@@ -17,6 +17,7 @@ import re
 import shutil
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -539,3 +540,51 @@ async def test_mta_serve_runs_submission(make_node, db, db_url, dns_server, make
     [received] = await asyncio.to_thread(sink.wait_for, 1, 20)
     assert email.message_from_bytes(received.data)["Message-ID"] == text.decode().split()[2]
     assert node.stop() == 0  # graceful stop with the submission listener running
+
+
+# --- AUTH throttling (issue 13) ---------------------------------------------------------------
+
+
+async def test_auth_throttled_per_client_address_even_for_the_right_token(world) -> None:
+    first = await world()
+    first.settings.limits.auth_failures_per_ip = 3
+    sub = await world()  # a listener built with the lower limit
+    wrong = plain("mta_" + "C" * 43)
+    before = metric("mta_submission_auth_throttled_total", scope="ip")
+    got = await dialogue(sub, ["EHLO c.test", *[f"AUTH PLAIN {wrong}"] * 3,
+                               f"AUTH PLAIN {plain(sub.token)}",
+                               f"AUTH PLAIN {plain('mta_' + 'D' * 43, user='nobody')}"])
+    assert got[2:5] == ["535 5.7.8 Authentication failed"] * 3, got
+    # The right token and an unknown user get the same refusal: no oracle.
+    assert got[5] == got[6] == "454 4.7.0 Too many failed authentication attempts, " \
+        "try again later", got
+    assert metric("mta_submission_auth_throttled_total", scope="ip") == before + 2
+    # A new session from the same address is throttled too.
+    got = await dialogue(sub, ["EHLO c.test", f"AUTH PLAIN {plain(sub.token)}"])
+    assert got[2].startswith("454 4.7.0"), got
+
+
+async def test_auth_throttled_per_user_name_by_a_delay_alike_for_unknown_names(world) -> None:
+    first = await world()
+    limits = first.settings.limits
+    limits.auth_failures_per_ip, limits.auth_failures_per_user = 0, 2
+    limits.auth_failure_delay = 0.6
+    sub = await world()
+    wrong = "mta_" + "E" * 43
+    before = metric("mta_submission_auth_throttled_total", scope="user")
+
+    async def timed(auth: str) -> tuple[str, float]:
+        started = time.monotonic()
+        got = await dialogue(sub, ["EHLO c.test", f"AUTH PLAIN {auth}"])
+        return got[2], time.monotonic() - started
+
+    for user in ("api_token", "nobody"):
+        for _ in range(2):
+            reply, took = await timed(plain(wrong, user=user))
+            assert reply.startswith("535 5.7.8") and took < 0.6, (reply, took)
+    reply, took = await timed(plain(sub.token))  # the right one still gets in, slowed
+    assert reply.startswith("235"), reply
+    assert took >= 0.6
+    reply, took_unknown = await timed(plain(wrong, user="nobody"))
+    assert reply.startswith("535 5.7.8") and took_unknown >= 0.6
+    assert metric("mta_submission_auth_throttled_total", scope="user") == before + 2
