@@ -68,7 +68,8 @@ async def test_reply_from_another_domain_is_refused(hworld):
 
 async def test_reply_to_mail_with_over_100_references_is_refused(hworld):
     w = hworld
-    refs = " ".join(f"<r{i}@sender.test>" for i in range(101))
+    # Folded: a line may not exceed 998 octets (RFC 5322 2.1.1; the MX refuses longer).
+    refs = "\r\n ".join(f"<r{i}@sender.test>" for i in range(101))
     raw = signed(w, "rr-refs@ours.test", extra=f"References: {refs}\r\n")
     code, _ = await smtp_send(w.a, raw, "alice@sender.test", rcpts=("rr-refs@ours.test",))
     assert code == 250
