@@ -184,6 +184,12 @@ ERRORS: dict[str, ErrorSpec] = _table(
     # 502 5.5.1 is RFC 5321's "command not implemented".
     ErrorSpec("E_NOT_IMPLEMENTED", "Operation not implemented",
               NOT_IMPLEMENTED, Reply(502, "5.5.1", "Command not implemented")),
+    # Ours: the database is unreachable (down, restarting). REST: the reference's only 503
+    # row; every API call authenticates against the database first, so "authentication
+    # service temporarily unavailable" is what its clients would meet, and SDKs retry a
+    # 503 (the response carries Retry-After). SMTP: the usual 451 4.3.0, try again.
+    ErrorSpec("E_TEMPORARILY_UNAVAILABLE", "Service temporarily unavailable, retry later",
+              AUTH_UPSTREAM, LOCAL_ERROR),
     # RFC 4954's temporary authentication failure.
     ErrorSpec("E_AUTH_UPSTREAM", "Authentication service temporarily unavailable",
               AUTH_UPSTREAM, Reply(454, "4.7.0", "Temporary authentication failure")),

@@ -156,6 +156,7 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
     """Every service this node (or this worker of it) runs, in start order (they stop
     in reverse)."""
     from mta.api.server import HttpListener, MetricsListener
+    from mta.observe.dbhealth import DatabaseProbe
     from mta.observe.retention import RetentionJob
     from mta.queue.delivery import DeliveryWorkers
     from mta.queue.pool import ConnectionPool
@@ -166,6 +167,7 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
     services: list[Service] = []
     if listeners.metrics.enabled and role is None:  # else the supervisor serves them
         services.append(MetricsListener(ctx))
+    services.append(DatabaseProbe(ctx))  # mta_database_up, and the log says when it changes
     if node_jobs:
         services.append(RetentionJob(ctx))  # activity/message retention (observe.*)
     # One pool of outbound SMTP connections for the queue and in-session forwards.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -10,6 +9,7 @@ from starlette.routing import Route
 
 from mta.api.wellknown import routes as wellknown_routes
 from mta.handlers.devendpoint import routes as handler_dev_routes
+from mta.observe.dbhealth import check_database
 
 __all__ = ["build_app"]
 
@@ -18,14 +18,15 @@ def build_app(ctx, sending=None) -> Starlette:
     """`sending`: the node's SendingService; without it the send routes make their own
     on first use (tests that run the app alone)."""
     async def healthz(request: Request) -> JSONResponse:
-        """Liveness plus database reachability, for load balancers and systemd checks."""
-        try:
-            async with ctx.db.session() as s:
-                await s.execute(text("SELECT 1"))
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "database": str(exc)[:200]},
+        """Liveness plus each dependency's state, for load balancers and operators: 503
+        naming what is down (only the database today) and why."""
+        problem = await check_database(ctx.db)
+        if problem:
+            return JSONResponse({"status": "unavailable", "node": ctx.node_id,
+                                 "down": ["database"], "database": problem},
                                 status_code=503)
-        return JSONResponse({"status": "ok", "node": ctx.node_id})
+        return JSONResponse({"status": "ok", "node": ctx.node_id, "down": [],
+                             "database": "up"})
 
     app = Starlette(routes=[Route("/healthz", healthz)])
     app.state.ctx = ctx

@@ -26,11 +26,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mta.errors import MtaError, rest_error_body
+from mta.store.db import DatabaseUnavailable, is_unavailable
 
 __all__ = [
     "API_PREFIX",
@@ -53,6 +55,10 @@ __all__ = [
 log = logging.getLogger("mta.api")
 
 API_PREFIX = "/client/v4"
+
+# Retry-After of a 503 (database unreachable): an embedded cluster is back within
+# seconds, a failover of a managed database takes tens of seconds; clients back off.
+RETRY_AFTER_SECONDS = 5
 
 # [per_page] of the reference's rules and addresses lists: default 20, between 5 and 50.
 PER_PAGE_DEFAULT = 20
@@ -80,7 +86,8 @@ def api_error(code: str, message: str | None = None, *, field: str | None = None
 
 
 def error_response(err: MtaError) -> JSONResponse:
-    return JSONResponse(rest_error_body(err), status_code=err.http_status)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if err.http_status == 503 else None
+    return JSONResponse(rest_error_body(err), status_code=err.http_status, headers=headers)
 
 
 # --- request bodies ----------------------------------------------------------------------
@@ -241,6 +248,7 @@ def page_request(request: Request, bounds: tuple[int, int, int] = (
 
 def install_error_handlers(app) -> None:
     """MtaError -> its REST row; unknown route or method under /client/v4 -> the envelope;
+    the database unreachable -> 503 with Retry-After (the client's retry will do);
     anything else -> 500/10002 without internal text (the traceback goes to the log)."""
 
     async def on_mta_error(request: Request, exc: Exception) -> Response:
@@ -265,7 +273,14 @@ def install_error_handlers(app) -> None:
                                             "contain NUL characters"))
         return await on_unexpected(request, exc)
 
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("database unavailable in %s %s: %s", request.method, request.url.path,
+                    exc, extra={"event": "api.database_unavailable"})
+        return error_response(api_error("E_TEMPORARILY_UNAVAILABLE"))
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if is_unavailable(exc):
+            return await on_unavailable(request, exc)
         log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc,
                   extra={"event": "api.error"})
         return error_response(api_error("E_INTERNAL_SERVER_ERROR"))
@@ -273,4 +288,6 @@ def install_error_handlers(app) -> None:
     app.add_exception_handler(MtaError, on_mta_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(DatabaseUnavailable, on_unavailable)
+    app.add_exception_handler(PoolTimeout, on_unavailable)
     app.add_exception_handler(Exception, on_unexpected)

@@ -102,6 +102,16 @@ __all__ += [
     "DSN_QUEUED", "QUEUE_DEPTH", "QUEUE_OLDEST_DUE_SECONDS", "SUPPRESSIONS_ADDED",
 ]
 
+# --- dependencies (mta/observe/dbhealth.py) ---------------------------------------------
+
+# livemin: with several worker processes the node counts as up only if every one of
+# them reaches the database.
+DATABASE_UP = Gauge(
+    "mta_database_up", "1 when the database answered the last check, 0 when it did not",
+    multiprocess_mode="livemin")
+
+__all__ += ["DATABASE_UP"]
+
 # --- SMTP submission (mta/smtp/submission.py) --------------------------------------------
 
 SUBMISSION_AUTH_THROTTLED = Counter(

@@ -68,6 +68,7 @@ from mta.sending.validate import (
 from mta.signing.dkim import sign_message
 from mta.signing.keys import KeyVault, SigningKey
 from mta.store import suppression
+from mta.store.db import is_unavailable
 from mta.store.models import (
     Delivery,
     DestinationAddress,
@@ -237,7 +238,11 @@ class SendingService:
             return await self._pipeline(account_id, out, source)
         except MtaError:
             raise
-        except Exception:
+        except Exception as exc:
+            if is_unavailable(exc):  # the caller should retry: HTTP 503, SMTP 451
+                log.warning("send refused, database unavailable: %s", exc, extra={
+                    "event": "sending.database_unavailable", "account_id": account_id})
+                raise MtaError("E_TEMPORARILY_UNAVAILABLE") from None
             # Callers (the binding above all) see only the reference's codes; the
             # cause goes to the log and the activity log, never to the client.
             log.exception("send failed", extra={"event": "sending.failed",

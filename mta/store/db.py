@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -42,7 +43,7 @@ def describe_target(url: str) -> str:
 
 def is_unavailable(exc: BaseException) -> bool:
     """Whether `exc` means the database is unreachable (as opposed to a bad query)."""
-    if isinstance(exc, ConnectionError | TimeoutError):  # DatabaseUnavailable included
+    if isinstance(exc, DatabaseUnavailable | PoolTimeout):
         return True
     # asyncpg's errors carry the SQLSTATE; SQLAlchemy's wrappers carry them as .orig.
     state = getattr(exc, "sqlstate", None) or ""
@@ -53,9 +54,7 @@ def is_unavailable(exc: BaseException) -> bool:
             return True
         return exc.orig is not None and is_unavailable(exc.orig)
     cause = exc.__cause__  # the driver's error under SQLAlchemy's adapter
-    if cause is not None and cause is not exc and is_unavailable(cause):
-        return True
-    return isinstance(exc, OSError)
+    return cause is not None and cause is not exc and is_unavailable(cause)
 
 
 class Database:

@@ -127,7 +127,8 @@ def test_smtp_reply_is_consistent(code: str) -> None:
 def test_temporary_errors_are_the_retryable_ones() -> None:
     temporary = {c for c, s in ERRORS.items() if s.temporary}
     assert {"E_RATE_LIMIT_EXCEEDED", "E_DAILY_LIMIT_EXCEEDED", "E_INTERNAL_SERVER_ERROR",
-            "E_TOO_MANY_RECIPIENTS", "E_AUTH_UPSTREAM"} == temporary
+            "E_TOO_MANY_RECIPIENTS", "E_AUTH_UPSTREAM", "E_TEMPORARILY_UNAVAILABLE"
+            } == temporary
 
 
 def test_rest_error_body_is_the_reference_envelope() -> None:
