@@ -141,8 +141,11 @@ def delivered(sink) -> collections.Counter:
 # --- SIGTERM ---------------------------------------------------------------------------------
 
 
-async def test_sigterm_under_load_loses_nothing_acknowledged(world, make_node):
-    node = make_node(node_config(world, limits={"max_sessions_per_ip": 100}))
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_under_load_loses_nothing_acknowledged(world, make_node, workers):
+    """`workers=2`: as the systemd unit runs it, a supervisor and its workers."""
+    node = make_node(node_config(world, limits={"max_sessions_per_ip": 200}),
+                     workers=workers)
     mx_port, http = node.port("mx"), f"http://127.0.0.1:{node.port('http')}"
     acked: set[str] = set()  # 250 / 200: we took responsibility
     retry: set[str] = set()  # 4xx / 503: the sender keeps it
@@ -232,7 +235,9 @@ async def email(message, env, ctx):
 """
 
 
-async def test_sighup_reloads_rules_handlers_and_certificates(world, make_node, tls, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reloads_rules_handlers_and_certificates(world, make_node, tls, tmp_path,
+                                                              workers):
     certs = tmp_path / "certs"
     certs.mkdir()
     cert, key = tls.write_server_files(certs, "old.mx.test")
@@ -249,7 +254,7 @@ async def test_sighup_reloads_rules_handlers_and_certificates(world, make_node, 
                    "submission": {"enabled": True, "tls_cert": str(cert),
                                   "tls_key": str(key)}},
         inbound={"recipient_cache_ttl": "1h"},
-        handlers={"registry": [{"name": "echo", "target": str(handler)}]}))
+        handlers={"registry": [{"name": "echo", "target": str(handler)}]}), workers=workers)
     ctx = no_verify(tls)
     mx, sub = node.port("mx"), node.port("submission")
 
@@ -281,7 +286,9 @@ async def test_sighup_reloads_rules_handlers_and_certificates(world, make_node, 
     shutil.copy(tmp_key, key)
     handler.write_text(HANDLER.format(version="two"))
     node.signal(signal.SIGHUP)
-    await asyncio.to_thread(node.wait_for_log, lambda e: e.get("event") == "node.reloaded")
+    # The node's own line (with workers: the supervisor's, once every worker confirmed).
+    await asyncio.to_thread(node.wait_for_log, lambda e: e.get("event") == "node.reloaded"
+                            and "worker" not in e)
 
     # Nothing dropped: each held connection carries on where it was.
     assert (await tls_held.send("alice@good.test", "user@ours.test", "hup-tls")).startswith("250 ")
