@@ -141,7 +141,7 @@ def levels(roots, port: int, world: World, sink: Sink, args, queued: bool,
             spy = subprocess.Popen(
                 [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
                  str(profile_pid), "--subprocesses", "--format", "raw", "--rate", "200",
-                 "--nonblocking", "-o", profile], stdout=subprocess.DEVNULL,
+                 "-o", profile], stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
         try:
             row = smtp_level(roots, sink, port, world.message, c, args.messages,

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/profile_summary.py PROFILE [--top 25]
 
-Three views of the CPU samples (py-spy records only threads that are running):
+Views of the samples (py-spy records threads it sees running; pool threads waiting for
+work and the event loop's own C code are set apart, see `summarize`):
 - by library: where the CPU is actually spent, from the innermost frame (SQLAlchemy,
   asyncpg, the `email` package, dkimpy, the event loop, ...; our own code as mta/<pkg>);
 - by product component: the innermost frame in our own code (mta/<package>/<module>),
@@ -54,13 +55,8 @@ def our_module(file: str) -> str | None:
 
 
 def library(func: str, file: str) -> str:
-    # py-spy shows no frame for native code: samples in the event loop's C code (uvloop,
-    # and the Cython protocol code it calls, e.g. asyncpg's) end at the Python frame
-    # that entered it; those of worker threads (RSA signing in OpenSSL) at the pool.
-    if func in ("Runner.run", "run_until_complete", "run_forever", "BaseEventLoop.run_forever"):
-        return "event loop native code (uvloop I/O, Cython protocols)"
-    if func == "_worker" and "concurrent/futures/thread.py" in file:
-        return "thread pool, native code (GIL released, e.g. OpenSSL)"
+    # py-spy shows no frame for native code: a sample in C code (OpenSSL, a C
+    # extension) ends at the Python frame that called it.
     if func.startswith("process ") and not file:
         return "no Python frame (native, between callbacks)"
     mod = our_module(file)
@@ -76,6 +72,24 @@ def library(func: str, file: str) -> str:
 
 def summarize(path: str, top: int) -> str:
     stacks = parse(path)
+    raw_total = sum(c for _, c in stacks) or 1
+    # A sample whose innermost frame is the thread pool's `_worker` is a pool thread
+    # waiting for work (native work in a pool thread ends at the Python frame that
+    # called it, e.g. SigningKey.sign): py-spy counts it as active, we do not. One ending
+    # at the event loop's entry (Runner.run) is uvloop's own C code: I/O and callbacks
+    # with no Python frame (asyncpg's Cython protocol) or waiting in epoll; Python frames
+    # cannot tell which, so it is reported apart and the shares are of the rest.
+    idle = loop = 0
+    kept = []
+    for frames, count in stacks:
+        leaf = frames[-1] if frames else ("?", "")
+        if leaf[0] == "_worker" and "concurrent/futures/thread.py" in leaf[1]:
+            idle += count
+        elif leaf[0] in ("Runner.run", "run_until_complete", "run_forever"):
+            loop += count
+        else:
+            kept.append((frames, count))
+    stacks = kept
     total = sum(c for _, c in stacks) or 1
     by_lib: Counter[str] = Counter()
     by_component: Counter[str] = Counter()
@@ -99,7 +113,9 @@ def summarize(path: str, top: int) -> str:
             lines.append(f"  {100 * c / total:5.1f} %  {name}")
         return lines
 
-    out = [f"{total} samples from {path}", ""]
+    out = [f"{raw_total} samples from {path}: {100 * idle / raw_total:.0f} % idle pool "
+           f"threads (left out), {100 * loop / raw_total:.0f} % in the event loop's C code "
+           f"or waiting in epoll (left out), shares below of the other {total}.", ""]
     out += block("CPU by process:", by_proc, top) + [""]
     out += block("CPU by library (innermost frame):", by_lib, top) + [""]
     out += block("CPU by product component (innermost mta frame, libraries included):",

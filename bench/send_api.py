@@ -1,6 +1,6 @@
 """Send API: accepted REST sends per second, DKIM signing included, against `mta serve`.
 
-    .venv/bin/python bench/send_api.py [--requests 500] [--concurrency 1,10,50]
+    .venv/bin/python bench/send_api.py [--requests 300] [--concurrency 1,10,50]
                                        [--workers N]
 
 A real `mta serve` process (PostgreSQL started by the benchmark, fsync on) with sending
@@ -52,7 +52,7 @@ BODY = {"from": {"address": "noreply@sender.test", "name": "Bench"},
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--requests", type=int, default=500, help="sends per level")
+    p.add_argument("--requests", type=int, default=300, help="sends per level")
     add_common_args(p, 500)
     args = p.parse_args(argv)
     wd = workdir("send_api")
