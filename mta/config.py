@@ -204,6 +204,16 @@ class SmartHostSettings:
 
 
 @dataclass
+class SoftBounceSettings:
+    """Automatic suppression after repeated soft bounces (mta/queue/softbounce.py): a
+    message the account sent that expired in the queue after a 4xx reply."""
+
+    threshold: int = 3  # soft bounces of one address that suppress it; 0 turns this off
+    window: Duration = Duration(7 * 86400)  # counted over this period
+    duration: Duration | None = Duration(30 * 86400)  # how long; null = permanently
+
+
+@dataclass
 class DeliverySettings:
     """Outbound SMTP (queue workers, sending, in-session forwards)."""
 
@@ -214,6 +224,7 @@ class DeliverySettings:
     lease_seconds: Duration = Duration(300)  # a claim not finished by then is retried
     poll_interval: Duration = Duration(1)  # how often idle workers look for due mail
     smart_host: SmartHostSettings = field(default_factory=lambda: SmartHostSettings())
+    soft_bounce: SoftBounceSettings = field(default_factory=lambda: SoftBounceSettings())
 
 
 @dataclass
@@ -419,6 +430,9 @@ def _check_semantics(s: Settings) -> None:
                           source=src)
     if not 0 < s.delivery.port <= 65535:
         raise ConfigError("delivery.port", "must be between 1 and 65535", source=src)
+    if s.delivery.soft_bounce.threshold < 0:
+        raise ConfigError("delivery.soft_bounce.threshold", "must be 0 (off) or more",
+                          source=src)
     if s.retry.backoff_factor < 1:
         raise ConfigError("retry.backoff_factor", "must be at least 1", source=src)
     if not 0 <= s.retry.jitter < 1:

@@ -119,9 +119,14 @@ async def bounce_recipient(session: AsyncSession, address: str,
 # --- DSNs out -------------------------------------------------------------------------------
 
 
+# Outbound mail that is ours, not the account's: DSNs and destination-verification mail.
+NOT_SENT_BY_ACCOUNT = ("dsn", "verification")
+
+
 def suppression_applies(msg: Message) -> bool:
-    """Automatic suppression is about mail an account sends, not forwards or our DSNs."""
-    return msg.direction == "outbound" and msg.source != "dsn"
+    """Automatic suppression is about mail an account sends (API, submission, bindings,
+    handler replies), not forwarded mail (direction inbound), our DSNs or verification."""
+    return msg.direction == "outbound" and msg.source not in NOT_SENT_BY_ACCOUNT
 
 
 def _dsn_recipient(c: Claimed, o: RecipientOutcome, kind: str, now: datetime,

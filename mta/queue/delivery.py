@@ -14,10 +14,10 @@ The failure policy (`decide`):
   a `550 5.7.1` policy refusal is a failure but not a bad address.
 - 4xx, connection trouble, timeouts, anything unknown -> deferred; the next attempt time was
   already committed by the claim. A deferral at or past the maximum age -> expired (DSN with
-  status 4.4.7; recorded as expired, never as a hard bounce). A 4xx reply from the server is
-  a soft bounce: `soft_bounce_threshold` soft-bounced deliveries of the same address within
-  `soft_bounce_window` suppress it (for `soft_bounce_duration`, None = permanently). Once a
-  delivery has waited `retry.delay_warning`, one delay DSN goes out (None disables).
+  status 4.4.7; recorded as expired, never as a hard bounce). An expiry whose last answer
+  was a 4xx is a soft bounce; `soft_bounce_threshold` of them within `soft_bounce_window`
+  suppress the address (mta/queue/softbounce.py; deferrals that later succeed never count).
+  Once a delivery has waited `retry.delay_warning`, one delay DSN goes out (None disables).
 - DSNs go through this same queue with the null sender; never to the null sender, never
   about a DSN (see `bounces.queue_dsn`).
 
@@ -46,10 +46,10 @@ from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import select
 
 from mta.observe import metrics
-from mta.queue import bounces
+from mta.queue import bounces, softbounce
 from mta.queue.outcome import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED, RecipientOutcome
 from mta.queue.queue import (
     Claimed,
@@ -63,7 +63,7 @@ from mta.queue.queue import (
     utcnow,
 )
 from mta.store import suppression
-from mta.store.models import Delivery, DeliveryAttempt, Event, Message
+from mta.store.models import Event, Message
 
 __all__ = ["DeliveryOptions", "DeliveryWorkers", "SuppressionPolicy", "Transport",
            "Verdict", "decide"]
@@ -86,7 +86,7 @@ class SessionTransport(Protocol):
 class SuppressionPolicy:
     hard_bounce_codes: frozenset[int] = HARD_BOUNCE_CODES
     hard_bounce_enhanced: frozenset[str] = HARD_BOUNCE_ENHANCED
-    soft_bounce_threshold: int = 3  # deliveries with a 4xx reply; 0 turns this off
+    soft_bounce_threshold: int = 3  # messages that expired after a 4xx; 0 turns this off
     soft_bounce_window: float = 7 * 86400.0
     soft_bounce_duration: float | None = 30 * 86400.0  # None = permanent
 
@@ -110,6 +110,11 @@ class DeliveryOptions:
             for f in fields(cls):
                 if f.name != "suppression" and hasattr(section, f.name):
                     setattr(opts, f.name, getattr(section, f.name))
+            sb = getattr(section, "soft_bounce", None)
+            if sb is not None:
+                opts.suppression = SuppressionPolicy(
+                    soft_bounce_threshold=sb.threshold, soft_bounce_window=float(sb.window),
+                    soft_bounce_duration=None if sb.duration is None else float(sb.duration))
         return opts
 
 
@@ -422,7 +427,7 @@ class DeliveryWorkers:
             if v.dsn:
                 dsn_items[(c.message_id, v.dsn)].append((c, o))
             if msg.account_id and bounces.suppression_applies(msg):
-                await self._suppress(s, msg, c, v, now)
+                await self._suppress(s, msg, c, o, v, now)
             if msg.id not in subjects:
                 subjects[msg.id] = _subject(msg.raw)
             s.add(Event(ts=now, message_id=msg.id, account_id=msg.account_id,
@@ -435,29 +440,20 @@ class DeliveryWorkers:
                                        retry=self.retry):
                 metrics.DSN_QUEUED.labels(kind).inc()
 
-    async def _suppress(self, s, msg: Message, c: Claimed, v: Verdict, now: datetime) -> None:
+    async def _suppress(self, s, msg: Message, c: Claimed, o: RecipientOutcome, v: Verdict,
+                        now: datetime) -> None:
         supp = self.options.suppression
         if v.hard_bounce:
             await suppression.add(s, msg.account_id, c.recipient, "hard_bounce", now=now,
-                                  note=f"delivery {c.id}: hard bounce")
+                                  note=f"hard bounce: message {msg.id} answered "
+                                       f"{o.reply} (delivery {c.id})")
             metrics.SUPPRESSIONS_ADDED.labels("hard_bounce").inc()
-        elif v.soft_bounce and supp.soft_bounce_threshold > 0:
-            since = now - timedelta(seconds=supp.soft_bounce_window)
-            n = (await s.execute(
-                select(func.count(distinct(DeliveryAttempt.delivery_id)))
-                .join(Delivery, Delivery.id == DeliveryAttempt.delivery_id)
-                .join(Message, Message.id == Delivery.message_id)
-                .where(Message.account_id == msg.account_id,
-                       func.lower(Delivery.recipient) == c.recipient.lower(),
-                       DeliveryAttempt.result == "deferred",
-                       DeliveryAttempt.reply_code >= 400, DeliveryAttempt.reply_code < 500,
-                       DeliveryAttempt.finished_at >= since))).scalar_one()
-            if n >= supp.soft_bounce_threshold:
-                expires = (now + timedelta(seconds=supp.soft_bounce_duration)
-                           if supp.soft_bounce_duration is not None else None)
-                await suppression.add(s, msg.account_id, c.recipient, "soft_bounce", now=now,
-                                      expires_at=expires,
-                                      note=f"{n} soft-bounced deliveries since {since:%F}")
+        elif v.status == "expired" and v.soft_bounce:  # only a final failure counts
+            entry = await softbounce.suppress_if_due(
+                s, msg.account_id, c.recipient, now=now,
+                threshold=supp.soft_bounce_threshold, window=supp.soft_bounce_window,
+                duration=supp.soft_bounce_duration)
+            if entry is not None:
                 metrics.SUPPRESSIONS_ADDED.labels("soft_bounce").inc()
 
 

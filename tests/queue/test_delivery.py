@@ -234,25 +234,6 @@ async def test_delay_warning_can_be_turned_off(db, dns_server, port, world):
     assert await dsn_messages(db) == []
 
 
-async def test_repeated_soft_bounces_suppress_for_a_while(db, dns_server, port, world):
-    sink, _ = world
-    sink.rcpt_replies["full@dest.test"] = "452 4.2.2 mailbox full"
-    acct = await make_account(db)
-    clock = Clock()
-    policy = SuppressionPolicy(soft_bounce_threshold=3, soft_bounce_window=86400,
-                               soft_bounce_duration=7 * 86400)
-    w = workers(db, dns_server, port, clock, suppression=policy)
-    for i in range(3):
-        await enqueue(db, ["full@dest.test"], mail_from=SENDER, account_id=acct, now=clock())
-        await w.run_once()
-        if i < 2:
-            assert await rows(db, Suppression) == []  # retries of one message don't count
-        clock.advance(600)
-    [sup] = await rows(db, Suppression)
-    assert (sup.email, sup.reason) == ("full@dest.test", "soft_bounce")
-    assert sup.expires_at == T0 + timedelta(seconds=1200) + timedelta(days=7)
-
-
 async def test_verp_return_path_is_used_on_the_wire(db, dns_server, port, world):
     sink, _ = world
     settings = settings_for_tests()
