@@ -72,6 +72,13 @@ def _cmd_config_check(args, settings: Settings) -> int:
     return 0
 
 
+def _cmd_config_show(args, settings: Settings) -> int:
+    from mta.config_show import effective_config
+
+    print(effective_config(settings), end="")
+    return 0
+
+
 def _cmd_db_upgrade(args, settings: Settings) -> int:
     from mta.node import database_url
     from mta.store.migrate import upgrade
@@ -124,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("path")
     check.set_defaults(func=_cmd_config_check, config_from="path", secrets="none")
+    show = config_sub.add_parser("show", help="the effective configuration (environment "
+                                              "overrides applied, secrets masked)")
+    show.set_defaults(func=_cmd_config_show)
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -243,3 +243,36 @@ def test_addresses_verify_by_email(cli, tmp_path):
     assert "already verified" in out
     _, err = cli("addresses", "verify", expect=2)
     assert "give one of TOKEN, --id ID or --email ADDRESS" in err
+
+
+def test_config_show_applies_the_environment_and_masks_secrets(tmp_path):
+    cfg = tmp_path / "mta.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"), "secret_key": "file-secret-key",
+        "limits": {"data_timeout": "15m", "inbound_message_size": "10MiB"},
+        "delivery": {"smart_host": {"host": "relay.example.test",
+                                    "password": "file-relay-password"}}}))
+    shown = mta("config", "show", "--config", str(cfg), env={
+        "MTA_SRS_SECRETS": "env-srs-one,env-srs-two",
+        "MTA_DATABASE_URL": "postgresql+asyncpg://mta:env-db-password@db.example.test/mta"})
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    for secret in ("file-secret-key", "file-relay-password", "env-srs-one", "env-srs-two",
+                   "env-db-password"):
+        assert secret not in text
+    tree = yaml.safe_load(text)
+    assert tree["database"]["url"] == "postgresql+asyncpg://mta:***@db.example.test/mta"
+    assert tree["srs"]["secrets"] == ["********", "********"]
+    assert tree["secret_key"] == "********"
+    assert tree["delivery"]["smart_host"] == dict(tree["delivery"]["smart_host"],
+                                                  host="relay.example.test",
+                                                  password="********")
+    assert tree["limits"]["data_timeout"] == "15m"
+    assert tree["limits"]["inbound_message_size"] == "10MiB"
+    assert tree["limits"]["command_timeout"] == "5m"  # a default
+    assert "# srs.secrets from $MTA_SRS_SECRETS" in text
+    assert "# database.url from $MTA_DATABASE_URL" in text
+    # What it prints is a configuration mta accepts (secrets aside).
+    again = tmp_path / "again.yaml"
+    again.write_text(text)
+    assert mta("config", "check", str(again)).returncode == 0

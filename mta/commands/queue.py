@@ -1,4 +1,9 @@
-"""`mta queue list|show|retry|purge|stats`: look at and act on the outbound queue.
+"""`mta queue list|show|cat|hold|release|retry|purge|stats`: look at and act on the
+outbound queue.
+
+One id names a message everywhere: the queue id of the 250 reply (also in our Received
+header and the activity log) finds the message, its forwarded copies and all their
+deliveries; a delivery id or the Message-ID the send API returns work too.
 
 Every command works on the database the configuration names (or the embedded cluster),
 so it can run on any node, or on an admin host with the same config.
@@ -38,7 +43,7 @@ def _ago(ts: datetime | None, now: datetime) -> str:
 
 
 def _delivery_dict(d: Delivery) -> dict:
-    return {"id": d.id, "message_id": str(d.message_id), "recipient": d.recipient,
+    return {"id": d.id, "message_id": d.message_id.hex, "recipient": d.recipient,
             "domain": d.domain, "envelope_from": d.envelope_from, "status": d.status,
             "priority": d.priority, "attempts": d.attempts,
             "next_attempt_at": d.next_attempt_at.isoformat(),
@@ -58,60 +63,186 @@ async def _cmd_list(args, settings: Settings) -> int:
             stmt = stmt.where(Delivery.domain == args.domain.lower())
         if args.recipient:
             stmt = stmt.where(Delivery.recipient.ilike(args.recipient))
-        rows = (await s.execute(stmt.order_by(Delivery.priority, Delivery.next_attempt_at)
-                                .limit(args.limit))).scalars().all()
+        found = (await s.execute(
+            stmt.add_columns(Message.origin_id).join(Message, Message.id == Delivery.message_id)
+            .order_by(Delivery.priority, Delivery.next_attempt_at).limit(args.limit))).all()
+    # The queue id a sender was given: a forwarded copy's original.
+    queue_ids = {d.id: (origin or d.message_id).hex for d, origin in found}
+    rows = [d for d, _ in found]
     if args.json:
-        print(json.dumps([_delivery_dict(d) for d in rows], indent=2))
+        print(json.dumps([dict(_delivery_dict(d), queue_id=queue_ids[d.id]) for d in rows],
+                         indent=2))
         return 0
     if not rows:
         print("no deliveries match")
         return 0
-    print(table([[str(d.id), d.status, d.recipient, str(d.attempts),
+    print(table([[str(d.id), queue_ids[d.id], d.status, d.recipient, str(d.attempts),
                    _ago(d.next_attempt_at, now) if d.status == "queued" else "-",
                    _ago(d.created_at, now), (d.last_reply or "")[:60]] for d in rows],
-                 ["ID", "STATUS", "RECIPIENT", "TRIES", "NEXT", "QUEUED", "LAST REPLY"]))
+                 ["ID", "QUEUE ID", "STATUS", "RECIPIENT", "TRIES", "NEXT", "QUEUED",
+                  "LAST REPLY"]))
     return 0
+
+
+def _attempt_line(a: DeliveryAttempt) -> str:
+    """One attempt as a person reads it: when, outcome, next hop, TLS, the reply."""
+    hop = a.mx_host or (str(a.ip) if a.ip else None)
+    if hop and a.ip and str(a.ip) != a.mx_host:
+        hop += f" [{a.ip}]"
+    tls = a.tls_version or ("no TLS" if hop else "")
+    reply = " ".join(str(v) for v in (a.reply_code, a.enhanced_code, a.reply_text) if v)
+    took = (a.finished_at - a.started_at).total_seconds()
+    return (f"{a.started_at:%Y-%m-%d %H:%M:%S}Z  {a.result:9}  "
+            f"{'via ' + hop if hop else 'no connection'}{', ' + tls if tls else ''}  "
+            f"{took:.1f}s: {reply or '(no reply)'}")
+
+
+def _attempt_dict(a: DeliveryAttempt) -> dict:
+    return {"started_at": a.started_at.isoformat(), "finished_at": a.finished_at.isoformat(),
+            "node": a.node, "result": a.result, "mx_host": a.mx_host,
+            "ip": str(a.ip) if a.ip else None, "tls_version": a.tls_version,
+            "reply_code": a.reply_code, "enhanced_code": a.enhanced_code,
+            "reply_text": a.reply_text}
+
+
+def _message_dict(m: Message) -> dict:
+    return {"id": m.id.hex, "origin_id": m.origin_id.hex if m.origin_id else None,
+            "direction": m.direction, "source": m.source, "status": m.status,
+            "mail_from": m.mail_from, "rcpt_to": list(m.rcpt_to),
+            "message_id_header": m.message_id_header, "size": m.size,
+            "received_at": m.received_at.isoformat(), "account_id": m.account_id,
+            "session_id": m.session_id}
+
+
+async def find_messages(s, ref: str) -> tuple[Message, list[Message]]:
+    """The message `ref` names and its forwarded copies. `ref` is the queue id of the
+    250 reply (32 hex or a UUID), a delivery id (digits), or a Message-ID (the send
+    API's `message_id`, with or without <>). A copy's id names its original."""
+    ref = ref.strip()
+    message: Message | None = None
+    if ref.isdigit():
+        d = await s.get(Delivery, int(ref))
+        message = await s.get(Message, d.message_id) if d is not None else None
+    else:
+        try:
+            message = await s.get(Message, uuid.UUID(ref))
+        except ValueError:
+            bare = ref.strip("<>")
+            message = (await s.execute(select(Message).where(
+                Message.message_id_header.in_([bare, f"<{bare}>"])).order_by(
+                Message.origin_id.is_not(None), Message.received_at).limit(1))).scalar()
+    if message is None:
+        raise CliError(f"no message or delivery {ref!r} (a queue id, a delivery id or a "
+                       "Message-ID); see `mta queue list --status all`")
+    if message.origin_id is not None:
+        message = await s.get(Message, message.origin_id) or message
+    copies = (await s.execute(select(Message).where(Message.origin_id == message.id)
+                              .order_by(Message.received_at))).scalars().all()
+    return message, list(copies)
 
 
 async def _cmd_show(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        d = await s.get(Delivery, args.id)
-        if d is None:
-            raise CliError(f"no delivery {args.id}; see `mta queue list`")
-        msg = await s.get(Message, d.message_id)
+        message, copies = await find_messages(s, args.id)
+        messages = [message, *copies]
+        deliveries = (await s.execute(select(Delivery).where(Delivery.message_id.in_(
+            [m.id for m in messages])).order_by(Delivery.id))).scalars().all()
         attempts = (await s.execute(select(DeliveryAttempt).where(
-            DeliveryAttempt.delivery_id == d.id).order_by(DeliveryAttempt.started_at))
-        ).scalars().all()
-    info = _delivery_dict(d)
-    if msg is not None:
-        info["message"] = {"mail_from": msg.mail_from, "source": msg.source,
-                           "message_id_header": msg.message_id_header, "size": msg.size,
-                           "account_id": msg.account_id}
-    info["attempts"] = [{
-        "started_at": a.started_at.isoformat(), "finished_at": a.finished_at.isoformat(),
-        "node": a.node, "result": a.result, "mx_host": a.mx_host, "ip": a.ip,
-        "tls_version": a.tls_version, "reply_code": a.reply_code,
-        "enhanced_code": a.enhanced_code, "reply_text": a.reply_text} for a in attempts]
+            DeliveryAttempt.delivery_id.in_([d.id for d in deliveries]))
+            .order_by(DeliveryAttempt.started_at))).scalars().all()
+    by_delivery: dict[int, list[DeliveryAttempt]] = {}
+    for a in attempts:
+        by_delivery.setdefault(a.delivery_id, []).append(a)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps({
+            **_message_dict(message), "copies": [_message_dict(c) for c in copies],
+            "deliveries": [dict(_delivery_dict(d), message_id=d.message_id.hex,
+                                attempt_log=[_attempt_dict(a) for a in by_delivery.get(d.id, [])])
+                           for d in deliveries]}, indent=2, default=str))
         return 0
-    for key, value in info.items():
-        if key not in ("attempts", "message"):
-            print(f"{key:16} {value if value is not None else '-'}")
-    for key, value in (info.get("message") or {}).items():
-        print(f"{'message.' + key:16} {value if value is not None else '-'}")
-    print(f"\n{len(attempts)} attempt(s)")
-    for a in info["attempts"]:
-        reply = " ".join(str(v) for v in (a["reply_code"], a["enhanced_code"], a["reply_text"])
-                         if v)
-        print(f"  {a['started_at']}  {a['result']:9} {a['mx_host'] or '-'} "
-              f"[{a['ip'] or '-'}] {a['tls_version'] or 'no TLS'}  {reply}")
+    now = _now()
+    print(f"message {message.id.hex}  {message.direction}/{message.source}, {message.status}")
+    print(f"  received  {message.received_at:%Y-%m-%d %H:%M:%S}Z ({_ago(message.received_at, now)})"
+          f", {message.size} bytes")
+    print(f"  from      <{message.mail_from}>")
+    print(f"  to        {', '.join(f'<{r}>' for r in message.rcpt_to)}")
+    print(f"  Message-ID {message.message_id_header or '-'}")
+    for c in copies:
+        print(f"  forwarded copy {c.id.hex} to {', '.join(c.rcpt_to)}")
+    if not deliveries:
+        print("no deliveries (nothing to send out)")
+    for d in deliveries:
+        tries = by_delivery.get(d.id, [])
+        due = f", next try {_ago(d.next_attempt_at, now)}" if d.status == "queued" else ""
+        print(f"\ndelivery {d.id} to <{d.recipient}>: {d.status}, {len(tries)} attempt(s)"
+              f"{due}; envelope from <{d.envelope_from}>")
+        for a in tries:
+            print("  " + _attempt_line(a))
     return 0
 
 
-def _targets(args) -> dict:
-    msg = uuid.UUID(args.message) if getattr(args, "message", None) else None
-    return {"ids": args.ids or None, "domain": args.domain, "message_id": msg}
+async def _cmd_cat(args, settings: Settings) -> int:
+    """`postcat -q`: the stored message, headers and body (or one of them)."""
+    import sys
+
+    async with open_database(settings) as db, db.session() as s:
+        message, copies = await find_messages(s, args.id)
+        if args.copy:
+            if not copies:
+                raise CliError(f"message {message.id.hex} has no forwarded copy")
+            message = copies[0]
+    raw = bytes(message.raw)
+    cut = raw.find(b"\r\n\r\n")
+    head, body = (raw, b"") if cut < 0 else (raw[:cut + 2], raw[cut + 4:])
+    out = head if args.headers else body if args.body else raw
+    sys.stdout.flush()
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _targets(args) -> list[dict]:
+    """The operations a command's arguments name: delivery ids together, each message
+    (with its forwarded copies) on its own."""
+    ids = [int(x) for x in args.ids if x.isdigit()]
+    messages = [x for x in args.ids if not x.isdigit()]
+    if getattr(args, "message", None):
+        messages.append(args.message)
+    out = []
+    if ids or args.domain:
+        out.append({"ids": ids or None, "domain": args.domain, "message_id": None})
+    for m in messages:
+        try:
+            out.append({"ids": None, "domain": None, "message_id": uuid.UUID(m)})
+        except ValueError:
+            raise CliError(f"{m!r} is neither a delivery id nor a queue id", 2) from None
+    return out
+
+
+async def _cmd_hold(args, settings: Settings) -> int:
+    targets = _targets(args)
+    if not targets:
+        raise CliError("name deliveries (delivery or queue ids, --domain, --message)",
+                       exit_code=2)
+    held = busy = 0
+    async with open_database(settings) as db, db.session() as s:
+        for t in targets:
+            h, b = await q.hold(s, now=_now(), **t)
+            held, busy = held + h, busy + b
+    print(f"{_plural(held)} held; `mta queue release` lets them go"
+          + (f" ({_plural(busy)} in flight now finish their attempt first)" if busy else ""))
+    return 0
+
+
+async def _cmd_release(args, settings: Settings) -> int:
+    targets = _targets(args)
+    if not targets:
+        raise CliError("name deliveries (delivery or queue ids, --domain, --message)",
+                       exit_code=2)
+    async with open_database(settings) as db, db.session() as s:
+        n = sum([await q.release_held(s, now=_now(), **t) for t in targets])
+    print(f"{_plural(n)} released, due now")
+    return 0
 
 
 def _plural(n: int) -> str:
@@ -120,10 +251,11 @@ def _plural(n: int) -> str:
 
 async def _cmd_retry(args, settings: Settings) -> int:
     targets = _targets(args)
-    if not (args.all or any(targets.values())):
+    if not (args.all or targets):
         raise CliError("name deliveries (ids, --domain, --message) or use --all", exit_code=2)
     async with open_database(settings) as db, db.session() as s:
-        n = await q.requeue(s, now=_now(), include_failed=args.failed, **targets)
+        n = sum([await q.requeue(s, now=_now(), include_failed=args.failed, **t)
+                 for t in targets or [{}]])
     print(f"{_plural(n)} due now")
     return 0
 
@@ -133,13 +265,14 @@ async def _cmd_purge(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         if args.finished_before_days is not None:
             before = _now() - timedelta(days=args.finished_before_days)
-            n = await q.purge(s, now=_now(), finished_before=before, **targets)
+            n = sum([await q.purge(s, now=_now(), finished_before=before, **t)
+                     for t in targets or [{}]])
             print(f"{_plural(n)} finished before {before:%F %T} deleted")
             return 0
-        if not any(targets.values()):
+        if not targets:
             raise CliError("name deliveries (ids, --domain, --message) or "
                            "--finished-before-days", exit_code=2)
-        n = await q.purge(s, now=_now(), **targets)
+        n = sum([await q.purge(s, now=_now(), **t) for t in targets])
     print(f"{_plural(n)} purged")
     return 0
 
@@ -163,9 +296,10 @@ async def _cmd_stats(args, settings: Settings) -> int:
 
 
 def _add_targets(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ids", nargs="*", type=int, help="delivery ids")
+    p.add_argument("ids", nargs="*", metavar="ID",
+                   help="delivery ids, or queue ids (every delivery of that message)")
     p.add_argument("--domain", help="every delivery to this destination domain")
-    p.add_argument("--message", help="every delivery of this message (uuid)")
+    p.add_argument("--message", help="every delivery of this message (its queue id)")
 
 
 def register(sub) -> None:
@@ -182,10 +316,27 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_list)
 
-    p = qs.add_parser("show", help="one delivery with every attempt")
-    p.add_argument("id", type=int)
+    p = qs.add_parser("show", help="a message with its deliveries and every attempt")
+    p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_show)
+
+    p = qs.add_parser("cat", help="print a stored message, headers and body (postcat -q)")
+    p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--headers", action="store_true", help="only the header section")
+    part.add_argument("--body", action="store_true", help="only the body")
+    p.add_argument("--copy", action="store_true",
+                   help="the forwarded copy (as signed and sent) instead of the original")
+    p.set_defaults(func=_cmd_cat)
+
+    p = qs.add_parser("hold", help="stop trying deliveries until released")
+    _add_targets(p)
+    p.set_defaults(func=_cmd_hold)
+
+    p = qs.add_parser("release", help="put held deliveries back in the queue, due now")
+    _add_targets(p)
+    p.set_defaults(func=_cmd_release)
 
     p = qs.add_parser("retry", help="make deliveries due now (the backoff schedule goes on)")
     _add_targets(p)

@@ -200,8 +200,9 @@ def _queue_id(value: str) -> uuid.UUID | None:
 
 def _message_id_condition(value: str) -> ColumnElement[bool]:
     queue_id = _queue_id(value)
-    if queue_id is not None:
-        return Event.message_id == queue_id
+    if queue_id is not None:  # the message's events and those of its forwarded copies
+        return Event.message_id.in_(select(Message.id).where(
+            or_(Message.id == queue_id, Message.origin_id == queue_id)))
     bare = value.strip().strip("<>")
     forms = [bare, f"<{bare}>"]
     return or_(_details["message_id"].astext.in_(forms), Message.message_id_header.in_(forms))

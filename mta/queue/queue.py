@@ -49,7 +49,8 @@ from mta.store.models import Delivery, DeliveryAttempt, Message
 __all__ = [
     "ACTIVE_STATUSES", "Clock", "Claimed", "PRIORITY_BULK", "PRIORITY_INTERACTIVE",
     "PRIORITY_RETRY_BAND", "Recipient", "RetryPolicy", "StoredOutcome", "claim", "due_filter",
-    "enqueue", "purge", "queue_stats", "record_outcomes", "release", "renew_leases", "requeue",
+    "enqueue", "hold", "purge", "queue_stats", "record_outcomes", "release", "release_held",
+    "renew_leases", "requeue",
     "utcnow", "verp_address", "verp_token",
 ]
 
@@ -370,8 +371,9 @@ def _select_filter(stmt, ids: Sequence[int] | None, domain: str | None,
         stmt = stmt.where(Delivery.id.in_(list(ids)))
     if domain:
         stmt = stmt.where(Delivery.domain == domain.lower())
-    if message_id:
-        stmt = stmt.where(Delivery.message_id == message_id)
+    if message_id:  # the message and its forwarded copies
+        stmt = stmt.where(Delivery.message_id.in_(select(Message.id).where(
+            or_(Message.id == message_id, Message.origin_id == message_id))))
     return stmt
 
 
@@ -386,6 +388,36 @@ async def requeue(session: AsyncSession, *, now: datetime, ids: Sequence[int] | 
         update(Delivery).where(Delivery.status.in_(statuses)), ids, domain, message_id)
     res = await session.execute(stmt.values(status="queued", next_attempt_at=now,
                                             finished_at=None))
+    return res.rowcount or 0
+
+
+async def hold(session: AsyncSession, *, now: datetime, ids: Sequence[int] | None = None,
+               domain: str | None = None, message_id: uuid.UUID | None = None
+               ) -> tuple[int, int]:
+    """Stop matching queued rows from being tried (status `held`; workers claim only
+    `queued`) until `release`. A row a worker holds a lease on finishes its attempt
+    first and is not held. Returns (held, in flight)."""
+    if not (ids or domain or message_id):
+        raise ValueError("hold needs ids, a domain or a message id")
+    idle = or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at <= now)
+    res = await session.execute(_select_filter(
+        update(Delivery).where(Delivery.status == "queued", idle), ids, domain, message_id)
+        .values(status="held", lease_owner=None, lease_expires_at=None))
+    busy = (await session.execute(_select_filter(
+        select(func.count()).select_from(Delivery).where(Delivery.status == "queued"),
+        ids, domain, message_id))).scalar_one()
+    return res.rowcount or 0, busy
+
+
+async def release_held(session: AsyncSession, *, now: datetime, ids: Sequence[int] | None = None,
+                  domain: str | None = None, message_id: uuid.UUID | None = None) -> int:
+    """Held rows back in the queue, due now (their attempt count and age are kept, so
+    the retry schedule and the give-up time go on)."""
+    if not (ids or domain or message_id):
+        raise ValueError("release needs ids, a domain or a message id")
+    res = await session.execute(_select_filter(
+        update(Delivery).where(Delivery.status == "held"), ids, domain, message_id)
+        .values(status="queued", next_attempt_at=now))
     return res.rowcount or 0
 
 

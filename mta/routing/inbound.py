@@ -506,4 +506,5 @@ def _copy_row(message: Message, copy: ForwardCopy, destinations: list[str],
                    account_id=message.account_id, message_id_header=message.message_id_header,
                    mail_from=message.mail_from, rcpt_to=destinations, raw=copy.raw, size=len(copy.raw),
                    received_at=now, session_id=message.session_id,
-                   auth_results=message.auth_results, status="forward")
+                   auth_results=message.auth_results, status="forward",
+                   origin_id=message.id)

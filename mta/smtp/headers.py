@@ -27,7 +27,7 @@ def _clean(text: str, limit: int = 255) -> str:
 
 
 def received_field(*, helo: str | None, ptr: str | None, ip: str, hostname: str,
-                   session_id: str, tls: dict | None, recipient: str | None,
+                   queue_id: str, tls: dict | None, recipient: str | None,
                    when: float | None = None) -> bytes:
     addr = f"IPv6:{ip}" if ":" in ip else ip
     from_part = f"from {_clean(helo or 'unknown')} ({_clean(ptr or 'unknown')} [{addr}])"
@@ -36,7 +36,8 @@ def received_field(*, helo: str | None, ptr: str | None, ip: str, hostname: str,
     if tls:
         lines.append(f"\t(using {_clean(str(tls.get('version', '')))} with cipher "
                      f"{_clean(str(tls.get('cipher', '')))})")
-    lines.append(f"\tby {hostname} (mta) with {with_part} id {session_id}")
+    # The queue id of the 250 reply, as Postfix does: `mta queue show ID` finds it.
+    lines.append(f"\tby {hostname} (mta) with {with_part} id {queue_id}")
     stamp = email.utils.formatdate(when, localtime=False)
     if recipient:  # only for one recipient: never disclose the others (RFC 5321 §7.2)
         lines.append(f"\tfor <{_clean(recipient, 320)}>; {stamp}")

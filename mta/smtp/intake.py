@@ -181,7 +181,7 @@ class Intake:
         raw = prepend(
             raw,
             received_field(helo=client.helo, ptr=client.reverse.ptr if client.reverse else None,
-                           ip=client.ip, hostname=self.hostname, session_id=client.session_id,
+                           ip=client.ip, hostname=self.hostname, queue_id=message_id.hex,
                            tls=client.tls, recipient=rcpts[0] if len(rcpts) == 1 else None),
             auth_results_field(results.to_header(self.authserv_id, fold=True)))
         auth_json = results.to_json()

@@ -259,8 +259,13 @@ class Message(Base):
     tls: Mapped[dict | None] = mapped_column(JSONB)  # {"version": ..., "cipher": ...}
     auth_results: Mapped[dict | None] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(String(32), nullable=False, server_default="received")
+    # A forwarded copy's original (the message whose id the sender got in the 250
+    # reply), so that one id finds the copies, their deliveries and their events.
+    origin_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
-    __table_args__ = (Index("ix_messages_received_at", "received_at"),)
+    __table_args__ = (Index("ix_messages_received_at", "received_at"),
+                      Index("ix_messages_origin_id", "origin_id",
+                            postgresql_where=text("origin_id IS NOT NULL")))
 
 
 class Delivery(Base):
