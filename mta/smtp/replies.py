@@ -74,8 +74,11 @@ RESET_OK = Reply(250, "2.0.0", "Reset state")
 NOOP_OK = Reply(250, "2.0.0", "OK")
 QUEUED = Reply(250, "2.0.0", "OK: queued as {queue_id}")
 VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
-HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS")
+HELP = Reply(214, "2.0.0",
+             "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS")
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+# RFC 3030: a BDAT chunk without LAST.
+CHUNK_RECEIVED = Reply(250, "2.0.0", "{size} octets received")
 
 # --- 4xx: try again later -------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ HELO_SYNTAX = Reply(501, "5.5.4", "Syntax: {verb} <hostname>")
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Parameter not recognized or not implemented: {detail}")
+BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT <size> [LAST]; closing connection")
+DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA is not allowed after BDAT in one transaction")
 NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already given")
 NEED_MAIL = Reply(503, "5.5.1", "Send MAIL first")
@@ -212,8 +217,8 @@ FORWARD_DMARC_REFUSED = Reply(
 # sending errors (530, 535, 550 5.7.1, 452 4.5.3, 552 5.3.4 ...) come from mta/errors.py.
 
 SUBMISSION_HELP = Reply(
-    214, "2.0.0", "See RFC 5321 and RFC 4954; commands: EHLO HELO AUTH MAIL RCPT DATA RSET "
-    "NOOP QUIT STARTTLS")
+    214, "2.0.0", "See RFC 5321 and RFC 4954; commands: EHLO HELO AUTH MAIL RCPT DATA BDAT "
+    "RSET NOOP QUIT STARTTLS")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 # RFC 4954 §4: a server challenge is "334 " and base64 text (empty for PLAIN).
 AUTH_CHALLENGE = Reply(334, None, "{challenge}")

@@ -27,9 +27,10 @@ from typing import Protocol
 
 from mta.checks.rbl import RblResult
 from mta.config import Settings
-from mta.smtp import replies
+from mta.smtp import chunking, replies
 from mta.smtp.address import Path, PathError, parse_path
 from mta.smtp.authcheck import Reverse, lookup_reverse, start_spf
+from mta.smtp.chunking import Chunks
 from mta.smtp.headers import header_value
 from mta.smtp.intake import ClientInfo, Intake, Transaction
 from mta.smtp.limits import command_line_limit
@@ -81,9 +82,10 @@ class SmtpSession:
         self._commands = {
             "EHLO": self.ehlo, "HELO": self.helo, "RSET": self.rset, "NOOP": self.noop,
             "QUIT": self.quit, "STARTTLS": self.starttls, "VRFY": self.vrfy,
-            "HELP": self.help, "EXPN": self.not_implemented, "BDAT": self.not_implemented,
+            "HELP": self.help, "EXPN": self.not_implemented, "BDAT": self.bdat,
             "TURN": self.not_implemented,
         }
+        self.chunks: Chunks | None = None  # BDAT chunks of the transaction so far
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -196,6 +198,14 @@ class SmtpSession:
     async def not_implemented(self, arg: str | None) -> None:
         await self.reply(replies.NOT_IMPLEMENTED)
 
+    async def bdat(self, arg: str | None) -> None:
+        await chunking.bdat(self, arg)
+
+    def _bdat_refusal(self) -> Reply | None:
+        """The reply refusing a BDAT chunk in the current state, or None (listeners with
+        a mail transaction override it)."""
+        return replies.NOT_IMPLEMENTED
+
     async def starttls(self, arg: str | None) -> None:
         if arg:
             return await self.reply(replies.PARAMETER_SYNTAX.format(detail="STARTTLS takes none"))
@@ -304,7 +314,7 @@ class MxSession(SmtpSession):
 
     def extensions(self) -> list[str]:
         extensions = ["PIPELINING", f"SIZE {self.intake.size_limit}", "8BITMIME",
-                      "ENHANCEDSTATUSCODES"]
+                      "ENHANCEDSTATUSCODES", "CHUNKING"]
         if self.conn.tls_available and not self.conn.tls_active:
             extensions.append("STARTTLS")
         return extensions
@@ -324,6 +334,25 @@ class MxSession(SmtpSession):
         if self.txn is not None:
             self.txn.cancel()
         self.txn = None
+        self.chunks = None
+
+    # -- what BDAT needs (chunking.py) ----------------------------------------------------
+
+    def _bdat_refusal(self) -> Reply | None:
+        if self.txn is None:
+            return replies.NEED_MAIL
+        if not self.txn.recipients:
+            return replies.NO_VALID_RECIPIENTS
+        return None
+
+    def _size_limit(self) -> int:
+        return self.intake.size_limit
+
+    def _bare_mode(self) -> str:
+        return self.intake.bare
+
+    def _chunk_timeout(self) -> float:
+        return self.limits.data_timeout
 
     @staticmethod
     def _message_refusal(content: bytes) -> tuple[str, Reply] | None:
@@ -410,6 +439,8 @@ class MxSession(SmtpSession):
             return await self.reply(replies.NEED_MAIL)
         if not txn.recipients:
             return await self.reply(replies.NO_VALID_RECIPIENTS)
+        if self.chunks is not None:
+            return await self.reply(replies.DATA_AFTER_BDAT)
         await self.conn.send(replies.START_DATA)
         timeout = self.limits.data_timeout
         self.conn.set_timeout(timeout)
@@ -420,6 +451,12 @@ class MxSession(SmtpSession):
             self._reset()
             self.closing = True
             return
+        await self._end_of_data(result)
+
+    async def _end_of_data(self, result: DataResult) -> None:
+        """The message of the transaction has been read (DATA or BDAT LAST)."""
+        txn = self.txn
+        assert txn is not None
         rcpts = [r.address for r in txn.recipients]
         if result.too_big:
             reply = replies.MESSAGE_TOO_BIG.format(limit=self.intake.size_limit)

@@ -41,6 +41,7 @@ from mta.smtp.intake import ClientInfo
 from mta.smtp.replies import Reply
 from mta.smtp.session import Connection, SmtpSession
 from mta.smtp.submission_auth import SubmissionGate, Submitter, b64decode, parse_plain
+from mta.smtp.wire import DataResult
 
 __all__ = ["RECIPIENTS_PER_SESSION", "SubmissionSession", "error_reply"]
 
@@ -88,7 +89,8 @@ class SubmissionSession(SmtpSession):
     # -- hooks -------------------------------------------------------------------------
 
     def extensions(self) -> list[str]:
-        common = [f"SIZE {self.size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING"]
+        common = [f"SIZE {self.size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING",
+                  "CHUNKING"]
         if not self.conn.tls_active:
             return [*common, "STARTTLS"] if self.conn.tls_available else common
         return ["AUTH PLAIN LOGIN", *common]
@@ -99,6 +101,29 @@ class SubmissionSession(SmtpSession):
     def _reset(self) -> None:
         self.mail_from = None
         self.recipients = []
+        self.chunks = None
+
+    # -- what BDAT needs (chunking.py) ----------------------------------------------------
+
+    def _bdat_refusal(self) -> Reply | None:
+        if not self.conn.tls_active:
+            return replies.NEED_TLS_FIRST
+        if self.submitter is None:
+            return error_reply("E_AUTH_REQUIRED")
+        if self.mail_from is None:
+            return replies.NEED_MAIL
+        if not self.recipients:
+            return replies.NO_VALID_RECIPIENTS
+        return None
+
+    def _size_limit(self) -> int:
+        return self.size_limit
+
+    def _bare_mode(self) -> str:
+        return "normalize"  # as for DATA: submitting clients send LF line ends
+
+    def _chunk_timeout(self) -> float:
+        return self.data_timeout
 
     async def help(self, arg: str | None) -> None:
         await self.reply(replies.SUBMISSION_HELP)
@@ -279,16 +304,24 @@ class SubmissionSession(SmtpSession):
             return await self.reply(replies.NEED_MAIL)
         if not self.recipients:
             return await self.reply(replies.NO_VALID_RECIPIENTS)
+        if self.chunks is not None:
+            return await self.reply(replies.DATA_AFTER_BDAT)
         await self.conn.send(replies.SUBMISSION_START_DATA)
         timeout = self.data_timeout
         self.conn.set_timeout(timeout)
         result = await self.conn.wire.read_data(
             self.size_limit, "normalize", on_chunk=lambda: self.conn.set_timeout(timeout))
-        mail_from, recipients = self.mail_from, list(self.recipients)
-        self._reset()  # the transaction ends here whatever the outcome
         if result is None:  # the client went away mid-data: nothing was accepted
+            self._reset()
             self.closing = True
             return
+        await self._end_of_data(result)
+
+    async def _end_of_data(self, result: DataResult) -> None:
+        """The message of the transaction has been read (DATA or BDAT LAST)."""
+        assert self.submitter is not None and self.mail_from is not None
+        mail_from, recipients = self.mail_from, list(self.recipients)
+        self._reset()  # the transaction ends here whatever the outcome
         if result.too_big:
             metrics.SUBMISSION_MESSAGES.labels("rejected").inc()
             return await self.refuse(self._too_big(), "too_big")

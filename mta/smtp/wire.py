@@ -14,6 +14,8 @@ The product's job where aiosmtpd is lenient (notes/library-pitfalls.md):
   reaches a next hop, where it could end the data early ("\\r\\n\\x00.\\r\\n");
 - a line of the message longer than 998 octets (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
   is refused: we would have to forward it, and the next hop may refuse or cut it;
+- BDAT chunks (RFC 3030) are read by length (`read_chunk`), kept or dropped, and the
+  whole message is held to the same rules (`chunked_result`);
 - size is counted as RFC 1870 does (after dot-unstuffing, without the final dot);
   reading goes on to the end of the data without keeping more than about 4/3 of the
   limit in memory, so the refusal comes after the whole message, as SMTP needs.
@@ -31,8 +33,8 @@ from dataclasses import dataclass
 
 from mta.smtp.limits import AUTH_LINE, TEXT_LINE
 
-__all__ = ["CommandLine", "DataResult", "Wire", "check_content", "decode_data",
-           "find_data_end", "has_long_line"]
+__all__ = ["CommandLine", "DataResult", "Wire", "check_content", "chunked_result",
+           "decode_data", "find_data_end", "has_long_line"]
 
 CHUNK = 65536
 END = b"\r\n.\r\n"
@@ -88,9 +90,29 @@ def decode_data(section: bytes, bare: str = "reject") -> tuple[bytes, bool]:
     # after a real CRLF are lines.
     unstuffed = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
     if had_bare and bare == "normalize":
-        unstuffed = (unstuffed.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-                     .replace(b"\n", b"\r\n"))
+        unstuffed = _normalize(unstuffed)
     return unstuffed, had_bare
+
+
+def _normalize(content: bytes) -> bytes:
+    return content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def chunked_result(content: bytes, bare: str = "reject") -> DataResult:
+    """The message sent in BDAT chunks (RFC 3030), held to the same rules as DATA: bare
+    CR/LF refused or normalised, NUL refused or removed, no line over 998 octets. The
+    size was checked chunk by chunk before reading. A message whose last line lacks
+    its CRLF gets one (a CR alone at the end is then a bare CR)."""
+    size = len(content)
+    if content and not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    had_bare = _has_bare(content)
+    if had_bare and bare != "normalize":
+        return DataResult(b"", size, refused="bare_line_end")
+    if had_bare:
+        content = _normalize(content)
+    content, refusal, repaired = check_content(content, bare)
+    return DataResult(content, size, refused=refusal, normalised=had_bare or repaired)
 
 
 def has_long_line(content: bytes, limit: int = TEXT_LINE) -> bool:
@@ -188,6 +210,26 @@ class Wire:
             self.buf.clear()
             if not await self._fill():
                 return None
+
+    async def read_chunk(self, size: int, keep: bool = True,
+                         on_chunk=None) -> bytes | None:
+        """Exactly `size` octets (a BDAT chunk), or None at end of stream. With
+        `keep=False` they are read and dropped: a refused chunk must still be consumed,
+        or its bytes would be read as commands."""
+        out = bytearray()
+        need = size
+        while need > 0:
+            if not self.buf:
+                if not await self._fill():
+                    return None
+                if on_chunk is not None:
+                    on_chunk()
+            take = min(need, len(self.buf))
+            if keep:
+                out += self.buf[:take]
+            del self.buf[:take]
+            need -= take
+        return bytes(out)
 
     async def read_data(self, limit: int, bare: str = "reject",
                         on_chunk=None) -> DataResult | None:
