@@ -179,3 +179,35 @@ async def test_connection_errors_name_the_database(tmp_path):
         await db.close()
     assert f"{gone}/.s.PGSQL.5432 (database mta)" in str(e.value)
     assert is_unavailable(e.value)
+
+
+def test_after_sigkill_no_stale_lock_and_the_next_node_adopts_the_cluster(make_node):
+    node = make_node()
+    cluster = cluster_of(node)
+    pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    node.kill()  # SIGKILL: no shutdown at all; the postmaster outlives it
+    assert cluster.running
+    node.start()  # the kernel dropped the dead node's locks: nothing to clean up first
+    node.wait_for_log(lambda e: e.get("event") == "database.adopted")
+    assert int((cluster.data_dir / "postmaster.pid").read_text().split()[0]) == pid
+    assert _healthy(node)
+    assert mta(node, "accounts", "create", "after-kill").returncode == 0
+    assert node.stop() == 0
+    assert not cluster.running  # the adopter owns it now, and stopped it
+
+
+def test_a_supervisor_of_workers_restarts_its_killed_postmaster_too(make_node):
+    node = make_node(workers=2)
+    cluster = cluster_of(node)
+    pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    node.wait_for_log(lambda e: e.get("event") == "database.restarted", timeout=30)
+    # Both workers answer again (each with its own connection pool).
+    healthy = 0
+    while healthy < 6:
+        healthy = healthy + 1 if _healthy(node) else 0
+        assert time.monotonic() - killed < 30, "workers not healthy 30 s after the kill"
+        time.sleep(0.2)
+    assert node.stop() == 0
+    assert not cluster.running
