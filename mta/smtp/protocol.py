@@ -7,9 +7,9 @@ command handler with a `session.SmtpSession`, whose replies all come from `repli
 (aiosmtpd's own defaults are lenient, see notes/library-pitfalls.md). It implements the
 `session.Connection` protocol.
 
-Per connection: on a listener with `proxy_protocol` the load balancer's PROXY header
-names the client (`proxyproto.accept`; implicit TLS then starts after it), the TLS facts
-of an implicit-TLS transport are recorded, the session limits are checked (421 4.7.0 when full), then the listener's session runs. The
+Per connection: the TLS facts of an implicit-TLS transport are recorded, the session
+limits are checked (for the client a load balancer named, on a listener with
+`proxy_protocol`: `proxyproto.ProxyServer` accepts those connections) (421 4.7.0 when full), then the listener's session runs. The
 listener (`ListenerServer`) names the metrics label (`name`) and builds the session
 (`new_session`).
 """
@@ -25,10 +25,9 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import SMTP
 
 from mta.observe import metrics
-from mta.smtp import proxyproto, replies
+from mta.smtp import replies
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
-from mta.smtp.proxyproto import ProxyPolicy
 from mta.smtp.replies import Reply
 from mta.smtp.session import SmtpSession
 from mta.smtp.wire import Wire
@@ -58,9 +57,11 @@ class _NoHooks:
 
 
 class SmtpProtocol(SMTP):
-    def __init__(self, server: ListenerServer, log: logging.Logger = log) -> None:
+    def __init__(self, server: ListenerServer, log: logging.Logger = log,
+                 client: tuple[str, int] | None = None) -> None:
         self._server = server
         self._log = log
+        self._client = client
         super().__init__(_NoHooks(), hostname=server.hostname, ident="ESMTP",
                          data_size_limit=None, enable_SMTPUTF8=False, decode_data=False,
                          tls_context=None, timeout=server.settings.limits.command_timeout,
@@ -119,49 +120,6 @@ class SmtpProtocol(SMTP):
         assert self.session is not None
         self.session.ssl = dict(self._tls_info)  # aiosmtpd's eof_received looks at it
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if getattr(self._server, "proxy", None) is not None:
-            # Nothing is read until the PROXY header has been taken off the socket
-            # (`_read_proxy_header`), so no byte after it lands in the stream reader.
-            transport.pause_reading()  # type: ignore[attr-defined]
-
-    async def _read_proxy_header(self, proxy: ProxyPolicy, ip: str,
-                                 port: int) -> tuple[str, int] | None:
-        """The client named by the balancer, or None once the connection is closed."""
-        server = self._server
-        sock = self.transport.get_extra_info("socket").dup()
-        try:
-            named = await proxyproto.accept(proxyproto.socket_recv(sock), ip, port, proxy)
-        except (proxyproto.ProxyError, OSError) as exc:
-            self._log.info("closed connection from %s: %s", ip, exc, extra={
-                "event": "smtp.proxy_refused", "listener": server.name, "peer": ip})
-            metrics.SMTP_SESSIONS_REFUSED.labels(server.name, "proxy_protocol").inc()
-            self.close()
-            return None
-        finally:
-            sock.close()
-        if getattr(server, "deferred_tls", False):  # implicit TLS after the header
-            if not await self._deferred_tls_handshake():
-                return None
-        else:
-            self.transport.resume_reading()
-        return named
-
-    async def _deferred_tls_handshake(self) -> bool:
-        """Implicit TLS on a PROXY listener: the header comes in clear before the TLS
-        ClientHello, so the handshake starts here rather than in the transport."""
-        try:
-            await self._writer.start_tls(
-                self._server.tls_context,
-                ssl_handshake_timeout=getattr(self._server, "auth_timeout", 30.0))
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self._log.info("TLS handshake failed: %s", exc)
-            self.close()
-            return False
-        self.transport = self._writer.transport
-        return True
-
     # -- aiosmtpd overrides ------------------------------------------------------------------
 
     def _timeout_cb(self) -> None:
@@ -177,16 +135,11 @@ class SmtpProtocol(SMTP):
     async def _handle_client(self) -> None:
         server = self._server
         assert self.session is not None
-        peer = self.session.peer or ("0.0.0.0", 0)
+        # The client a load balancer named (PROXY protocol), else the TCP peer.
+        peer = self._client or self.session.peer or ("0.0.0.0", 0)
         ip, port = str(peer[0]), int(peer[1])
         if ip.startswith("::ffff:"):
             ip = ip[7:]
-        proxy: ProxyPolicy | None = getattr(server, "proxy", None)
-        if proxy is not None:  # the load balancer names the client (proxyproto.py)
-            named = await self._read_proxy_header(proxy, ip, port)
-            if named is None:
-                return
-            ip, port = named
         self.wire = Wire(self._reader)
         if self.transport.get_extra_info("ssl_object") is not None:  # implicit TLS
             self._record_tls()

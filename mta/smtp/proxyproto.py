@@ -7,7 +7,9 @@ Configured per listener (`listeners.<name>.proxy_protocol`, `ProxyProtocolSettin
 `trusted` networks are the load balancers; `required` says whether a trusted peer must
 send a header.
 
-Per connection, before the greeting (`accept`):
+`ProxyServer` is such a listener: it accepts the sockets itself, reads the header off
+each (never a byte more), then hands the connection to asyncio (TLS from the start for
+implicit TLS) with the client it names. Per connection, before the greeting (`accept`):
 - a trusted peer: the header is read within `timeout` seconds (bounded: 107 bytes for
   v1, 16 + `MAX_V2_BODY` for v2). A malformed header, or none where one is required,
   closes the connection with nothing processed. A peer that sends nothing on a
@@ -25,15 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mta.config import ProxyProtocolSettings
+from mta.observe import metrics
+
+log = logging.getLogger("mta.smtp.proxy")
 
 __all__ = ["LISTEN_WINDOW", "MAX_V1", "MAX_V2_BODY", "ProxyError", "ProxyHeader",
-           "ProxyPolicy", "accept", "parse_v1", "parse_v2", "read_header", "socket_recv"]
+           "ProxyPolicy", "ProxyServer", "accept", "parse_v1", "parse_v2", "read_header", "socket_recv"]
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MAX_V1 = 107  # the whole v1 line, CRLF included (spec section 2.1)
@@ -211,3 +218,104 @@ async def accept(recv: Recv, peer_ip: str, peer_port: int,
     if header.source is None:
         return peer_ip, peer_port
     return header.source
+
+
+# --- the listening side ----------------------------------------------------------------------
+
+
+class ProxyServer:
+    """A listener whose connections open with a PROXY header. It accepts sockets itself
+    and reads the header straight off each one (nothing after it is consumed), then hands
+    the connection to asyncio with the client it names: `protocol_factory(client)`, over
+    TLS from the start when `tls()` gives a context (implicit TLS: HAProxy sends the
+    header in clear before the ClientHello). Same surface as asyncio's Server as far as
+    the listeners use it: `sockets`, `close()`."""
+
+    def __init__(self, policy: ProxyPolicy,
+                 protocol_factory: Callable[[tuple[str, int]], asyncio.Protocol], *,
+                 name: str, tls: Callable[[], ssl.SSLContext | None] = lambda: None,
+                 tls_handshake_timeout: float = 30.0) -> None:
+        self.policy = policy
+        self.protocol_factory = protocol_factory
+        self.name = name  # the listener, for logs and metrics
+        self.tls = tls
+        self.tls_handshake_timeout = tls_handshake_timeout
+        self.sockets: list[socket.socket] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, hosts: str | list[str], port: int, *, backlog: int = 512,
+                    reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        for host in [hosts] if isinstance(hosts, str) else hosts:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+            family, kind, proto, _, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:  # as asyncio: `::` and `0.0.0.0` apart
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                self.close()
+                raise
+            self.sockets.append(sock)
+        for sock in self.sockets:
+            self._spawn(self._accept_loop(sock))
+
+    def close(self) -> None:
+        """Stop accepting; connections still before their greeting are dropped (those
+        already handed over are the listener's to drain)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(listening)
+            except OSError as exc:  # EMFILE and friends: breathe, then go on
+                log.warning("accept on the %s listener failed: %s", self.name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(self._hand_over(conn, address))
+
+    async def _hand_over(self, conn: socket.socket, address: tuple) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        ip, port = str(address[0]), int(address[1])
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        handed = False
+        try:
+            client = await accept(socket_recv(conn), ip, port, self.policy)
+            if client != (ip, port):
+                log.debug("client %s:%d via %s", client[0], client[1], ip, extra={
+                    "event": "smtp.proxied", "listener": self.name, "peer": ip,
+                    "client_ip": client[0]})
+            ctx = self.tls()
+            await loop.connect_accepted_socket(
+                lambda: self.protocol_factory(client), conn, ssl=ctx,
+                ssl_handshake_timeout=self.tls_handshake_timeout if ctx else None)
+            handed = True
+        except ProxyError as exc:
+            log.info("closed connection from %s: %s", ip, exc, extra={
+                "event": "smtp.proxy_refused", "listener": self.name, "peer": ip})
+            metrics.SMTP_SESSIONS_REFUSED.labels(self.name, "proxy_protocol").inc()
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info("connection from %s failed before the greeting: %s", ip, exc)
+        finally:
+            if not handed:  # refused, failed or cancelled (the listener stopped)
+                conn.close()

@@ -35,7 +35,7 @@ from mta.config import ConfigError
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
 from mta.smtp.protocol import SmtpProtocol, bind_hosts, drain_sessions
-from mta.smtp.proxyproto import ProxyPolicy
+from mta.smtp.proxyproto import ProxyPolicy, ProxyServer
 from mta.smtp.submission_auth import SubmissionGate
 from mta.smtp.submission_session import SubmissionSession
 from mta.smtp.tls import reload_context, server_context
@@ -82,9 +82,6 @@ class SubmissionServer:
         self.hostname = ctx.settings.node.hostname
         self.tls_context = _tls_context(ctx.settings, listener)
         self.proxy = ProxyPolicy.from_settings(self.listener.proxy_protocol)
-        # With the PROXY protocol the header precedes the TLS ClientHello, so implicit
-        # TLS starts in SmtpProtocol once the header is read, not in the transport.
-        self.deferred_tls = self.mode == "implicit" and self.proxy is not None
         limits = ctx.settings.limits
         self.size_limit = int(limits.submission_message_size)
         self.auth_timeout = float(auth_timeout if auth_timeout is not None else getattr(
@@ -102,7 +99,7 @@ class SubmissionServer:
         self.sessions: set[SubmissionSession] = set()
         self.stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.base_events.Server | ProxyServer | None = None
         self._bound_tls: ssl.SSLContext | None = None  # the one create_server holds
         self.port: int = self.listener.port
 
@@ -115,15 +112,25 @@ class SubmissionServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-        implicit = self.mode == "implicit" and not self.deferred_tls
-        self._server = await self.loop.create_server(
-            lambda: SmtpProtocol(self, log), host=bind_hosts(self.listener.address),
-            port=self.listener.port, reuse_address=True,
-            reuse_port=sys.platform.startswith("linux"), backlog=512,
-            ssl=self.tls_context if implicit else None,
-            ssl_handshake_timeout=self.auth_timeout if implicit else None)
+        implicit = self.mode == "implicit"
+        reuse_port = sys.platform.startswith("linux")
+        if self.proxy is not None:
+            # Behind load balancers: the header (in clear, before any TLS ClientHello)
+            # names the client; TLS then starts with the context current at that moment.
+            self._server = ProxyServer(
+                self.proxy, lambda client: SmtpProtocol(self, log, client), name=self.name,
+                tls=lambda: self.tls_context if implicit else None,
+                tls_handshake_timeout=self.auth_timeout)
+            await self._server.start(bind_hosts(self.listener.address), self.listener.port,
+                                     backlog=512, reuse_port=reuse_port)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: SmtpProtocol(self, log), host=bind_hosts(self.listener.address),
+                port=self.listener.port, reuse_address=True, reuse_port=reuse_port,
+                backlog=512, ssl=self.tls_context if implicit else None,
+                ssl_handshake_timeout=self.auth_timeout if implicit else None)
+            self._bound_tls = self.tls_context if implicit else None
         self.port = self._server.sockets[0].getsockname()[1]
-        self._bound_tls = self.tls_context if implicit else None
         log.info("submission listener on %s:%d (%s TLS)", self.listener.address, self.port,
                  self.mode, extra={"event": "submission.listening", "port": self.port,
                                    "listener": self.name, "tls": self.mode})

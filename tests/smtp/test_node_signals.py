@@ -310,3 +310,47 @@ async def test_sighup_reloads_rules_handlers_and_certificates(world, make_node, 
     assert {"hup-tls", "hup-3"} <= set(delivered(world["sink"]))
     assert node.stop() == 0
 
+
+
+# --- PROXY protocol on the real node (uvloop, supervisor and workers) ---------------------
+
+
+async def test_proxy_protocol_on_a_real_node(world, make_node, tls, tmp_path):
+    from tests.smtp.test_proxy_protocol import v1, v2
+
+    cert, key = tls.write_server_files(tmp_path, "mx.node.test")
+    lb = {"trusted": ["127.0.0.1/32"], "required": True, "timeout": "2s"}
+    node = make_node(node_config(world, listeners={
+        "mx": {"proxy_protocol": lb},
+        "submission": {"enabled": True, "tls_cert": str(cert), "tls_key": str(key),
+                       "proxy_protocol": lb}}), workers=2)
+
+    async def proxied(port: int, header: bytes, local: str = "127.0.0.1",
+                      ctx: ssl.SSLContext | None = None) -> Smtp | None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                       local_addr=(local, 0))
+        writer.write(header)
+        await writer.drain()
+        try:
+            if ctx is not None:
+                await writer.start_tls(ctx, server_hostname="")
+            conn = Smtp(reader, writer)
+            greeting = await conn.reply()
+        except (ConnectionError, ssl.SSLError):
+            return None
+        assert greeting.startswith("220 "), greeting
+        return conn
+
+    conn = await proxied(node.port("mx"), v2("192.0.2.1"))
+    assert conn is not None
+    await conn.cmd("EHLO lb-client.test")
+    # strict.test's SPF allows only 192.0.2.1 (DMARC p=reject): accepted, so judged as it.
+    assert (await conn.send("alice@strict.test", "user@ours.test", "via-lb")).startswith("250 ")
+    await conn.cmd("QUIT")
+    await asyncio.to_thread(world["sink"].wait_for, 1, 30)
+    assert "via-lb" in delivered(world["sink"])
+    assert await proxied(node.port("mx"), v1("192.0.2.1"), local="127.0.0.2") is None
+    sub = await proxied(node.port("submission"), v2("2001:db8::1"), ctx=no_verify(tls))
+    assert sub is not None and (await sub.cmd("EHLO c.test")).startswith("250 ")
+    await sub.cmd("QUIT")
+    assert node.stop() == 0
