@@ -13,6 +13,8 @@ A token belongs to one account and carries a list of permissions:
 | `email_sending:send`  | send mail (REST send/send_raw, SMTP submission)                 |
 | `email_sending:edit`  | read and change sending subdomains and suppressions             |
 | `analytics:read`      | read the activity log and analytics                             |
+| `account:admin`       | all of the above, and operator actions: mark a destination      |
+|                       | address verified without its owner's link                       |
 
 `last_used_at` is written at most once a minute per token, so a busy client does not
 turn every request into a row update.
@@ -53,10 +55,15 @@ PERMISSIONS: dict[str, str] = {
     "email_sending:send": "send mail (REST send/send_raw, SMTP submission)",
     "email_sending:edit": "read and change sending subdomains and suppressions",
     "analytics:read": "read the activity log and analytics",
+    "account:admin": "all of the above, and mark destination addresses verified",
 }
 
 # A permission also grants the ones listed here.
-_IMPLIES: dict[str, tuple[str, ...]] = {"email_routing:edit": ("email_routing:read",)}
+_IMPLIES: dict[str, tuple[str, ...]] = {
+    "email_routing:edit": ("email_routing:read",),
+    "account:admin": ("email_routing:read", "email_routing:edit", "email_sending:send",
+                      "email_sending:edit", "analytics:read"),
+}
 
 TOKEN_PREFIX = "mta_"
 _TOKEN_RE = re.compile(r"mta_[A-Za-z0-9_-]{43}")

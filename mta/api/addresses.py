@@ -9,8 +9,8 @@ The verification token and what deleting an address disables are routing's
 (`mta.routing.destinations`); the mail and the link are `mta.routing.verification`'s.
 
 PATCH `status`: any editor may set an address back to `unverified`; setting `verified`
-needs an operator ([Update destination address]: "requires admin privileges"), so the API
-answers 403 and points at the CLI.
+needs admin privileges ([Update destination address]): a token with `account:admin`
+(other tokens get 403, pointed at that permission and at `mta addresses verify`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from mta.observe import audit
 from mta.routing.destinations import (
     AUDIT_FIELDS,
     disable_rules_forwarding_to,
+    mark_verified,
     token_hash,
     verification_token,
 )
@@ -37,7 +38,7 @@ from mta.store.models import DestinationAddress
 
 __all__ = ["address_body", "normalize_email", "routes"]
 
-READ, EDIT = "email_routing:read", "email_routing:edit"
+READ, EDIT, ADMIN = "email_routing:read", "email_routing:edit", "account:admin"
 _EMAIL_RE = re.compile(r"[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
 
@@ -159,8 +160,13 @@ async def edit_address(request: Request) -> JSONResponse:
     async with request.app.state.ctx.db.session() as s:
         row = await _address(s, account_id, request.path_params["address_id"], for_update=True)
         if status == "verified" and row.verified_at is None:
-            raise api_error("E_FORBIDDEN", "only an operator can mark an address verified "
-                            "(mta addresses verify); the owner verifies through the link")
+            if not p.can(ADMIN):
+                raise api_error("E_FORBIDDEN", f"marking an address verified needs the {ADMIN} "
+                                "permission (or `mta addresses verify`); the owner verifies "
+                                "through the link")
+            mark_verified(s, row, request.app.state.ctx.clock(), p.actor)
+            await s.flush()
+            await s.refresh(row)
         if status == "unverified" and row.verified_at is not None:
             before = audit.snapshot(row, AUDIT_FIELDS)
             row.verified_at = None

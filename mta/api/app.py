@@ -36,7 +36,7 @@ def build_app(ctx, sending=None) -> Starlette:
 
     admin.install(app)
     app.router.routes.extend(sending.routes())  # POST .../email/sending/send, send_raw
-    app.router.routes.extend(verification.routes())  # GET /email/routing/verify?token=
+    app.router.routes.extend(verification.routes())  # /email/routing/verify?token= (POST verifies)
     app.router.routes.extend(wellknown_routes())  # GET /.well-known/mta-sts.txt
     app.router.routes.extend(handler_dev_routes(ctx.settings))  # issue 7, only when enabled
     return app

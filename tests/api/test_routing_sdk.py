@@ -240,9 +240,20 @@ def test_addresses(admin):
     assert got.verified is not None and got.email == "p2@dest.test"
     assert cf.email_routing.addresses.edit(made[2].id, account_id=a,
                                            status="unverified").verified is None
-    with pytest.raises(PermissionDeniedError) as exc:  # only an operator verifies
+    with pytest.raises(PermissionDeniedError) as exc:  # an editor cannot verify
         cf.email_routing.addresses.edit(made[3].id, account_id=a, status="verified")
-    assert exc.value.errors[0].code == 10102
+    assert exc.value.errors[0].code == 10102 and "account:admin" in exc.value.response.text
+    assert cf.email_routing.addresses.get(made[3].id, account_id=a).verified is None
+    # "requires admin privileges": a token with account:admin marks it verified.
+    operator = admin.sdk("account:admin")
+    done = operator.email_routing.addresses.edit(made[3].id, account_id=a, status="verified")
+    assert done.verified is not None and done.email == "p3@dest.test"
+    assert cf.email_routing.addresses.get(made[3].id, account_id=a).verified is not None
+    assert "p3@dest.test" in [v.email for v in cf.email_routing.addresses.list(
+        account_id=a, verified=True)]
+    # account:admin includes the editor's permissions.
+    assert operator.email_routing.addresses.edit(made[3].id, account_id=a,
+                                                 status="unverified").verified is None
 
     # A rule forwarding to an address is disabled when the address is deleted.
     rule = cf.email_routing.rules.create(
@@ -253,7 +264,7 @@ def test_addresses(admin):
     with pytest.raises(NotFoundError):
         cf.email_routing.addresses.get(made[5].id, account_id=a)
     entries = _audit(admin, resource_type="destination_address")
-    assert [e.action for e in entries].count("verify") == 2
+    assert [e.action for e in entries].count("verify") == 3  # two by the CLI, one by the account:admin token
     assert any(e.action == "delete" and e.after is None and e.before["email"] == "p5@dest.test"
                for e in entries)
     assert any(e.action == "disable" and e.resource_id == rule.id

@@ -72,9 +72,16 @@ async def test_unverified_destination_is_inactive_until_the_link_is_used(world):
     await http.start()
     try:
         async with httpx.AsyncClient() as client:
-            bad = await client.get(link.replace(token, token[:-3] + "abc"))
+            # A scanner or preview fetching the link verifies nothing: GET only shows
+            # the confirmation button, which POSTs the same link.
+            page = await client.get(link)
+            assert page.status_code == 200 and 'method="post"' in page.text
+            assert "Verify my address" in page.text and token in page.text
+            code, text = await send_to_pending(w)
+            assert code == 550 and text.startswith("5.1.1"), text
+            bad = await client.post(link.replace(token, token[:-3] + "abc"))
             assert bad.status_code == 404
-            ok = await client.get(link)
+            ok = await client.post(link)
             assert ok.status_code == 200 and "pending@inbox.test" in ok.text
     finally:
         await http.stop()
