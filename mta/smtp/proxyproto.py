@@ -93,6 +93,13 @@ class ProxyPolicy:
 # --- parsing (pure functions over bytes) ---------------------------------------------------
 
 
+def _ip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    # An IPv4 client relayed over IPv6 (::ffff:a.b.c.d) is an IPv4 client: SPF, RBLs
+    # and limits must see a.b.c.d.
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return str(mapped or addr)
+
+
 def _port(text: str) -> int:
     # Decimal, no leading zeros (spec 2.1); int() alone would accept "+25" or "0025".
     if not text.isdigit() or (len(text) > 1 and text[0] == "0") or int(text) > 65535:
@@ -118,7 +125,7 @@ def parse_v1(line: bytes) -> ProxyHeader:
         src, dst = kind(parts[2]), kind(parts[3])
     except ValueError:
         raise ProxyError(f"bad {parts[1]} address in {text[:60]!r}") from None
-    return ProxyHeader(1, (str(src), _port(parts[4])), (str(dst), _port(parts[5])))
+    return ProxyHeader(1, (_ip(src), _port(parts[4])), (_ip(dst), _port(parts[5])))
 
 
 def parse_v2(head: bytes, body: bytes) -> ProxyHeader:
@@ -145,7 +152,7 @@ def parse_v2(head: bytes, body: bytes) -> ProxyHeader:
         return ProxyHeader(2, None)
     else:
         raise ProxyError(f"PROXY v2 address block too short ({len(body)} bytes)")
-    return ProxyHeader(2, (str(src), sport), (str(dst), dport))
+    return ProxyHeader(2, (_ip(src), sport), (_ip(dst), dport))
 
 
 # --- reading from the connection -----------------------------------------------------------

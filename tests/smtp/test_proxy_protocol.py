@@ -243,6 +243,8 @@ def test_parse_v2_forms() -> None:
     whole = v2("2001:db8::1", 1234)
     h = parse_v2(whole[:16], whole[16:])
     assert h.source == ("2001:db8::1", 1234) and h.version == 2
+    mapped = v2("::ffff:192.0.2.1")
+    assert parse_v2(mapped[:16], mapped[16:]).source == ("192.0.2.1", 40000)
     unspec = SIG + bytes([0x21, 0x00, 0x00, 0x00])
     assert parse_v2(unspec, b"").source is None
     with pytest.raises(ProxyError):
