@@ -14,15 +14,18 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
 from sqlalchemy import text
 
+from mta.store.cluster import use_cluster
 from mta.store.db import Database, DatabaseUnavailable, is_unavailable
 from mta.store.embedded import EmbeddedPostgres
 from tests.conftest import server_owned_dir
+from tests.harness.node import NodeProcess
 from tests.harness.smtp_sink import _free_port
 
 SENDER = "welcome@sender.test"
@@ -211,3 +214,26 @@ def test_a_supervisor_of_workers_restarts_its_killed_postmaster_too(make_node):
         time.sleep(0.2)
     assert node.stop() == 0
     assert not cluster.running
+
+
+def test_a_node_starting_while_a_command_owns_the_cluster_waits_for_it(dns_server):
+    base = server_owned_dir("mta-test-wait-")
+    node = NodeProcess(base / "node", {}, dns_nameserver=dns_server.nameserver)
+    cluster = cluster_of(node)
+    command = use_cluster(cluster)  # what `mta accounts create` holds while it runs
+    assert command.owned and cluster.running
+    starting = threading.Thread(target=node.start, kwargs={"timeout": 90})
+    try:
+        starting.start()
+        node.wait_for_log(lambda e: e.get("event") == "database.owner_wait", timeout=60)
+        time.sleep(1)
+        assert not any(e.get("event") == "node.ready" for e in node.log_lines)
+        command.release()  # the command ends: it stops the cluster it started
+        starting.join(90)
+        assert _healthy(node)
+        assert node.stop() == 0
+        assert not cluster.running
+    finally:
+        command.release()
+        node.kill()
+        shutil.rmtree(base, ignore_errors=True)

@@ -79,12 +79,15 @@ class ClusterLease:
                 break
 
     def release(self) -> None:
+        """Stop the cluster if ours to stop, then let go. Safe to call again: a second
+        call never stops a cluster that someone else may own by then."""
         self._stopping.set()
         if self._watcher is not None:
             self._watcher.join()  # a restart in progress finishes before we stop
             self._watcher = None
+        stop, self.stop_on_release = self.stop_on_release, False
         try:
-            if self.stop_on_release:
+            if stop:
                 self.cluster.stop()
         finally:
             self.lock.release()
