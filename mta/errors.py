@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mta.queue.outcome import Reply
+from mta.replies import Reply
 
 __all__ = ["ERRORS", "ErrorSpec", "MtaError", "RestError", "rest_error_body"]
 

@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mta.config import Settings, load_settings
 from mta.dnscache import DnsResolver
@@ -39,6 +39,9 @@ from mta.store.cluster import ClusterLease, own_cluster, use_cluster
 from mta.store.db import Database
 from mta.store.embedded import EmbeddedPostgres
 from mta.store.migrate import upgrade
+
+if TYPE_CHECKING:
+    from mta.routing.inbound import InboundRouter
 
 log = logging.getLogger("mta.node")
 
@@ -94,6 +97,19 @@ class NodeContext:
     resolver: DnsResolver
     node_id: str
     clock: Callable[[], datetime] = field(default=utcnow)
+
+
+def inbound_router(ctx: NodeContext, pool: Any = None) -> InboundRouter:
+    """The MX's inbound pipeline with the handler runner wired in (the runner sits above
+    routing: its forward() and reply() go through the router); `pool`: the node's outbound
+    connections. Raises when a configured handler cannot be loaded, so a node fails at
+    start."""
+    from mta.handlers.runner import HandlerRunner
+    from mta.routing.inbound import InboundRouter
+
+    router = InboundRouter(ctx.settings, ctx.db, ctx.resolver, clock=ctx.clock, pool=pool)
+    router.handlers = HandlerRunner(router, ctx.resolver)
+    return router
 
 
 def embedded_cluster(settings: Settings) -> EmbeddedPostgres:
@@ -180,12 +196,9 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
     if listeners.http.enabled:
         services.append(HttpListener(ctx, sending=sending.service))
     if listeners.mx.enabled:
-        from mta.routing.inbound import InboundRouter
         from mta.smtp.mx import MxServer
 
-        router = InboundRouter(ctx.settings, ctx.db, ctx.resolver, clock=ctx.clock,
-                               pool=pool)
-        services.append(MxServer(ctx, router=router))
+        services.append(MxServer(ctx, router=inbound_router(ctx, pool=pool)))
     if listeners.submission.enabled or listeners.submission_starttls.enabled:
         from mta.smtp.submission import submission_services
 

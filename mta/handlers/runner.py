@@ -39,6 +39,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mta import replies
 from mta.checks.results import AuthResults
 from mta.errors import MtaError
 from mta.handlers.env import Env, ExecutionContext
@@ -48,31 +49,19 @@ from mta.handlers.message import (
     EmailSendResult,
     ForwardableEmailMessage,
     Headers,
+    header_fields,
 )
 from mta.handlers.replies import PreparedReply, check_reply_rules, prepare_reply, stage_reply
 from mta.observe.events import record_events_now
+from mta.routing.inbound import Routed, WorkerCall
 from mta.routing.rules import normalize_address
-from mta.smtp import replies
 from mta.store.models import Event, Message
 
-__all__ = ["Execution", "HandlerRunner", "WorkerCall", "execute"]
+__all__ = ["Execution", "HandlerRunner", "execute"]
 
 log = logging.getLogger("mta.handlers")
 
 _X_NAME = re.compile(r"X-[A-Za-z0-9\-_]{1,98}", re.IGNORECASE)
-
-
-@dataclass
-class WorkerCall:
-    """One recipient whose rule runs handlers (what the router's plan hands over)."""
-
-    rcpt: str
-    domain: str
-    account_id: str | None
-    verified: frozenset[str]
-    cols: dict[str, Any]
-    info: dict[str, Any]
-    names: list[str]
 
 
 @dataclass
@@ -253,8 +242,6 @@ class HandlerRunner:
                   auth: AuthResults) -> Any:
         """Run every handler of `plan.workers`; returns a Routed refusal (events
         written) or None with the plan extended (targets, events, stages)."""
-        from mta.routing.inbound import Routed
-
         reg = self.registry
         runs: list[tuple[WorkerCall, Execution]] = []
         can_forward = self.router.forwarder.srs is not None
@@ -316,8 +303,6 @@ class HandlerRunner:
                             reply: Any) -> None:
         """Fallback reject_4xx: keep the message (status handler_failed) and say why,
         in one transaction; the client is told 451 and retries."""
-        from mta.smtp.headers import header_value
-
         first = runs[0][0]
         rows: list[Event] = []
         for call, run in runs:
@@ -329,7 +314,8 @@ class HandlerRunner:
             rows += ctx.rows("Error", call.rcpt, call.cols, details)
         message = Message(
             direction="inbound", source="mx", account_id=first.account_id,
-            message_id_header=(header_value(raw, "Message-ID") or "")[:998] or None,
+            message_id_header=next((v for n, v in header_fields(raw)
+                                    if n.lower() == "message-id"), "")[:998] or None,
             mail_from=mail_from, rcpt_to=list(dict.fromkeys(c.rcpt for c, _ in runs)),
             raw=raw, size=len(raw), session_id=ctx.session_id,
             auth_results=auth.to_json(), status="handler_failed")

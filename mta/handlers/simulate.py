@@ -19,14 +19,15 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from mta import replies
 from mta.config import Settings
 from mta.handlers.env import Env
 from mta.handlers.loader import registry_for
 from mta.handlers.message import header_fields
-from mta.handlers.runner import Execution, WorkerCall, execute
+from mta.handlers.runner import Execution, execute
+from mta.routing.inbound import WorkerCall
+from mta.routing.recipients import RecipientDirectory
 from mta.routing.rules import normalize_address
-from mta.smtp import replies
-from mta.smtp.recipients import RecipientDirectory
 from mta.store.db import Database
 
 __all__ = ["SimulationError", "format_text", "simulate"]

@@ -38,10 +38,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mta import replies
 from mta.checks.results import AuthResults
 from mta.config import Settings
 from mta.dnscache import DnsResolver
@@ -57,6 +58,7 @@ from mta.queue.queue import (
     enqueue,
     utcnow,
 )
+from mta.replies import Reply
 from mta.routing.forward import (
     ForwardCopy,
     Forwarder,
@@ -65,15 +67,13 @@ from mta.routing.forward import (
     loop_problem,
     make_srs,
 )
+from mta.routing.recipients import RecipientVerdict
 from mta.routing.rules import match_rule, normalize_address
 from mta.signing.srs import SrsError, is_srs_address
-from mta.smtp import replies
-from mta.smtp.recipients import RecipientVerdict
-from mta.smtp.replies import Reply
 from mta.store.db import Database
 from mta.store.models import Delivery, DeliveryAttempt, Event, Message
 
-__all__ = ["InboundRouter", "Routed", "Target", "srs_recipient_verdict"]
+__all__ = ["Handlers", "InboundRouter", "Routed", "Target", "WorkerCall", "srs_recipient_verdict"]
 
 log = logging.getLogger("mta.routing")
 
@@ -118,6 +118,19 @@ class Target:
 
 
 @dataclass
+class WorkerCall:
+    """One recipient whose rule runs handlers (what the plan hands to the handlers)."""
+
+    rcpt: str
+    domain: str
+    account_id: str | None
+    verified: frozenset[str]
+    cols: dict[str, Any]
+    info: dict[str, Any]
+    names: list[str]
+
+
+@dataclass
 class Routed:
     reply: Reply | None = None  # refuse with this; nothing to store
     _stage: Callable[[AsyncSession, Message], Any] | None = None
@@ -141,6 +154,16 @@ class _Plan:
 
     def event(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any]):
         self.events.append((status, rcpt, cols, details))
+
+
+class Handlers(Protocol):
+    """What the router needs of the handler runner (`mta.handlers.runner.HandlerRunner`)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    async def run(self, plan: Any, ctx: Any, *, mail_from: str, raw: bytes,
+                  auth: AuthResults) -> Routed | None: ...
 
 
 def _auth_summary(auth: AuthResults) -> dict[str, str]:
@@ -168,9 +191,10 @@ class InboundRouter:
             transport = remote_delivery_from_settings(
                 settings, resolver, connect_timeout=min(30.0, self.timeout), pool=pool)
         self.transport = transport
-        # issue 7: handlers run in-session (mta/handlers/runner.py)
-        from mta.handlers.runner import HandlerRunner
-        self.handlers = HandlerRunner(self, resolver)
+        # issue 7: handlers run in-session; the node wires the runner in
+        # (`mta.handlers.runner.HandlerRunner`), which sits above routing: its forward()
+        # and reply() go through this router.
+        self.handlers: Handlers | None = None
         self.verp_key = bounces.verp_key_or_none(settings)  # issue 4: bounces in
 
     async def bounce_recipient(self, address: str) -> RecipientVerdict | None:
@@ -240,8 +264,8 @@ class InboundRouter:
                                    {**info, "reason": "no_verified_destination"})
                 elif action.type == "drop":
                     plan.event("Dropped", v.address, cols, info)
-                elif action.type == "worker" and self.handlers.active:  # issue 7
-                    from mta.handlers.runner import WorkerCall
+                elif action.type == "worker" and self.handlers is not None \
+                        and self.handlers.active:  # issue 7
                     plan.workers.append(WorkerCall(
                         v.address, v.domain, r.account_id, frozenset(r.verified), cols,
                         info, list(action.value)))
@@ -275,7 +299,7 @@ class InboundRouter:
         `raw` is the message as it will be stored (our trace fields on top)."""
         plan = self._plan(recipients)
         ctx = _EventContext(mail_from, subject, _auth_summary(auth), session_id)
-        if plan.workers:  # issue 7: run the handlers in-session
+        if plan.workers and self.handlers is not None:  # issue 7: run them in-session
             refused = await self.handlers.run(plan, ctx, mail_from=mail_from, raw=raw,
                                               auth=auth)
             if refused is not None:

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
+from mta import replies
 from mta.checks.arc import ArcResult, verify_arc
 from mta.checks.dkim import verify_dkim
 from mta.checks.dmarc import check_dmarc
@@ -23,9 +24,8 @@ from mta.checks.policy import AuthVerdicts, Decision
 from mta.checks.results import AuthResults, IprevResult
 from mta.checks.spf import SpfResult, check_spf
 from mta.dnscache import DnsError, DnsResolver, DnsTempError
+from mta.replies import Reply
 from mta.routing.rules import normalize_domain
-from mta.smtp import replies
-from mta.smtp.replies import Reply
 
 __all__ = ["FromHeader", "Reverse", "from_header", "lookup_reverse", "policy_reply",
            "run_checks", "start_spf", "verdicts_of"]

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from mta import replies
 from mta.checks.policy import Decision, EffectivePolicy, decide, effective_policy
 from mta.checks.rbl import RblChecker, RblResult
 from mta.checks.results import AuthResults, strip_our_auth_results
@@ -29,11 +30,10 @@ from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events, record_events_now
-from mta.smtp import replies
+from mta.replies import Reply
+from mta.routing.recipients import RecipientDirectory, RecipientVerdict
 from mta.smtp.authcheck import Reverse, from_header, policy_reply, run_checks, verdicts_of
 from mta.smtp.headers import auth_results_field, header_value, prepend, received_field
-from mta.smtp.recipients import RecipientDirectory, RecipientVerdict
-from mta.smtp.replies import Reply
 from mta.store.db import Database
 from mta.store.models import Message
 

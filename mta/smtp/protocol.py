@@ -24,11 +24,11 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP
 
+from mta import replies
 from mta.observe import metrics
-from mta.smtp import replies
+from mta.replies import Reply
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
-from mta.smtp.replies import Reply
 from mta.smtp.session import SmtpSession
 from mta.smtp.wire import Wire
 

@@ -25,16 +25,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from mta import replies
 from mta.checks.rbl import RblResult
 from mta.config import Settings
-from mta.smtp import chunking, replies
+from mta.replies import Reply
+from mta.smtp import chunking
 from mta.smtp.address import Path, PathError, parse_path
 from mta.smtp.authcheck import Reverse, lookup_reverse, start_spf
 from mta.smtp.chunking import Chunks
 from mta.smtp.headers import header_value
 from mta.smtp.intake import ClientInfo, Intake, Transaction
 from mta.smtp.limits import command_line_limit
-from mta.smtp.replies import Reply
 from mta.smtp.wire import DataResult, Wire
 
 __all__ = ["Connection", "MxSession", "SmtpSession"]

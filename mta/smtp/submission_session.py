@@ -33,12 +33,12 @@ import logging
 import time
 from typing import Any
 
+from mta import replies
 from mta.config import Settings
 from mta.errors import ERRORS, MtaError
 from mta.observe import metrics
-from mta.smtp import replies
+from mta.replies import Reply
 from mta.smtp.intake import ClientInfo
-from mta.smtp.replies import Reply
 from mta.smtp.session import Connection, SmtpSession
 from mta.smtp.submission_auth import SubmissionGate, Submitter, b64decode, parse_plain
 from mta.smtp.wire import DataResult

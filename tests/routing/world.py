@@ -23,7 +23,7 @@ import pytest
 
 from mta.config import Nameserver, Settings
 from mta.dnscache import DnsResolver
-from mta.node import NodeContext
+from mta.node import NodeContext, inbound_router
 from mta.queue.delivery import DeliveryWorkers
 from mta.queue.mtasts import MtaSts
 from mta.queue.remote import RemoteDelivery
@@ -194,7 +194,7 @@ async def start_node(world: World, name: str, hostname: str, srs_domain: str,
     key = await KeyStore(db, settings).key_for(srs_domain, generate=True)
     assert key is not None
     world.dns.add_txt(key.dns_name, key.dns_txt_value())
-    router = InboundRouter(settings, db, ctx.resolver)
+    router = inbound_router(ctx)
     server = MxServer(ctx, shutdown_grace=2, router=router)
     await server.start()
     node = Node(server, router, settings, db, ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mta.smtp import replies
+from mta import replies
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,13 +1,15 @@
-"""Every SMTP reply the listeners send, named once (after mox's `smtp/codes.go`).
+"""Every SMTP reply we send, named once (after mox's `smtp/codes.go`).
 
-Nothing else in the code writes a reply string: a session picks a `Reply` from this
-table by name and, where the reply carries a detail (an IP address, a zone, a size),
+Nothing else in the code writes a reply string: a session, or the in-session routing and
+handler steps whose answer the MX passes on, picks a `Reply` from this table by name and, where the reply carries a detail (an IP address, a zone, a size),
 fills it with `Reply.format(...)`. A test checks that every 4xx reply carries a 4.x.x
 enhanced code and every 5xx a 5.x.x one (RFC 3463 §2: the class digits must agree).
 
 References: RFC 5321 §4.2 (basic codes), RFC 3463 and the IANA "SMTP Enhanced Status
 Codes" registry (enhanced codes), RFC 7372 (X.7.2x authentication codes), RFC 6531
 (X.6.7 non-ASCII addresses), RFC 1870 (SIZE), RFC 3207 (STARTTLS).
+It imports nothing of ours, so any layer may name a reply; the checks never do (they
+report, `mta.smtp.authcheck.policy_reply` speaks).
 """
 
 from __future__ import annotations
