@@ -27,18 +27,19 @@ There is no configuration wizard: `skip_wizard` always reads true.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, union, update
+from sqlalchemy import select, update
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.auth import require, zone_of
-from mta.api.dnsrecords import check_records, routing_records, summarize
 from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok
+from mta.dnsrecords import check_records, routing_records, summarize
 from mta.observe import audit
-from mta.store.models import RoutingDomain, SendingDomain, Zone
+from mta.store.models import RoutingDomain, Zone
+from mta.store.zones import zone_domain_count
 
-__all__ = ["AUDIT_FIELDS", "domain_name", "routes", "routing_status", "zone_domain_count"]
+__all__ = ["AUDIT_FIELDS", "domain_name", "routes", "routing_status"]
 
 READ, EDIT = "email_routing:read", "email_routing:edit"
 _LOCKED = {"ready", "misconfigured/locked"}
@@ -84,13 +85,6 @@ def domain_name(zone: Zone, name: str | None) -> str:
     if not all(label and len(label) <= 63 for label in n.split(".")) or len(n) > 253:
         raise api_error("E_VALIDATION_ERROR", f"{name!r} is not a domain name", field="name")
     return n
-
-
-async def zone_domain_count(session, zone_id: str) -> int:
-    """Distinct routing and sending domains of a zone ([Subdomains]: 30 combined)."""
-    names = union(select(RoutingDomain.name).where(RoutingDomain.zone_id == zone_id),
-                  select(SendingDomain.name).where(SendingDomain.zone_id == zone_id)).subquery()
-    return int((await session.execute(select(func.count()).select_from(names))).scalar_one())
 
 
 async def _ensure_domain(request: Request, session, zone: Zone, name: str) -> RoutingDomain:

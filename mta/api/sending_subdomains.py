@@ -4,7 +4,7 @@ A sending (sub)domain is the zone apex or a subdomain of it, onboarded for sendi
 `mta.sending.domains.onboard_sending_domain` (as `mta domains onboard`): creating it
 makes an RSA-2048 DKIM key (encrypted at rest with `secret_key`, associated data
 `<domain>/<selector>`) under a dated selector `mtaYYYYMM`, and a return-path (bounce)
-domain `mta-bounce.<domain>` whose MX points back at us (the reference's `cf-bounce`). `.../dns` lists the records to publish (mta/api/dnsrecords.py).
+domain `mta-bounce.<domain>` whose MX points back at us (the reference's `cf-bounce`). `.../dns` lists the records to publish (mta/dnsrecords.py).
 
 The identifier is `tag` (sending subdomains have no `id` in the reference), and DELETE
 answers the bare envelope `{success, errors, messages}`, as the SDK expects. A zone
@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.auth import is_tag, require, zone_of
-from mta.api.dnsrecords import sending_records
 from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok
+from mta.dnsrecords import sending_records
 from mta.observe import audit
 from mta.sending.domains import (
     RETURN_PATH_LABEL,

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mta.api.dnsrecords import mx_hosts
 from mta.config import Settings
+from mta.dnsrecords import mx_hosts
 
 __all__ = ["POLICY_PATH", "mta_sts_records", "policy_id", "policy_text", "routes"]
 
@@ -47,7 +47,7 @@ def _rua(settings: Settings, domain: str) -> str:
 
 
 def mta_sts_records(settings: Settings, domain: str) -> list[dict]:
-    """The TXT records to publish for `domain`, in the shape of mta/api/dnsrecords.py."""
+    """The TXT records to publish for `domain`, in the shape of mta/dnsrecords.py."""
     domain = domain.strip().rstrip(".").lower()
     return [
         {"type": "TXT", "name": f"_mta-sts.{domain}",

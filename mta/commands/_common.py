@@ -14,16 +14,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.commands._errors import CliError
 from mta.config import Settings, parse_duration
+from mta.store.accounts import resolve_account
 from mta.store.db import Database
 from mta.store.models import Account
 
 __all__ = ["account_ref", "find_account", "open_database", "parse_when", "positive",
-           "resolve_account", "table"]
+           "table"]
 
 
 @asynccontextmanager
@@ -70,13 +70,6 @@ async def ensure_schema(db: Database) -> None:
 
 
 # --- accounts ----------------------------------------------------------------------------
-
-
-async def resolve_account(session: AsyncSession, ref: str) -> Account | None:
-    """The one account whose id or name is `ref`."""
-    rows = (await session.execute(select(Account).where(
-        or_(Account.id == ref, Account.name == ref)).limit(2))).scalars().all()
-    return rows[0] if len(rows) == 1 else None
 
 
 def _no_account(ref: str) -> str:

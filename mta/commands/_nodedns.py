@@ -13,10 +13,10 @@ deploy/install.sh prints these at the end of an installation.
 
 from __future__ import annotations
 
-from mta.api.dnsrecords import routing_records
 from mta.api.wellknown import mta_sts_records
 from mta.commands._common import open_database
 from mta.config import Settings
+from mta.dnsrecords import routing_records
 
 __all__ = ["forwarding_records", "routing_domain_records"]
 

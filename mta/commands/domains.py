@@ -75,8 +75,8 @@ async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
     domain we receive for, checked live like the sending records (no database needed);
     `--routing` adds the MX and SPF records before them, `--forwarding` prints the SRS
     and forwarding-DKIM records instead (mta/commands/_nodedns.py)."""
-    from mta.api.dnsrecords import check_records
     from mta.commands import _nodedns as nodedns
+    from mta.dnsrecords import check_records
 
     if args.forwarding:
         records = await nodedns.forwarding_records(settings, args.domain)

@@ -16,18 +16,9 @@ from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
 from mta.store.models import RoutingDomain, RoutingRule, SendingDomain, Zone
+from mta.store.zones import zone_name
 
-__all__ = ["register", "zone_name"]
-
-
-def zone_name(raw: str) -> str | None:
-    """A zone apex, lower-cased; None when `raw` is not a domain name."""
-    name = raw.strip().lower().rstrip(".")
-    labels = name.split(".")
-    if len(labels) < 2 or len(name) > 253 or not all(
-            0 < len(x) <= 63 and x.replace("-", "").isalnum() for x in labels):
-        return None
-    return name
+__all__ = ["register"]
 
 
 async def _cmd_create(args, settings: Settings) -> int:

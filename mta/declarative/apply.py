@@ -24,8 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mta.api import addresses as api_addresses
 from mta.api import routing_settings as api_routing
 from mta.api import sending_subdomains as api_sending
-from mta.commands._common import resolve_account
-from mta.commands.zones import zone_name
 from mta.config import ConfigError, Settings
 from mta.declarative.rules import RuleReconciler
 from mta.declarative.spec import Loaded, ZoneSpec
@@ -33,6 +31,7 @@ from mta.errors import MtaError
 from mta.observe import audit
 from mta.routing import destinations
 from mta.sending.domains import DomainError, onboard_sending_domain
+from mta.store.accounts import resolve_account
 from mta.store.db import Database
 from mta.store.models import (
     Account,
@@ -42,6 +41,7 @@ from mta.store.models import (
     SendingDomain,
     Zone,
 )
+from mta.store.zones import zone_domain_count, zone_name
 
 __all__ = ["Change", "apply_document"]
 
@@ -290,7 +290,7 @@ class Reconciler(RuleReconciler):
                 raise self.err(where, f"{name} is a routing domain of another zone")
             sending = (await self.s.execute(select(SendingDomain.id).where(
                 SendingDomain.name == name, SendingDomain.zone_id == zone.id))).first()
-            if not sending and await api_routing.zone_domain_count(self.s, zone.id) >= limit:
+            if not sending and await zone_domain_count(self.s, zone.id) >= limit:
                 raise self.err(where, f"zone {zone.name} already has {limit} domains "
                                "(limits.domains_per_zone)")
             row = RoutingDomain(zone_id=zone.id, name=name, enabled=True)

@@ -8,7 +8,7 @@ transaction.
 
 A message is deleted only when it is older than `observe.message_retention`, is not
 waiting for a handler (`handler_pending`), and none of its deliveries is active
-(`queued` or `held`, mta.queue.queue.ACTIVE_STATUSES). Deleting it deletes its deliveries
+(`queued` or `held`, mta.store.models.ACTIVE_STATUSES). Deleting it deletes its deliveries
 and attempts (ON DELETE CASCADE); events that still point at it keep their row with no
 message. The deliveries are locked before the message is deleted, in the order the
 queue and the bounce handler lock them (delivery, then message), and their state is
@@ -26,9 +26,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Exists, delete, exists, select
 
-from mta.queue.queue import ACTIVE_STATUSES
 from mta.store.db import Database
-from mta.store.models import AuditEntry, Delivery, Event, Message
+from mta.store.models import ACTIVE_STATUSES, AuditEntry, Delivery, Event, Message
 
 __all__ = ["RetentionJob", "RetentionReport", "purge_audit", "purge_events",
            "purge_messages", "run_once"]

@@ -44,10 +44,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mta.config import RetrySettings
 from mta.queue.outcome import Reply
 from mta.store.db import Database
-from mta.store.models import Delivery, DeliveryAttempt, Message
+from mta.store.models import ACTIVE_STATUSES, Delivery, DeliveryAttempt, Message
 
 __all__ = [
-    "ACTIVE_STATUSES", "Clock", "Claimed", "PRIORITY_BULK", "PRIORITY_INTERACTIVE",
+    "Clock", "Claimed", "PRIORITY_BULK", "PRIORITY_INTERACTIVE",
     "PRIORITY_RETRY_BAND", "Recipient", "RetryPolicy", "StoredOutcome", "claim", "due_filter",
     "enqueue", "hold", "purge", "queue_stats", "record_outcomes", "release", "release_held",
     "renew_leases", "requeue",
@@ -62,7 +62,6 @@ PRIORITY_BULK = 5
 # class) is claimed before any retry, while retries keep their relative order.
 PRIORITY_RETRY_BAND = 10
 
-ACTIVE_STATUSES = ("queued", "held")
 VERP_PREFIX = "bounces+"
 
 

@@ -27,11 +27,12 @@ import idna
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mta.api.dnsrecords import RecordCheck, check_records, sending_records, summarize
 from mta.dnscache import DnsResolver
+from mta.dnsrecords import RecordCheck, check_records, sending_records, summarize
 from mta.errors import MtaError
 from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
 from mta.store.models import DkimKey, RoutingDomain, SendingDomain, Zone
+from mta.store.zones import zone_domain_count
 
 __all__ = [
     "RETURN_PATH_LABEL", "DomainError", "DomainCheck", "check_domain", "check_sender",
@@ -135,8 +136,6 @@ async def onboard_sending_domain(session: AsyncSession, settings: Any, name: str
     if row is not None and row.zone_id != zone.id:
         raise DomainError(f"{domain} is already a sending domain of another zone")
     if row is None:
-        from mta.api.routing_settings import zone_domain_count
-
         limit = settings.limits.domains_per_zone
         routed = (await session.execute(select(RoutingDomain.id).where(
             RoutingDomain.name == domain, RoutingDomain.zone_id == zone.id))

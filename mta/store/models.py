@@ -268,6 +268,11 @@ class Message(Base):
                             postgresql_where=text("origin_id IS NOT NULL")))
 
 
+# The delivery statuses in which a message is still owed to someone: the queue works on
+# them and retention never deletes their message.
+ACTIVE_STATUSES = ("queued", "held")
+
+
 class Delivery(Base):
     """One recipient of one message on its way out: the unit the queue schedules.
 
