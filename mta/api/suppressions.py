@@ -1,7 +1,7 @@
 """Suppressions: /accounts/{account_id}/email/sending/suppressions[/{id}|/bulk].
 
 The list itself (upsert rules, scopes, read-only complaint entries, cursor encoding) is
-mta/sending/suppression.py; this module only speaks the reference's HTTP shapes:
+mta/store/suppression.py; this module only speaks the reference's HTTP shapes:
 - entries added here have reason `manual`;
 - list pagination is by cursor: `result_info.cursor` (what the SDK reads) and
   `result_info.next_cursor` (what its docs name) both carry the next cursor, absent on

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from mta.commands._common import open_database, resolve_account
+from mta.commands._common import open_database
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
+from mta.store.accounts import resolve_account
 from mta.store.models import (
     Account,
     ApiToken,

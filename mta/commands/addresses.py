@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from mta.commands._common import find_account, open_database, resolve_account
+from mta.commands._common import find_account, open_database
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
 from mta.routing.destinations import mark_verified
 from mta.routing.verification import send_pending_verifications, send_verification, verify
+from mta.store.accounts import resolve_account
 from mta.store.models import DestinationAddress
 
 __all__ = ["register"]
