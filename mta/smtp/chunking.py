@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mta.smtp import replies
+from mta import replies
 from mta.smtp.wire import DataResult, chunked_result
 
 __all__ = ["Chunks", "bdat"]
