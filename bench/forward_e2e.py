@@ -43,6 +43,7 @@ from bench.common import (  # noqa: E402
     Postgres,
     Sink,
     World,
+    process_tree,
     raise_nofile,
     ratio,
     serve_supports_workers,
@@ -122,6 +123,7 @@ def run_mta(wd: Path, pg: Postgres, world: World, sink: Sink, args, queued: bool
     node.setup()
     node.postgres_pid = pg.pid()
     node.start()
+    notes["node_processes"] = len(process_tree([node.proc.pid]))  # supervisor + workers
     try:
         return levels(node.pids, node.port("mx"), world, sink, args, queued,
                       profile=args.profile, profile_pid=node.proc.pid)

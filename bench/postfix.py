@@ -11,8 +11,9 @@ d=ours.test on every message) runs as a milter on a unix socket. With `hold=True
 (`defer_transports`) it accepts and queues but does not relay: the accept-only yardstick.
 
 The packages are installed when missing (`apt-get install -y postfix opendkim
-opendkim-tools`; Debian's policy-rc.d in containers keeps the system instance from
-starting) and a system instance found running is reported, not touched.
+opendkim-tools`); the system instances the package scripts may have started then are
+stopped again (in containers Debian's policy-rc.d keeps them from starting at all). A
+system instance that ran before is reported in the JSON, not touched.
 `pids()` is the master (and so every Postfix daemon it forks) plus OpenDKIM.
 """
 
@@ -57,12 +58,19 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 
 def ensure_installed() -> None:
+    """Install the packages when missing. Where the package scripts start Debian's own
+    instances (a machine without policy-rc.d), stop them again: they would hold port 25
+    and compete for the CPU. Instances that ran before are never touched."""
     if all(shutil.which(b) for b in ("postfix", "opendkim", "opendkim-genkey")):
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     subprocess.run([*sudo, "apt-get", "install", "-y", *PACKAGES], check=True, env=env,
                    stdout=subprocess.DEVNULL)
+    for service in ("postfix", "opendkim"):
+        subprocess.run([*sudo, "service", service, "stop"], capture_output=True, check=False)
+    if system_instance_running():
+        subprocess.run([*sudo, "postfix", "stop"], capture_output=True, check=False)
 
 
 def system_instance_running() -> bool:

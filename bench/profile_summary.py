@@ -27,6 +27,12 @@ LIBRARIES = [  # (substring of the file path, label); first match wins
     ("/email/", "stdlib email"), ("/logging/", "stdlib logging"), ("/json/", "stdlib json"),
     ("/asyncio/", "stdlib asyncio"), ("/ssl.py", "stdlib ssl"), ("prometheus_client", "prometheus"),
     ("/uuid.py", "stdlib uuid"), ("/re/", "stdlib re"), ("/ipaddress.py", "stdlib ipaddress"),
+    ("/concurrent/", "stdlib concurrent.futures (to_thread)"), ("/base64.py", "stdlib base64"),
+    ("/hashlib.py", "stdlib hashlib"), ("/functools.py", "stdlib functools"),
+    ("/enum.py", "stdlib enum"), ("/threading.py", "stdlib threading"),
+    ("/datetime.py", "stdlib datetime"), ("/typing.py", "stdlib typing"),
+    ("/dataclasses.py", "stdlib dataclasses"), ("/copy.py", "stdlib copy"),
+    ("/greenlet/", "greenlet"),
 ]
 
 
@@ -62,8 +68,9 @@ def library(func: str, file: str) -> str:
     mod = our_module(file)
     if mod:
         return mod.rsplit("/", 1)[0] if mod.count("/") > 1 else mod
+    path = "/" + file  # py-spy gives paths relative to sys.path: "asyncio/streams.py"
     for needle, label in LIBRARIES:
-        if needle in file:
+        if needle in path:
             return label
     if "site-packages" in file:
         return file.split("site-packages/")[1].split("/")[0]
