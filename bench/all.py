@@ -151,10 +151,68 @@ def summary(results: dict[str, dict], times: dict[str, float], profile: str | No
                      round(r["rss_bytes"] / mib), round(r["pss_bytes"] / mib),
                      round(r["pss_growth_bytes"] / mib), r["kib_per_session_pss"]]
                     for r in d["results"]]), ""]
+    out += targets(results)
     if profile:
         out += ["### profile: the node under forward-e2e at c=10 (py-spy)", "", "```",
                 profile.strip(), "```", ""]
     return "\n".join(out)
+
+
+def targets(results: dict[str, dict]) -> list[str]:
+    """Issue 12's targets against this run (each needs its benchmark in the run)."""
+    rows: list[list] = []
+
+    def at(name: str, target: str, c: int = 50) -> dict:
+        levels = results.get(name, {}).get("results", {}).get(target, [])
+        return next((r for r in levels if r["concurrency"] == c), {})
+
+    def yes(ok: bool | None) -> str:
+        return "-" if ok is None else ("yes" if ok else "no")
+
+    mta, pf, dk = at("forward_e2e", "mta"), at("forward_e2e", "postfix"), \
+        at("forward_e2e", "postfix+dkim")
+    if mta:
+        r = mta.get("e2e_per_s") or 0
+        if dk.get("e2e_per_s"):
+            rows.append(["forward-e2e at c=50 ≥ 1.5× Postfix + OpenDKIM end to end",
+                         f"{r / dk['e2e_per_s']:.2f}× ({r} vs {dk['e2e_per_s']} e2e/s)",
+                         yes(r >= 1.5 * dk["e2e_per_s"])])
+        if pf.get("accept_per_s"):
+            a = mta["accept_per_s"]
+            rows.append(["forward-e2e at c=50 ≥ 0.8× plain Postfix's accept rate",
+                         f"{a / pf['accept_per_s']:.2f}× ({a} vs {pf['accept_per_s']}/s)",
+                         yes(a >= 0.8 * pf["accept_per_s"])])
+        split = mta.get("cpu_ms_per_msg_by_tree") or []
+        rows.append(["≤ 4 ms CPU per forwarded message, PostgreSQL included",
+                     f"{mta['cpu_ms_per_msg']} ms (node + PostgreSQL: "
+                     f"{' + '.join(str(x) for x in split)})", yes(mta["cpu_ms_per_msg"] <= 4)])
+        rows.append(["p99 of one transaction at c=50 < 100 ms", f"{mta['p99_ms']} ms",
+                     yes(mta["p99_ms"] is not None and mta["p99_ms"] < 100)])
+    send = next((r for r in results.get("send_api", {}).get("results", [])
+                 if r["concurrency"] == 50), None)
+    if send:
+        rows.append(["send-api ≥ 1,000 sends/s at c=50, ≤ 2 ms CPU per send",
+                     f"{send['sends_per_s']}/s, {send['cpu_ms_per_send']} ms",
+                     yes(send["sends_per_s"] >= 1000 and send["cpu_ms_per_send"] <= 2)])
+    drain = (results.get("queue_drain", {}).get("results") or [None])[0]
+    if drain:
+        rows.append(["queue-drain ≥ 1,000 deliveries/s, ≤ 1 ms CPU per delivery",
+                     f"{drain['deliveries_per_s']}/s, {drain['cpu_ms_per_delivery']} ms "
+                     f"({drain['recipients']} recipients)",
+                     yes(drain["deliveries_per_s"] >= 1000
+                         and drain["cpu_ms_per_delivery"] <= 1)])
+    idle = next((r for r in results.get("idle_sessions", {}).get("results", [])
+                 if r["sessions"] == 10000), None)
+    if idle:
+        gib = idle["pss_bytes"] / 2**30
+        rows.append(["10,000 idle SMTP sessions in < 1 GiB resident (all our processes)",
+                     f"{idle['pss_bytes'] / 2**20:.0f} MiB PSS, {idle['rss_bytes'] / 2**20:.0f}"
+                     f" MiB RSS, {idle['open']} open", yes(gib < 1 and idle["open"] == 10000)])
+    if not rows:
+        return []
+    return ["### The targets of issue 12 against this run", "",
+            "| target | reached | met |", "| --- | --- | --- |",
+            *(f"| {a} | {b} | {c} |" for a, b, c in rows), ""]
 
 
 def main() -> None:
