@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     Sink,
     World,
     process_tree,
+    queue_depth,
     raise_nofile,
     ratio,
     serve_supports_workers,
@@ -105,6 +106,7 @@ def run(name: str, args: argparse.Namespace, *, queued: bool) -> dict:
         world.stop()
         pg.stop()
     report(results, queued)
+    print(f"mta queue afterwards: {notes.get('queue_after')}\n")
     return {"message_bytes": world.message.stat().st_size, "per_session": args.per_session,
             "queued": queued, "notes": notes, "results": results}
 
@@ -125,8 +127,11 @@ def run_mta(wd: Path, pg: Postgres, world: World, sink: Sink, args, queued: bool
     node.start()
     notes["node_processes"] = len(process_tree([node.proc.pid]))  # supervisor + workers
     try:
-        return levels(node.pids, node.port("mx"), world, sink, args, queued,
+        rows = levels(node.pids, node.port("mx"), world, sink, args, queued,
                       profile=args.profile, profile_pid=node.proc.pid)
+        # accept-only: every accepted message must be waiting in the queue
+        notes["queue_after"] = queue_depth(node)
+        return rows
     finally:
         node.stop()
 
