@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,8 +24,8 @@ from mta.store.accounts import resolve_account
 from mta.store.db import Database
 from mta.store.models import Account
 
-__all__ = ["account_ref", "find_account", "open_database", "parse_when", "positive",
-           "table"]
+__all__ = ["account_ref", "command_group", "find_account", "open_database", "parse_when",
+           "positive", "print_json", "print_table", "subcommand", "table"]
 
 
 @asynccontextmanager
@@ -100,6 +102,19 @@ async def account_ref(session: AsyncSession, ref: str | None) -> str | None:
 # --- arguments ---------------------------------------------------------------------------
 
 
+def command_group(sub, name: str, help: str):
+    """`mta NAME SUBCOMMAND ...`: the group that `subcommand` adds to."""
+    parser = sub.add_parser(name, help=help)
+    return parser.add_subparsers(dest=f"{name}_command", required=True)
+
+
+def subcommand(group, name: str, func, help: str) -> argparse.ArgumentParser:
+    """One subcommand of a group, run as `func(args, settings)`."""
+    parser = group.add_parser(name, help=help)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def parse_when(value: str, now: datetime) -> datetime:
     """An age (`24h` = 24 hours ago), a date or an RFC 3339 time (UTC without offset)."""
     try:
@@ -124,9 +139,29 @@ def positive(value: str) -> int:
 # --- output ------------------------------------------------------------------------------
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
+# Every list command prints through these two: a table for people, `--json` for programs.
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
     """Left-aligned columns two spaces apart, the header first."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
              for r in [header, *rows]]
     return "\n".join(lines)
+
+
+def print_table(rows: list[list[Any]], header: list[str], *, empty: str | None = None,
+                page: int | None = None, per_page: int = 0, total: int = 0) -> None:
+    """The table of `rows`; `empty` instead when there are none. With `page` (1-based), a
+    last line says how to see the next page when there is one."""
+    if not rows and empty is not None:
+        print(empty)
+        return
+    print(table(rows, header))
+    if page is not None and (shown := (page - 1) * per_page + len(rows)) < total:
+        print(f"\n{shown} of {total}; more: --page {page + 1}")
+
+
+def print_json(value: Any) -> None:
+    """`--json` output: indented, times and ids as strings."""
+    print(json.dumps(value, indent=2, default=str))

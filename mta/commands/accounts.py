@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from mta.commands._common import open_database
+from mta.commands._common import command_group, open_database, print_table, subcommand
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -65,9 +65,8 @@ async def _cmd_create(args, settings: Settings) -> int:
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         rows = (await s.execute(select(Account).order_by(Account.created_at))).scalars().all()
-    print(f"{'ID':32}  {'CREATED':20}  NAME")
-    for r in rows:
-        print(f"{r.id:32}  {r.created_at:%Y-%m-%d %H:%M:%S}   {r.name}")
+    print_table([[r.id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.name] for r in rows],
+                ["ID", "CREATED", "NAME"])
     return 0
 
 
@@ -129,17 +128,13 @@ async def _cmd_delete(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("accounts", help="accounts (tenants)")
-    ps = p.add_subparsers(dest="accounts_command", required=True)
-    c = ps.add_parser("create", help="create an account; prints its id")
+    ps = command_group(sub, "accounts", "accounts (tenants)")
+    c = subcommand(ps, "create", _cmd_create, "create an account; prints its id")
     c.add_argument("name", help="a name no other account has")
-    c.set_defaults(func=_cmd_create)
-    c = ps.add_parser("list", help="list accounts with their ids")
-    c.set_defaults(func=_cmd_list)
-    c = ps.add_parser("rename", help="give an account another (unique) name")
+    subcommand(ps, "list", _cmd_list, "list accounts with their ids")
+    c = subcommand(ps, "rename", _cmd_rename, "give an account another (unique) name")
     c.add_argument("account", help="account id or name")
     c.add_argument("new_name")
-    c.set_defaults(func=_cmd_rename)
     c = ps.add_parser("delete", help="delete an account and everything it owns (says what "
                                      "first; deletes with --yes)")
     c.add_argument("account", help="account id or name")

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from mta.commands._common import find_account, open_database
+from mta.commands._common import command_group, find_account, open_database, print_table, subcommand
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -78,10 +78,8 @@ async def _cmd_list(args, settings: Settings) -> int:
         rows = (await s.execute(select(DestinationAddress).where(
             DestinationAddress.account_id == account.id)
             .order_by(DestinationAddress.created_at))).scalars().all()
-    print(f"{'ID':32}  {'VERIFIED':16}  EMAIL")
-    for r in rows:
-        verified = f"{r.verified_at:%Y-%m-%d %H:%M}" if r.verified_at else "pending"
-        print(f"{r.id:32}  {verified:16}  {r.email}")
+    print_table([[r.id, f"{r.verified_at:%Y-%m-%d %H:%M}" if r.verified_at else "pending",
+                  r.email] for r in rows], ["ID", "VERIFIED", "EMAIL"])
     return 0
 
 
@@ -110,21 +108,18 @@ async def _cmd_send_verification(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("addresses", help="destination addresses of routing rules")
-    ps = p.add_subparsers(dest="addresses_command", required=True)
-    c = ps.add_parser("verify", help="verify a destination address")
+    ps = command_group(sub, "addresses", "destination addresses of routing rules")
+    c = subcommand(ps, "verify", _cmd_verify, "verify a destination address")
     c.add_argument("token", nargs="?", help="the token from the verification mail")
     c.add_argument("--id", help="operator override: verify this address id without a token")
     c.add_argument("--email", help="operator override: verify this address without a token")
     c.add_argument("--account", help="with --email: the account (id or name), when the "
                                      "address belongs to several")
-    c.set_defaults(func=_cmd_verify)
     c = ps.add_parser("send-verification",
                       help="(re)send the verification mail of an address")
     c.add_argument("--id", help="the destination address id")
     c.add_argument("--pending", action="store_true",
                    help="every unverified address that was never mailed")
     c.set_defaults(func=_cmd_send_verification, secrets="create")
-    c = ps.add_parser("list", help="list an account's destination addresses")
+    c = subcommand(ps, "list", _cmd_list, "list an account's destination addresses")
     c.add_argument("--account", required=True, help="account id or name")
-    c.set_defaults(func=_cmd_list)

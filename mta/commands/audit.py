@@ -9,10 +9,18 @@ the command line (`cli:<user>`) and YAML apply, newest first.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
-from mta.commands._common import account_ref, open_database, parse_when, positive, table
+from mta.commands._common import (
+    account_ref,
+    command_group,
+    open_database,
+    parse_when,
+    positive,
+    print_json,
+    print_table,
+    subcommand,
+)
 from mta.config import Settings
 from mta.observe import analytics
 
@@ -44,25 +52,18 @@ async def _cmd_list(args, settings: Settings) -> int:
             s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
             newest_first=not args.oldest_first)
     if args.json:
-        print(json.dumps({"entries": rows, "total": total}, indent=2, default=str))
+        print_json({"entries": rows, "total": total})
         return 0
-    if not rows:
-        print("no audit entries")
-        return 0
-    print(table([[r["when"], f"{r['actor']['type']}:{r['actor']['id']}", r["action"]["type"],
-                   r["resource"]["type"], r["resource"]["id"] or "-", _change(r)]
-                  for r in rows],
-                 ["WHEN", "ACTOR", "ACTION", "RESOURCE", "ID", "CHANGE"]))
-    shown = (args.page - 1) * args.limit + len(rows)
-    if shown < total:
-        print(f"\n{shown} of {total}; more: --page {args.page + 1}")
+    print_table([[r["when"], f"{r['actor']['type']}:{r['actor']['id']}", r["action"]["type"],
+                  r["resource"]["type"], r["resource"]["id"] or "-", _change(r)] for r in rows],
+                ["WHEN", "ACTOR", "ACTION", "RESOURCE", "ID", "CHANGE"],
+                empty="no audit entries", page=args.page, per_page=args.limit, total=total)
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("audit", help="the audit log of configuration changes")
-    au = p.add_subparsers(dest="audit_command", required=True)
-    lst = au.add_parser("list", help="audit entries, newest first")
+    au = command_group(sub, "audit", "the audit log of configuration changes")
+    lst = subcommand(au, "list", _cmd_list, "audit entries, newest first")
     lst.add_argument("--account", help="account id or name (default: every account)")
     lst.add_argument("--since", help="a time, a date or an age such as 7d")
     lst.add_argument("--until", help="end (exclusive): a time, a date or an age")
@@ -74,4 +75,3 @@ def register(sub) -> None:
     lst.add_argument("--page", type=positive, default=1)
     lst.add_argument("--oldest-first", action="store_true")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
-    lst.set_defaults(func=_cmd_list)

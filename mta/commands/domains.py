@@ -22,7 +22,7 @@ import json
 from sqlalchemy import select
 
 from mta.api.wellknown import POLICY_PATH, mta_sts_records
-from mta.commands._common import open_database
+from mta.commands._common import command_group, open_database, print_json, print_table, subcommand
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
@@ -64,9 +64,9 @@ async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         rows = (await s.execute(select(SendingDomain, Zone.account_id).join(
             Zone, Zone.id == SendingDomain.zone_id).order_by(SendingDomain.name))).all()
-    for d, account in rows:
-        print(f"{d.name:<40} {d.status:<13} {'enabled' if d.enabled else 'disabled':<8} "
-              f"selector {d.dkim_selector} bounce {d.return_path_domain} account {account}")
+    print_table([[d.name, d.status, "enabled" if d.enabled else "disabled", d.dkim_selector,
+                  d.return_path_domain, account] for d, account in rows],
+                ["NAME", "STATUS", "STATE", "SELECTOR", "BOUNCE", "ACCOUNT"])
     return 0
 
 
@@ -90,8 +90,8 @@ async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
     checks = None if args.no_check else await check_records(
         DnsResolver.from_settings(settings.dns), records)
     if args.json:
-        print(json.dumps(records if checks is None else [
-            dict(c.record, state=c.state, found=list(c.found)) for c in checks], indent=2))
+        print_json(records if checks is None else [
+            dict(c.record, state=c.state, found=list(c.found)) for c in checks])
     else:
         _print_records(records, None if checks is None else [c.state for c in checks])
         if not args.forwarding:
@@ -120,7 +120,7 @@ async def _cmd_dns(args, settings: Settings) -> int:
     if args.json:
         out = [dict(c.record, state=c.state, found=list(c.found)) for c in checks] \
             if checks is not None else records
-        print(json.dumps(out, indent=2))
+        print_json(out)
     else:
         _print_records(records, [c.state for c in checks] if checks is not None else None)
         if settings.mta_sts.enabled:  # unchecked here: they concern inbound mail
@@ -143,8 +143,7 @@ async def _cmd_dns(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("domains", help="sending domains (DKIM keys, bounce subdomain)")
-    ps = p.add_subparsers(dest="domains_command", required=True)
+    ps = command_group(sub, "domains", "sending domains (DKIM keys, bounce subdomain)")
     c = ps.add_parser("onboard", help="onboard a domain or subdomain for sending")
     c.add_argument("domain")
     c.add_argument("--sending", action="store_true", help="onboard for Email Sending")
@@ -152,8 +151,7 @@ def register(sub) -> None:
                    help="also an Ed25519 key (RFC 8463 dual signature)")
     c.add_argument("--zone", help="zone id (default: the zone containing the domain)")
     c.set_defaults(func=_cmd_onboard, secrets="create")
-    c = ps.add_parser("list", help="list sending domains and their status")
-    c.set_defaults(func=_cmd_list)
+    subcommand(ps, "list", _cmd_list, "list sending domains and their status")
 
     d = sub.add_parser("dns", help="print a sending domain's DNS records and check them live")
     d.add_argument("domain")

@@ -11,10 +11,18 @@ operator sees every account unless `--account` (id or name) narrows it. `--since
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
-from mta.commands._common import account_ref, open_database, parse_when, positive, table
+from mta.commands._common import (
+    account_ref,
+    command_group,
+    open_database,
+    parse_when,
+    positive,
+    print_json,
+    print_table,
+    subcommand,
+)
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import analytics
@@ -49,19 +57,14 @@ async def _cmd_list(args, settings: Settings) -> int:
             s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
             newest_first=not args.oldest_first)
     if args.json:
-        print(json.dumps({"events": rows, "total": total}, indent=2, default=str))
+        print_json({"events": rows, "total": total})
         return 0
-    if not rows:
-        print("no events")
-        return 0
-    print(table([[r["datetime"], r["direction"], r["status"], r["from"] or "-",
-                   r["to"] or "-", _auth(r), r["action"] or "-",
-                   (r["errorCause"] or "")[:30], r["queueId"] or "-"] for r in rows],
-                 ["TIME", "DIR", "STATUS", "FROM", "TO", "SPF/DKIM/DMARC/ARC", "ACTION",
-                  "CAUSE", "QUEUE ID"]))
-    shown = (args.page - 1) * args.limit + len(rows)
-    if shown < total:
-        print(f"\n{shown} of {total}; more: --page {args.page + 1}")
+    print_table([[r["datetime"], r["direction"], r["status"], r["from"] or "-",
+                  r["to"] or "-", _auth(r), r["action"] or "-",
+                  (r["errorCause"] or "")[:30], r["queueId"] or "-"] for r in rows],
+                ["TIME", "DIR", "STATUS", "FROM", "TO", "SPF/DKIM/DMARC/ARC", "ACTION",
+                 "CAUSE", "QUEUE ID"],
+                empty="no events", page=args.page, per_page=args.limit, total=total)
     return 0
 
 
@@ -86,15 +89,15 @@ async def _cmd_stats(args, settings: Settings) -> int:
             raise CliError(f"{exc}; see `mta accounts list`") from None
         groups, total = await analytics.aggregate(s, f, dims, limit=args.limit)
     if args.json:
-        print(json.dumps({"groups": groups, "total_events": total, "since": f.since,
-                          "until": f.until}, indent=2, default=str))
+        print_json({"groups": groups, "total_events": total, "since": f.since,
+                    "until": f.until})
         return 0
     if not groups:
         print("no events")
         return 0
-    print(table([[*(str(g["dimensions"][d]) if g["dimensions"][d] is not None else "-"
-                     for d in dims), str(g["count"])] for g in groups],
-                 [*(d.upper() for d in dims), "COUNT"]))
+    print_table([[*(g["dimensions"][d] if g["dimensions"][d] is not None else "-"
+                    for d in dims), g["count"]] for g in groups],
+                [*(d.upper() for d in dims), "COUNT"])
     print(f"\n{total} event(s) from {f.since:%Y-%m-%d %H:%M} to {f.until:%Y-%m-%d %H:%M} UTC")
     return 0
 
@@ -115,19 +118,16 @@ def _common(p) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("events", help="the activity log (per-message events, aggregates)")
-    ev = p.add_subparsers(dest="events_command", required=True)
-    lst = ev.add_parser("list", help="events, newest first")
+    ev = command_group(sub, "events", "the activity log (per-message events, aggregates)")
+    lst = subcommand(ev, "list", _cmd_list, "events, newest first")
     _common(lst)
     lst.add_argument("--limit", type=positive, default=50, help="events per page (default 50)")
     lst.add_argument("--page", type=positive, default=1)
     lst.add_argument("--oldest-first", action="store_true")
-    lst.set_defaults(func=_cmd_list)
-    st = ev.add_parser("stats", help="event counts grouped by dimensions")
+    st = subcommand(ev, "stats", _cmd_stats, "event counts grouped by dimensions")
     _common(st)
     st.add_argument("--by", action="append", metavar="DIMENSION",
                     help="status, date, hour, 5m, 15m, event_type, sending_domain, domain, "
                          "spf, dkim, dmarc, arc, rule, action ... (repeat or comma "
                          "separate; default status)")
     st.add_argument("--limit", type=positive, default=1000, help="at most this many groups")
-    st.set_defaults(func=_cmd_stats)

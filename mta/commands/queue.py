@@ -12,13 +12,12 @@ so it can run on any node, or on an admin host with the same config.
 from __future__ import annotations
 
 import argparse
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from mta.commands._common import open_database, table
+from mta.commands._common import command_group, open_database, print_json, print_table, subcommand
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.queue import queue as q
@@ -70,17 +69,13 @@ async def _cmd_list(args, settings: Settings) -> int:
     queue_ids = {d.id: (origin or d.message_id).hex for d, origin in found}
     rows = [d for d, _ in found]
     if args.json:
-        print(json.dumps([dict(_delivery_dict(d), queue_id=queue_ids[d.id]) for d in rows],
-                         indent=2))
+        print_json([dict(_delivery_dict(d), queue_id=queue_ids[d.id]) for d in rows])
         return 0
-    if not rows:
-        print("no deliveries match")
-        return 0
-    print(table([[str(d.id), queue_ids[d.id], d.status, d.recipient, str(d.attempts),
-                   _ago(d.next_attempt_at, now) if d.status == "queued" else "-",
-                   _ago(d.created_at, now), (d.last_reply or "")[:60]] for d in rows],
-                 ["ID", "QUEUE ID", "STATUS", "RECIPIENT", "TRIES", "NEXT", "QUEUED",
-                  "LAST REPLY"]))
+    print_table([[d.id, queue_ids[d.id], d.status, d.recipient, d.attempts,
+                  _ago(d.next_attempt_at, now) if d.status == "queued" else "-",
+                  _ago(d.created_at, now), (d.last_reply or "")[:60]] for d in rows],
+                ["ID", "QUEUE ID", "STATUS", "RECIPIENT", "TRIES", "NEXT", "QUEUED",
+                 "LAST REPLY"], empty="no deliveries match")
     return 0
 
 
@@ -154,11 +149,11 @@ async def _cmd_show(args, settings: Settings) -> int:
     for a in attempts:
         by_delivery.setdefault(a.delivery_id, []).append(a)
     if args.json:
-        print(json.dumps({
+        print_json({
             **_message_dict(message), "copies": [_message_dict(c) for c in copies],
             "deliveries": [dict(_delivery_dict(d), message_id=d.message_id.hex,
                                 attempt_log=[_attempt_dict(a) for a in by_delivery.get(d.id, [])])
-                           for d in deliveries]}, indent=2, default=str))
+                           for d in deliveries]})
         return 0
     now = _now()
     print(f"message {message.id.hex}  {message.direction}/{message.source}, {message.status}")
@@ -281,17 +276,18 @@ async def _cmd_stats(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         stats = await q.queue_stats(s, now=_now())
     if args.json:
-        print(json.dumps(stats, indent=2))
+        print_json(stats)
         return 0
-    print(table([[k, str(v)] for k, v in stats["depth"].items()], ["STATE", "DELIVERIES"]))
+    print_table([[k, v] for k, v in stats["depth"].items()], ["STATE", "DELIVERIES"])
     print(f"\noldest due: {stats['oldest_due_seconds']:.0f}s past its attempt time; "
           f"oldest queued: {stats['oldest_queued_seconds']:.0f}s")
     if stats["top_domains"]:
-        print("\n" + table([[d["domain"], str(d["queued"])] for d in stats["top_domains"]],
-                            ["DOMAIN", "QUEUED"]))
+        print()
+        print_table([[d["domain"], d["queued"]] for d in stats["top_domains"]],
+                    ["DOMAIN", "QUEUED"])
     if stats["finished"]:
-        print("\n" + table([[k, str(v)] for k, v in sorted(stats["finished"].items())],
-                            ["FINISHED", "DELIVERIES"]))
+        print()
+        print_table(sorted(map(list, stats["finished"].items())), ["FINISHED", "DELIVERIES"])
     return 0
 
 
@@ -303,10 +299,9 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    queue = sub.add_parser("queue", help="the outbound delivery queue")
-    qs = queue.add_subparsers(dest="queue_command", required=True)
+    qs = command_group(sub, "queue", "the outbound delivery queue")
 
-    p = qs.add_parser("list", help="list deliveries (queued ones by default)")
+    p = subcommand(qs, "list", _cmd_list, "list deliveries (queued ones by default)")
     p.add_argument("--status", default="queued",
                    help="queued (default), held, delivered, failed, expired, bounced, "
                         "complained, purged or all")
@@ -316,41 +311,36 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_list)
 
-    p = qs.add_parser("show", help="a message with its deliveries and every attempt")
+    p = subcommand(qs, "show", _cmd_show, "a message with its deliveries and every attempt")
     p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_show)
 
-    p = qs.add_parser("cat", help="print a stored message, headers and body (postcat -q)")
+    p = subcommand(qs, "cat", _cmd_cat, "print a stored message, headers and body (postcat -q)")
     p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
     part = p.add_mutually_exclusive_group()
     part.add_argument("--headers", action="store_true", help="only the header section")
     part.add_argument("--body", action="store_true", help="only the body")
     p.add_argument("--copy", action="store_true",
                    help="the forwarded copy (as signed and sent) instead of the original")
-    p.set_defaults(func=_cmd_cat)
 
-    p = qs.add_parser("hold", help="stop trying deliveries until released")
+    p = subcommand(qs, "hold", _cmd_hold, "stop trying deliveries until released")
     _add_targets(p)
-    p.set_defaults(func=_cmd_hold)
 
-    p = qs.add_parser("release", help="put held deliveries back in the queue, due now")
+    p = subcommand(qs, "release", _cmd_release, "put held deliveries back in the queue, due now")
     _add_targets(p)
-    p.set_defaults(func=_cmd_release)
 
-    p = qs.add_parser("retry", help="make deliveries due now (the backoff schedule goes on)")
+    p = subcommand(qs, "retry", _cmd_retry,
+                   "make deliveries due now (the backoff schedule goes on)")
     _add_targets(p)
     p.add_argument("--all", action="store_true", help="every queued delivery")
     p.add_argument("--failed", action="store_true",
                    help="also revive failed and expired deliveries")
-    p.set_defaults(func=_cmd_retry)
 
-    p = qs.add_parser("purge", help="remove queued deliveries (kept as 'purged' in the log)")
+    p = subcommand(qs, "purge", _cmd_purge,
+                   "remove queued deliveries (kept as 'purged' in the log)")
     _add_targets(p)
     p.add_argument("--finished-before-days", type=float, default=None,
                    help="instead delete finished deliveries older than this many days")
-    p.set_defaults(func=_cmd_purge)
 
-    p = qs.add_parser("stats", help="queue depth, age and busiest domains")
+    p = subcommand(qs, "stats", _cmd_stats, "queue depth, age and busiest domains")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_stats)

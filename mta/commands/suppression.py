@@ -6,10 +6,16 @@ read-only: `remove` refuses them unless `--force` is given (and says so).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
-from mta.commands._common import find_account, open_database, table
+from mta.commands._common import (
+    command_group,
+    find_account,
+    open_database,
+    print_json,
+    print_table,
+    subcommand,
+)
 from mta.commands._errors import CliError
 from mta.config import Settings, parse_duration
 from mta.store import suppression
@@ -42,8 +48,10 @@ async def _cmd_add(args, settings: Settings) -> int:
         except suppression.SuppressionError as exc:
             raise CliError(str(exc), exit_code=2) from None
         out = suppression.to_dict(entry)
-    print(json.dumps(out, indent=2) if args.json else
-          f"suppressed {out['email']} ({out['reason']}, {_scope(out)}, "
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"suppressed {out['email']} ({out['reason']}, {_scope(out)}, "
           f"{'until ' + out['expires_at'] if out['expires_at'] else 'permanent'}) id {out['id']}")
     return 0
 
@@ -89,23 +97,20 @@ async def _cmd_list(args, settings: Settings) -> int:
             include_expired=args.include_expired, cursor=args.cursor, per_page=args.limit)
     items = [suppression.to_dict(e) for e in page.items]
     if args.json:
-        print(json.dumps({"items": items, "cursor": page.cursor}, indent=2))
+        print_json({"items": items, "cursor": page.cursor})
         return 0
-    if not items:
-        print("no suppressions")
-        return 0
-    print(table([[d["id"], d["email"], d["reason"], _scope(d),
-                   d["expires_at"] or "permanent", "yes" if d["read_only"] else "",
-                   (d["note"] or "")[:40]] for d in items],
-                 ["ID", "EMAIL", "REASON", "SCOPE", "EXPIRES", "READ-ONLY", "NOTE"]))
-    if page.cursor:
+    print_table([[d["id"], d["email"], d["reason"], _scope(d),
+                  d["expires_at"] or "permanent", "yes" if d["read_only"] else "",
+                  (d["note"] or "")[:40]] for d in items],
+                ["ID", "EMAIL", "REASON", "SCOPE", "EXPIRES", "READ-ONLY", "NOTE"],
+                empty="no suppressions")
+    if items and page.cursor:
         print(f"\nmore: --cursor {page.cursor}")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("suppression", help="recipients an account must not send to")
-    ps = p.add_subparsers(dest="suppression_command", required=True)
+    ps = command_group(sub, "suppression", "recipients an account must not send to")
 
     def common(c) -> None:
         c.add_argument("--account", required=True, help="account id or name")
@@ -113,23 +118,21 @@ def register(sub) -> None:
         c.add_argument("--domain", help="the sending domain of a sending_domain scope "
                                         "(implies --scope sending_domain)")
 
-    c = ps.add_parser("add", help="suppress an address")
+    c = subcommand(ps, "add", _cmd_add, "suppress an address")
     c.add_argument("email")
     common(c)
     c.add_argument("--reason", choices=suppression.REASONS, default="manual")
     c.add_argument("--expires", help="a duration (30d) or an ISO time; default permanent")
     c.add_argument("--note")
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_cmd_add)
 
-    c = ps.add_parser("remove", help="lift a suppression (by id or address)")
+    c = subcommand(ps, "remove", _cmd_remove, "lift a suppression (by id or address)")
     c.add_argument("target", help="suppression id or email address")
     common(c)
     c.add_argument("--force", action="store_true",
                    help="also remove read-only (complaint) entries")
-    c.set_defaults(func=_cmd_remove)
 
-    c = ps.add_parser("list", help="list suppressions, newest first")
+    c = subcommand(ps, "list", _cmd_list, "list suppressions, newest first")
     common(c)
     c.add_argument("--reason", choices=suppression.REASONS)
     c.add_argument("--search", help="part of the address")
@@ -137,4 +140,3 @@ def register(sub) -> None:
     c.add_argument("--cursor")
     c.add_argument("--limit", type=int, default=100)
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_cmd_list)

@@ -10,7 +10,14 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 
-from mta.commands._common import account_ref, find_account, open_database
+from mta.commands._common import (
+    account_ref,
+    command_group,
+    find_account,
+    open_database,
+    print_table,
+    subcommand,
+)
 from mta.config import Settings, parse_duration
 from mta.observe import audit
 from mta.tokens import PERMISSIONS, check_permissions, create_token, list_tokens, revoke_token
@@ -20,6 +27,12 @@ __all__ = ["register"]
 
 def _when(ts: datetime | None) -> str:
     return f"{ts:%Y-%m-%d %H:%M}" if ts else "-"
+
+
+def _state(token, now: datetime) -> str:
+    if token.revoked_at:
+        return "revoked"
+    return "expired" if token.expires_at and token.expires_at <= now else "active"
 
 
 async def _cmd_create(args, settings: Settings) -> int:
@@ -53,13 +66,9 @@ async def _cmd_list(args, settings: Settings) -> int:
             return 1
         rows = await list_tokens(s, account_id)
     now = datetime.now(UTC)
-    print(f"{'ID':32}  {'ACCOUNT':32}  {'STATE':8}  {'LAST USED':16}  {'EXPIRES':16}  "
-          "NAME  PERMISSIONS")
-    for t in rows:
-        state = ("revoked" if t.revoked_at else
-                 "expired" if t.expires_at and t.expires_at <= now else "active")
-        print(f"{t.id:32}  {t.account_id:32}  {state:8}  {_when(t.last_used_at):16}  "
-              f"{_when(t.expires_at):16}  {t.name}  {','.join(t.permissions)}")
+    print_table([[t.id, t.account_id, _state(t, now), _when(t.last_used_at),
+                  _when(t.expires_at), t.name, ",".join(t.permissions)] for t in rows],
+                ["ID", "ACCOUNT", "STATE", "LAST USED", "EXPIRES", "NAME", "PERMISSIONS"])
     return 0
 
 
@@ -78,18 +87,14 @@ async def _cmd_revoke(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tokens", help="API tokens")
-    ps = p.add_subparsers(dest="tokens_command", required=True)
-    c = ps.add_parser("create", help="create a token and print it (once)")
+    ps = command_group(sub, "tokens", "API tokens")
+    c = subcommand(ps, "create", _cmd_create, "create a token and print it (once)")
     c.add_argument("--account", required=True, help="account id or name")
     c.add_argument("--name", required=True)
     c.add_argument("--permission", action="append", choices=sorted(PERMISSIONS),
                    required=True, help="repeat for several")
     c.add_argument("--expires-in", help="lifetime such as 90d (default: no expiry)")
-    c.set_defaults(func=_cmd_create)
-    c = ps.add_parser("list", help="list tokens (never their secrets)")
+    c = subcommand(ps, "list", _cmd_list, "list tokens (never their secrets)")
     c.add_argument("--account", help="only this account's tokens (id or name)")
-    c.set_defaults(func=_cmd_list)
-    c = ps.add_parser("revoke", help="revoke a token at once")
+    c = subcommand(ps, "revoke", _cmd_revoke, "revoke a token at once")
     c.add_argument("id")
-    c.set_defaults(func=_cmd_revoke)

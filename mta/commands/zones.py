@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mta.commands._common import find_account, open_database
+from mta.commands._common import command_group, find_account, open_database, print_table, subcommand
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -149,30 +149,24 @@ async def _cmd_list(args, settings: Settings) -> int:
                 return 1
             query = query.where(Zone.account_id == account.id)
         rows = (await s.execute(query)).scalars().all()
-    print(f"{'ID':32}  {'ACCOUNT':32}  {'ROUTING':8}  {'STATUS':20}  NAME")
-    for z in rows:
-        print(f"{z.id:32}  {z.account_id:32}  {'on' if z.routing_enabled else 'off':8}  "
-              f"{z.routing_status:20}  {z.name}")
+    print_table([[z.id, z.account_id, "on" if z.routing_enabled else "off", z.routing_status,
+                  z.name] for z in rows], ["ID", "ACCOUNT", "ROUTING", "STATUS", "NAME"])
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("zones", help="DNS zones (their ids are the API's zone_id)")
-    ps = p.add_subparsers(dest="zones_command", required=True)
-    c = ps.add_parser("create", help="create a zone; prints its id")
+    ps = command_group(sub, "zones", "DNS zones (their ids are the API's zone_id)")
+    c = subcommand(ps, "create", _cmd_create, "create a zone; prints its id")
     c.add_argument("--account", required=True, help="account id or name")
     c.add_argument("name", help="the zone apex, e.g. example.com")
-    c.set_defaults(func=_cmd_create)
     c = ps.add_parser("delete", help="delete a zone with its rules (says what first; "
                                      "deletes with --yes)")
     c.add_argument("zone", help="zone id or name")
     c.add_argument("--yes", action="store_true", help="delete without asking again")
     c.set_defaults(func=_cmd_delete)
-    c = ps.add_parser("rename", help="rename a zone; its rules follow (says which first)")
+    c = subcommand(ps, "rename", _cmd_rename, "rename a zone; its rules follow (says which first)")
     c.add_argument("zone", help="zone id or name")
     c.add_argument("new_name")
     c.add_argument("--yes", action="store_true", help="rename without asking again")
-    c.set_defaults(func=_cmd_rename)
-    c = ps.add_parser("list", help="list zones with their ids")
+    c = subcommand(ps, "list", _cmd_list, "list zones with their ids")
     c.add_argument("--account", help="only this account's zones (id or name)")
-    c.set_defaults(func=_cmd_list)
