@@ -49,6 +49,10 @@ __all__ = [
 class NodeSettings:
     hostname: str = "localhost"
     node_id: str | None = None  # defaults to hostname:pid; names the lease owner in the queue
+    # The MX hosts routing domains publish (`mta dns`); empty = [hostname].
+    mx_hosts: list[str] = field(default_factory=list)
+    # The SPF record sending domains include; null = _spf.<hostname>.
+    spf_include: str | None = None
 
 
 @dataclass
@@ -440,6 +444,11 @@ def _check_semantics(s: Settings) -> None:
     if s.observe.retention_batch < 1:
         raise ConfigError("observe.retention_batch", "must be at least 1", source=src)
     _check_mta_sts(s.mta_sts, src)
+    # What the SRS signer refuses at start (its timestamp has 10 bits of days).
+    if not 1 <= s.srs.max_age_days <= 1023:
+        raise ConfigError("srs.max_age_days", "must be between 1 and 1023 (days)", source=src)
+    if s.dns.min_ttl > s.dns.max_ttl:
+        raise ConfigError("dns.min_ttl", "must not be above dns.max_ttl", source=src)
 
 
 def _check_proxy_protocol(name: str, pp: ProxyProtocolSettings | None, src: str) -> None:
@@ -509,16 +518,42 @@ def settings_from_text(text: str, source: str = "<string>",
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
                           mark.line + 1 if mark else None, source) from None
-    if root is None:
-        settings = Settings()
-    elif not isinstance(root, yaml.MappingNode):
+    if root is not None and not isinstance(root, yaml.MappingNode):
         raise ConfigError("", "the top level must be a mapping", line(root), source)
-    else:
-        settings = build(Settings, root, "", source)
-    settings.source = source
-    _apply_environment(settings, os.environ if env is None else env)
-    _check_semantics(settings)
+    try:
+        settings = build(Settings, root, "", source) if root is not None else Settings()
+        settings.source = source
+        _apply_environment(settings, os.environ if env is None else env)
+        _check_semantics(settings)
+    except ConfigError as exc:
+        if exc.line is not None or root is None:
+            raise
+        # A check of values (not of the YAML's shape) names the key; the file's line of
+        # that key (or of its nearest enclosing one) makes it findable.
+        lines = _key_lines(root)
+        key = exc.key_path
+        while key and key not in lines:
+            key = key[:key.rindex("[")] if key.endswith("]") else key.rpartition(".")[0]
+        if not key:
+            raise
+        raise ConfigError(exc.key_path, exc.message, lines[key], source) from None
     return settings
+
+
+def _key_lines(node: yaml.Node, path: str = "") -> dict[str, int]:
+    """Every key path of a YAML document with the line it is on."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{path}.{key_node.value}" if path else str(key_node.value)
+            out[key] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{path}[{i}]"
+            out[key] = item.start_mark.line + 1
+            out.update(_key_lines(item, key))
+    return out
 
 
 def load_settings(path: str | os.PathLike[str],

@@ -9,6 +9,7 @@ temporary failure (4xx), never into "no record".
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,9 +42,25 @@ class NameserverAddress:
     port: int = 53
 
 
+class _BoundedTtlCache(dns.resolver.LRUCache):
+    """The answer cache, keeping each answer at least `min_ttl` and at most `max_ttl`
+    seconds whatever its TTL (dns.min_ttl / dns.max_ttl)."""
+
+    def __init__(self, size: int, min_ttl: float, max_ttl: float) -> None:
+        super().__init__(size)
+        self.min_ttl, self.max_ttl = min_ttl, max_ttl
+
+    def put(self, key, value) -> None:
+        now = time.time()
+        ttl = min(max(value.expiration - now, self.min_ttl), self.max_ttl)
+        value.expiration = now + ttl
+        super().put(key, value)
+
+
 class DnsResolver:
     def __init__(self, nameservers: Sequence[NameserverAddress] | Sequence[dict] = (),
-                 timeout: float = 5.0, cache_size: int = 10000) -> None:
+                 timeout: float = 5.0, cache_size: int = 10000, min_ttl: float = 0,
+                 max_ttl: float = 86400) -> None:
         if nameservers:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = [
@@ -55,13 +72,15 @@ class DnsResolver:
         r.lifetime = timeout
         r.timeout = min(timeout, max(timeout / 2, 0.5))
         r.retry_servfail = False
-        r.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
+        r.cache = (_BoundedTtlCache(cache_size, min_ttl, max_ttl) if cache_size > 0
+                   else None)
         self._resolver = r
 
     @classmethod
     def from_settings(cls, dns_settings) -> DnsResolver:
         return cls([{"address": ns.address, "port": ns.port} for ns in dns_settings.nameservers],
-                   timeout=dns_settings.timeout, cache_size=dns_settings.cache_size)
+                   timeout=dns_settings.timeout, cache_size=dns_settings.cache_size,
+                   min_ttl=dns_settings.min_ttl, max_ttl=dns_settings.max_ttl)
 
     async def query(self, name: str, rdtype: str | int) -> dns.resolver.Answer | None:
         """The answer, or None when the name or the record type does not exist."""

@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 
     def __init__(self, path: str, message: str, line: int | None = None, source: str = ""):
         self.key_path = path
+        self.message = message
         self.line = line
         where = f"{source}:{line}: " if line is not None and source else (
             f"line {line}: " if line is not None else "")

@@ -88,3 +88,41 @@ def test_proxy_protocol_settings():
     pp = s.listeners.submission_starttls.proxy_protocol
     assert (pp.trusted, pp.required, pp.timeout) == (["10.0.0.0/24", "fd00::/64"], False, 2)
     assert s.listeners.mx.proxy_protocol is None  # off unless configured
+
+
+@pytest.mark.parametrize("text, key, line", [
+    ("node:\n  hostname: a.test\nlogging:\n  format: xml\n", "logging.format", 4),
+    ("logging:\n  level: loud\n", "logging.level", 2),
+    ("inbound:\n  bare_line_endings: fix\n", "inbound.bare_line_endings", 2),
+    ("routing:\n  in_session_timeout: 5s\n  dmarc_safe_from: drop\n",
+     "routing.dmarc_safe_from", 3),
+    ("delivery:\n  smart_host:\n    host: r.test\n    tls: maybe\n",
+     "delivery.smart_host.tls", 4),
+    ("mta_sts:\n  mode: strict\n", "mta_sts.mode", 2),
+    ("srs:\n  domain: srs.test\n  max_age_days: 0\n", "srs.max_age_days", 3),
+    ("srs:\n  max_age_days: -1\n", "srs.max_age_days", 2),
+    ("srs:\n  max_age_days: 2000\n", "srs.max_age_days", 2),
+    ("dns:\n  min_ttl: 2d\n  max_ttl: 1d\n", "dns.min_ttl", 2),
+    ("handlers:\n  registry:\n    - name: x\n      target: y.py\n      fallback: bogus\n",
+     "handlers.registry[0].fallback", 5),
+    ("handlers:\n  registry:\n    - name: x\n      target: y.py\n      fallback: forward\n",
+     "handlers.registry[0].forward_to", 3),  # not in the file: its entry's line
+])
+def test_value_errors_name_file_and_line(tmp_path, text, key, line):
+    """Errors found after the YAML was read (enums, ranges, combinations) name the line
+    too, in `mta config check` as at start, so nothing that passes the check fails then."""
+    cfg = tmp_path / "mta.yaml"
+    cfg.write_text(text)
+    result = run_check(cfg)
+    assert result.returncode == 1
+    assert f"{cfg}:{line}: {key}:" in result.stderr, result.stderr
+
+
+def test_documented_node_keys_are_read():
+    s = settings_from_text("node:\n  hostname: mx.a.test\n  mx_hosts: [mx1.a.test, mx2.a.test]\n"
+                           "  spf_include: _spf.a.test\n", env={})
+    assert s.node.mx_hosts == ["mx1.a.test", "mx2.a.test"]
+    assert s.node.spf_include == "_spf.a.test"
+    from mta.api.dnsrecords import mx_hosts, spf_include
+
+    assert mx_hosts(s) == ["mx1.a.test", "mx2.a.test"] and spf_include(s) == "_spf.a.test"
