@@ -39,12 +39,12 @@ State = Literal["ok", "missing", "wrong", "unknown"]
 
 
 def mx_hosts(settings: Settings) -> list[str]:
-    hosts = getattr(settings.node, "mx_hosts", None) or [settings.node.hostname]
+    hosts = settings.node.mx_hosts or [settings.node.hostname]
     return [h.lower().rstrip(".") for h in hosts]
 
 
 def spf_include(settings: Settings) -> str:
-    return (getattr(settings.node, "spf_include", None)
+    return (settings.node.spf_include
             or f"_spf.{settings.node.hostname}").lower().rstrip(".")
 
 

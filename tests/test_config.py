@@ -123,6 +123,6 @@ def test_documented_node_keys_are_read():
                            "  spf_include: _spf.a.test\n", env={})
     assert s.node.mx_hosts == ["mx1.a.test", "mx2.a.test"]
     assert s.node.spf_include == "_spf.a.test"
-    from mta.api.dnsrecords import mx_hosts, spf_include
+    from mta.dnsrecords import mx_hosts, spf_include
 
     assert mx_hosts(s) == ["mx1.a.test", "mx2.a.test"] and spf_include(s) == "_spf.a.test"
