@@ -19,6 +19,7 @@ they keep measuring the product while its insides change:
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
@@ -189,9 +190,12 @@ def wait_port(address: str, port: int, timeout: float = 30) -> None:
 
 
 def workdir(prefix: str) -> Path:
-    """A temporary directory the unprivileged PostgreSQL/Postfix users can traverse."""
+    """A temporary directory the unprivileged PostgreSQL/Postfix users can traverse,
+    removed when the benchmark exits (BENCH_KEEP=1 keeps it, e.g. for the logs)."""
     path = Path(tempfile.mkdtemp(prefix=f"mta-bench-{prefix}-"))
     path.chmod(0o755)
+    if not os.environ.get("BENCH_KEEP"):
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
