@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import json
 import os
 import pkgutil
 import sys
@@ -73,9 +74,12 @@ def _cmd_config_check(args, settings: Settings) -> int:
 
 
 def _cmd_config_show(args, settings: Settings) -> int:
-    from mta.config_show import effective_config
+    from mta.config_show import effective_config, effective_tree
 
-    print(effective_config(settings), end="")
+    if args.json:
+        print(json.dumps(effective_tree(settings), indent=2))
+    else:
+        print(effective_config(settings), end="")
     return 0
 
 
@@ -133,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_config_check, config_from="path", secrets="none")
     show = config_sub.add_parser("show", help="the effective configuration (environment "
                                               "overrides applied, secrets masked)")
+    show.add_argument("--json", action="store_true", help="JSON instead of YAML")
     show.set_defaults(func=_cmd_config_show)
 
     db = sub.add_parser("db", help="database schema")

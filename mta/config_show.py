@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from mta.config import ENVIRONMENT_OVERRIDES, Duration, Settings, Size
 
-__all__ = ["effective_config"]
+__all__ = ["effective_config", "effective_tree"]
 
 MASK = "********"
 # Key paths whose values are secrets (a list: every item is masked).
@@ -54,10 +54,16 @@ def _mask(tree: dict) -> None:
         tree["database"]["url"] = make_url(url).render_as_string(hide_password=True)
 
 
-def effective_config(settings: Settings, env: dict[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
+def effective_tree(settings: Settings) -> dict:
+    """The settings as plain data, secrets masked."""
     tree = _plain(settings)
     _mask(tree)
+    return tree
+
+
+def effective_config(settings: Settings, env: dict[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    tree = effective_tree(settings)
     lines = [f"# effective configuration of {settings.source or '(defaults)'}"]
     for var, path in ENVIRONMENT_OVERRIDES.items():
         if env.get(var):

@@ -276,3 +276,38 @@ def test_config_show_applies_the_environment_and_masks_secrets(tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(text)
     assert mta("config", "check", str(again)).returncode == 0
+
+
+def test_every_list_and_show_has_json():
+    from mta.cli import _subparsers, build_parser
+
+    missing = []
+    for parser in _subparsers(build_parser()):
+        name = parser.prog.split()[-1]
+        if name in ("list", "show") and "--json" not in parser._option_string_actions:
+            missing.append(parser.prog)
+    assert not missing
+
+
+def test_lists_as_json(cli, tmp_path):
+    import json
+
+    account_id = cli("accounts", "create", "acme")[0].strip()
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING)
+    cli("apply", str(routing))
+    cli("tokens", "create", "--account", "acme", "--name", "ci", "--permission",
+        "analytics:read")
+    accounts = json.loads(cli("accounts", "list", "--json")[0])
+    assert [(a["id"], a["name"]) for a in accounts] == [(account_id, "acme")]
+    zones = json.loads(cli("zones", "list", "--json")[0])
+    assert [(z["name"], z["account_id"], z["routing_enabled"]) for z in zones] == [
+        ("example.test", account_id, True)]
+    addresses = json.loads(cli("addresses", "list", "--account", "acme", "--json")[0])
+    assert [(a["email"], a["verified_at"]) for a in addresses] == [("you@inbox.test", None)]
+    tokens = json.loads(cli("tokens", "list", "--json")[0])
+    assert [(t["name"], t["permissions"], t["state"]) for t in tokens] == [
+        ("ci", ["analytics:read"], "active")]
+    assert "token_hash" not in tokens[0] and json.loads(cli("domains", "list", "--json")[0]) == []
+    config = json.loads(cli("config", "show", "--json")[0])
+    assert config["secret_key"] in (None, "********")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from mta.commands._common import command_group, open_database, print_table, subcommand
+from mta.commands._common import command_group, open_database, print_json, print_table, subcommand
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -65,6 +65,9 @@ async def _cmd_create(args, settings: Settings) -> int:
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         rows = (await s.execute(select(Account).order_by(Account.created_at))).scalars().all()
+    if args.json:
+        print_json([{"id": r.id, "name": r.name, "created_at": r.created_at} for r in rows])
+        return 0
     print_table([[r.id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.name] for r in rows],
                 ["ID", "CREATED", "NAME"])
     return 0
@@ -131,7 +134,8 @@ def register(sub) -> None:
     ps = command_group(sub, "accounts", "accounts (tenants)")
     c = subcommand(ps, "create", _cmd_create, "create an account; prints its id")
     c.add_argument("name", help="a name no other account has")
-    subcommand(ps, "list", _cmd_list, "list accounts with their ids")
+    c = subcommand(ps, "list", _cmd_list, "list accounts with their ids")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c = subcommand(ps, "rename", _cmd_rename, "give an account another (unique) name")
     c.add_argument("account", help="account id or name")
     c.add_argument("new_name")

@@ -64,6 +64,12 @@ async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         rows = (await s.execute(select(SendingDomain, Zone.account_id).join(
             Zone, Zone.id == SendingDomain.zone_id).order_by(SendingDomain.name))).all()
+    if args.json:
+        print_json([{"name": d.name, "status": d.status, "enabled": d.enabled,
+                     "dkim_selector": d.dkim_selector, "return_path_domain":
+                     d.return_path_domain, "zone_id": d.zone_id, "account_id": account}
+                    for d, account in rows])
+        return 0
     print_table([[d.name, d.status, "enabled" if d.enabled else "disabled", d.dkim_selector,
                   d.return_path_domain, account] for d, account in rows],
                 ["NAME", "STATUS", "STATE", "SELECTOR", "BOUNCE", "ACCOUNT"])
@@ -151,7 +157,8 @@ def register(sub) -> None:
                    help="also an Ed25519 key (RFC 8463 dual signature)")
     c.add_argument("--zone", help="zone id (default: the zone containing the domain)")
     c.set_defaults(func=_cmd_onboard, secrets="create")
-    subcommand(ps, "list", _cmd_list, "list sending domains and their status")
+    c = subcommand(ps, "list", _cmd_list, "list sending domains and their status")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
 
     d = sub.add_parser("dns", help="print a sending domain's DNS records and check them live")
     d.add_argument("domain")

@@ -15,6 +15,7 @@ from mta.commands._common import (
     command_group,
     find_account,
     open_database,
+    print_json,
     print_table,
     subcommand,
 )
@@ -66,6 +67,12 @@ async def _cmd_list(args, settings: Settings) -> int:
             return 1
         rows = await list_tokens(s, account_id)
     now = datetime.now(UTC)
+    if args.json:
+        print_json([{"id": t.id, "account_id": t.account_id, "name": t.name,
+                     "permissions": list(t.permissions), "state": _state(t, now),
+                     "created_at": t.created_at, "last_used_at": t.last_used_at,
+                     "expires_at": t.expires_at, "revoked_at": t.revoked_at} for t in rows])
+        return 0
     print_table([[t.id, t.account_id, _state(t, now), _when(t.last_used_at),
                   _when(t.expires_at), t.name, ",".join(t.permissions)] for t in rows],
                 ["ID", "ACCOUNT", "STATE", "LAST USED", "EXPIRES", "NAME", "PERMISSIONS"])
@@ -95,6 +102,7 @@ def register(sub) -> None:
                    required=True, help="repeat for several")
     c.add_argument("--expires-in", help="lifetime such as 90d (default: no expiry)")
     c = subcommand(ps, "list", _cmd_list, "list tokens (never their secrets)")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--account", help="only this account's tokens (id or name)")
     c = subcommand(ps, "revoke", _cmd_revoke, "revoke a token at once")
     c.add_argument("id")
