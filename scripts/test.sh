@@ -3,7 +3,8 @@
 # to pytest (e.g. a path, or -m slow for the long soak runs).
 source "$(dirname "$0")/setup.sh"
 # Real peers used by the tests: Mail::DKIM (independent DKIM/ARC verifier), curl (an
-# SMTPS client), swaks; systemd-analyze and shellcheck check systemd/ and deploy/
-ensure_debian_packages libmail-dkim-perl curl swaks systemd shellcheck
+# SMTPS client), swaks, Postfix (a private instance as a real SMTP peer);
+# systemd-analyze and shellcheck check systemd/ and deploy/
+ensure_debian_packages libmail-dkim-perl curl swaks systemd shellcheck postfix
 ensure_venv "[test]"
 exec .venv/bin/pytest -q "$@"

@@ -114,6 +114,9 @@ __all__ += ["DATABASE_UP"]
 
 # --- SMTP submission (mta/smtp/submission.py) --------------------------------------------
 
+SMTP_BDAT_CHUNKS = Counter(
+    "mta_smtp_bdat_chunks_total",
+    "BDAT chunks (RFC 3030 CHUNKING) read by the SMTP listeners, refused ones included")
 SUBMISSION_AUTH_THROTTLED = Counter(
     "mta_submission_auth_throttled_total",
     "AUTH attempts on the submission listeners throttled after failures, by scope "
@@ -141,7 +144,7 @@ SUBMISSION_SECONDS = Histogram(
 
 __all__ += [
     "exposition_registry",
-    "SUBMISSION_AUTH", "SUBMISSION_AUTH_THROTTLED", "SUBMISSION_MESSAGES",
+    "SMTP_BDAT_CHUNKS", "SUBMISSION_AUTH", "SUBMISSION_AUTH_THROTTLED", "SUBMISSION_MESSAGES",
     "SUBMISSION_REJECTIONS", "SUBMISSION_SECONDS",
 ]
 

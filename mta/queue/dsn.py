@@ -354,7 +354,13 @@ def parse_arf(raw: bytes) -> ArfReport | None:
     payload = report.get_payload()
     fields = payload[0] if isinstance(payload, list) and payload else \
         email.message_from_bytes(report.get_payload(decode=True) or b"")
-    feedback_type = (fields.get("Feedback-Type") or "").strip().lower()
+
+    def one(name: str) -> str | None:
+        # str(): a value with 8-bit bytes comes back as an email.header.Header
+        value = fields.get(name)
+        return " ".join(str(value).split()) if value is not None else None
+
+    feedback_type = (one("Feedback-Type") or "").lower()
     if not feedback_type:
         return None
     original_headers: list[tuple[str, str]] = []
@@ -368,11 +374,6 @@ def parse_arf(raw: bytes) -> ArfReport | None:
             block = email.message_from_bytes((part.get_payload(decode=True) or b"") + b"\n\n")
             original_headers = [(k, " ".join(str(v).split())) for k, v in block.items()]
             break
-
-    def one(name: str) -> str | None:
-        value = fields.get(name)
-        return " ".join(str(value).split()) if value is not None else None
-
     mail_from = one("Original-Mail-From")
     return ArfReport(
         feedback_type=feedback_type,

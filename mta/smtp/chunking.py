@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from mta import replies
+from mta.observe import metrics
 from mta.smtp.wire import DataResult, chunked_result
 
 __all__ = ["Chunks", "bdat"]
@@ -58,6 +59,7 @@ async def bdat(session: Any, arg: str | None) -> None:
     session.conn.set_timeout(timeout)
     data = await session.conn.wire.read_chunk(
         size, keep, on_chunk=lambda: session.conn.set_timeout(timeout))
+    metrics.SMTP_BDAT_CHUNKS.inc()
     if data is None:  # the client went away mid-chunk: nothing was accepted
         session._reset()
         session.closing = True
