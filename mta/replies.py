@@ -152,7 +152,7 @@ EMPTY_MESSAGE = Reply.parse("554 5.6.0 Message refused: no message data was sent
 # RFC 5322 §3.6: From is required; refused in every policy mode (monitor_only too), as
 # such a message can be neither evaluated (DMARC) nor signed when forwarded.
 NO_FROM_HEADER = Reply.parse("550 5.6.0 Message refused: it has no From header (RFC 5322 3.6)")
-NON_ASCII_ADDRESS = Reply.parse("553 5.6.7 Internationalised local parts are not supported (only the domain may be non-ASCII)")
+NON_ASCII_ADDRESS = Reply.parse("553 5.6.7 A non-ASCII local part needs SMTPUTF8 (RFC 6531); without it only the domain may be non-ASCII")
 RELAY_DENIED = Reply.parse("550 5.7.1 Relaying denied: {domain} is not a domain served here")
 UNKNOWN_RECIPIENT = Reply.parse("550 5.1.1 Recipient address rejected: no such user {address}")
 RBL_LISTED = Reply.parse("554 5.7.1 {ip} found on one or more RBLs ({zones})")

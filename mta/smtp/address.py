@@ -1,12 +1,15 @@
-"""Parsing the MAIL FROM / RCPT TO arguments (RFC 5321 §4.1.2, RFC 1870, RFC 6152).
+"""Parsing the MAIL FROM / RCPT TO arguments (RFC 5321 §4.1.2, RFC 1870, RFC 6152,
+RFC 6531).
 
 Returns values or raises `PathError` with a kind the session maps to a reply:
 - `syntax`: not a path we can read;
-- `non_ascii_local`: an internationalised local part. We do not offer SMTPUTF8
-  (docs "Known limitations": EAI local parts are not supported) and refuse such
-  addresses with 553 5.6.7 (RFC 6531 §3.7.4.1) instead of mangling them;
+- `non_ascii_local`: an internationalised local part in a transaction that did not ask
+  for SMTPUTF8 (MAIL ... SMTPUTF8): refused with 553 5.6.7 (RFC 6531 §3.7.4.1) instead of
+  mangled. With SMTPUTF8 such local parts are accepted (RFC 6531 §3.3: atext extended by
+  UTF-8 non-ASCII characters), kept as sent;
 - internationalised *domains* are accepted, as U-labels or A-labels, and turned into
   their A-label form (IDNA 2008 with UTS #46 mapping), so they compare with our data.
+Parameters are read before the address, so `SMTPUTF8` decides how the address is read.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ __all__ = ["Path", "PathError", "parse_path"]
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
 _DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
 _QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
+# RFC 6531 §3.3: with SMTPUTF8, atext and qtext also take UTF8-non-ascii.
+_UATEXT = r"(?:[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]|[^\x00-\x7f])"
+_UDOT_ATOM = re.compile(rf"{_UATEXT}+(?:\.{_UATEXT}+)*\Z")
+_UQUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*"\Z')
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?\Z")
 
@@ -59,23 +66,27 @@ def _check_domain(domain: str) -> str:
     return domain.lower()
 
 
-def parse_address(text: str) -> str:
+def parse_address(text: str, *, utf8: bool = False) -> str:
     """`local@domain` checked and normalised (domain A-label, lower case); the local
-    part keeps its case (it is case-insensitive only for our matching)."""
+    part keeps its case (it is case-insensitive only for our matching). A non-ASCII
+    local part needs `utf8` (the transaction's SMTPUTF8)."""
     local, at, domain = text.rpartition("@")
     if not at or not local:
         raise PathError("syntax", "address needs a local part and a domain")
-    if not local.isascii():
+    if not local.isascii() and not utf8:
         raise PathError("non_ascii_local")
     if len(local.encode()) > LOCAL_PART:
         raise PathError("syntax", f"local part longer than {LOCAL_PART} octets")
-    if not (_DOT_ATOM.match(local) or _QUOTED.match(local)):
+    dot_atom, quoted = (_UDOT_ATOM, _UQUOTED) if utf8 else (_DOT_ATOM, _QUOTED)
+    if not (dot_atom.match(local) or quoted.match(local)):
         raise PathError("syntax", "invalid local part")
     return f"{local}@{_check_domain(domain)}"
 
 
-def parse_path(arg: str | None, keyword: str, *, null_ok: bool) -> Path:
-    """Parse `FROM:<a@b> SIZE=123` (keyword "FROM") or `TO:<a@b>` (keyword "TO")."""
+def parse_path(arg: str | None, keyword: str, *, null_ok: bool, utf8: bool = False) -> Path:
+    """Parse `FROM:<a@b> SIZE=123` (keyword "FROM") or `TO:<a@b>` (keyword "TO").
+    Non-ASCII local parts are read when `utf8` (RCPT in an SMTPUTF8 transaction) or
+    when the parameters include SMTPUTF8 (MAIL)."""
     if not arg:
         raise PathError("syntax", f"expected {keyword}:<address>")
     head, colon, rest = arg.partition(":")
@@ -97,16 +108,16 @@ def parse_path(arg: str | None, keyword: str, *, null_ok: bool) -> Path:
         raise PathError("syntax", "control character in address")
     if ":" in inner and inner.startswith("@"):
         inner = inner.split(":", 1)[1]  # an obsolete source route: ignored (§4.1.2)
-    if inner == "":
-        if not null_ok:
-            raise PathError("syntax", "the null address is not a recipient")
-        address = ""
-    else:
-        address = parse_address(inner)
     params: dict[str, str | None] = {}
     for token in tail.split():
         m = _PARAM.match(token)
         if not m:
             raise PathError("bad_parameter", token[:64])
         params[m.group(1).upper()] = m.group(2)
+    if inner == "":
+        if not null_ok:
+            raise PathError("syntax", "the null address is not a recipient")
+        address = ""
+    else:
+        address = parse_address(inner, utf8=utf8 or "SMTPUTF8" in params)
     return Path(address, params)

@@ -28,10 +28,11 @@ def _clean(text: str, limit: int = 255) -> str:
 
 def received_field(*, helo: str | None, ptr: str | None, ip: str, hostname: str,
                    queue_id: str, tls: dict | None, recipient: str | None,
-                   when: float | None = None) -> bytes:
+                   when: float | None = None, utf8: bool = False) -> bytes:
     addr = f"IPv6:{ip}" if ":" in ip else ip
     from_part = f"from {_clean(helo or 'unknown')} ({_clean(ptr or 'unknown')} [{addr}])"
-    with_part = "ESMTPS" if tls else "ESMTP"
+    # RFC 3848, and RFC 6531 §3.7.3 for a transaction with SMTPUTF8.
+    with_part = ("UTF8SMTPS" if tls else "UTF8SMTP") if utf8 else ("ESMTPS" if tls else "ESMTP")
     lines = [f"Received: {from_part}"]
     if tls:
         lines.append(f"\t(using {_clean(str(tls.get('version', '')))} with cipher "

@@ -63,6 +63,7 @@ class Transaction:
     recipients: list[RecipientVerdict] = field(default_factory=list)
     policy: EffectivePolicy | None = None
     rcpt_commands: int = 0  # every RCPT of the transaction, repeats and refusals included
+    smtputf8: bool = False  # MAIL ... SMTPUTF8 (RFC 6531): UTF-8 addresses and headers
 
     def cancel(self) -> None:
         if self.spf_task is not None and not self.spf_task.done():
@@ -182,7 +183,8 @@ class Intake:
             raw,
             received_field(helo=client.helo, ptr=client.reverse.ptr if client.reverse else None,
                            ip=client.ip, hostname=self.hostname, queue_id=message_id.hex,
-                           tls=client.tls, recipient=rcpts[0] if len(rcpts) == 1 else None),
+                           tls=client.tls, recipient=rcpts[0] if len(rcpts) == 1 else None,
+                           utf8=txn.smtputf8),
             auth_results_field(results.to_header(self.authserv_id, fold=True)))
         auth_json = results.to_json()
         auth_json["policy"] = {"reason": decision.reason, "quarantine": decision.quarantine,

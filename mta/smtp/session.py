@@ -278,6 +278,10 @@ class SmtpSession:
                 if (value or "").upper() not in ("7BIT", "8BITMIME"):
                     await self.reply(replies.PARAMETER_SYNTAX.format(detail="BODY"))
                     return False
+            elif key == "SMTPUTF8" and "SMTPUTF8" in also_known and self.extended:
+                if value is not None:  # RFC 6531 §3.4: the parameter takes no value
+                    await self.reply(replies.PARAMETER_SYNTAX.format(detail="SMTPUTF8"))
+                    return False
             elif key in also_known and self.extended:
                 pass
             else:
@@ -285,11 +289,11 @@ class SmtpSession:
                 return False
         return True
 
-    async def _rcpt_path(self, arg: str | None) -> Path | None:
+    async def _rcpt_path(self, arg: str | None, utf8: bool = False) -> Path | None:
         """RCPT's forward-path (it takes no parameters), or None when the refusal has
-        been sent."""
+        been sent. `utf8`: the transaction asked for SMTPUTF8."""
         try:
-            path = parse_path(arg, "TO", null_ok=False)
+            path = parse_path(arg, "TO", null_ok=False, utf8=utf8)
         except PathError as exc:
             await self.reply(self._path_error(exc, replies.BAD_RECIPIENT_SYNTAX))
             return None
@@ -315,7 +319,7 @@ class MxSession(SmtpSession):
 
     def extensions(self) -> list[str]:
         extensions = ["PIPELINING", f"SIZE {self.intake.size_limit}", "8BITMIME",
-                      "ENHANCEDSTATUSCODES", "CHUNKING"]
+                      "ENHANCEDSTATUSCODES", "CHUNKING", "SMTPUTF8"]
         if self.conn.tls_available and not self.conn.tls_active:
             extensions.append("STARTTLS")
         return extensions
@@ -381,7 +385,8 @@ class MxSession(SmtpSession):
                                       mail_from=path.address)
             await self.reply(replies.MESSAGE_TOO_BIG.format(limit=self.intake.size_limit))
 
-        if not await self._mail_params_ok(path.params, self.intake.size_limit, too_big):
+        if not await self._mail_params_ok(path.params, self.intake.size_limit, too_big,
+                                          also_known=("SMTPUTF8",)):
             return
         assert self._rbl is not None
         listed = await self._rbl
@@ -392,14 +397,14 @@ class MxSession(SmtpSession):
             return await self.reply(reply)
         self.txn = Transaction(mail_from=path.address, spf_task=start_spf(
             self.intake.resolver, self.client.ip, path.address, self.client.helo,
-            self.hostname))
+            self.hostname), smtputf8="SMTPUTF8" in path.params)
         await self.reply(replies.SENDER_OK)
 
     async def rcpt(self, arg: str | None) -> None:
         txn = self.txn
         if txn is None:
             return await self.reply(replies.NEED_MAIL)
-        path = await self._rcpt_path(arg)
+        path = await self._rcpt_path(arg, utf8=txn.smtputf8)
         if path is None:
             return
         # Every RCPT counts, repeats and refusals included: the limit bounds the work

@@ -78,7 +78,7 @@ class _Controller(Controller):
         return SMTP(self.handler, hostname=self._sink.hostname, decode_data=False,
                     tls_context=self._sink.tls_context,
                     require_starttls=self._sink.require_starttls,
-                    enable_SMTPUTF8=True, data_size_limit=self._sink.size_limit,
+                    enable_SMTPUTF8=self._sink.smtputf8, data_size_limit=self._sink.size_limit,
                     timeout=self._sink.idle_timeout)
 
     def _trigger_server(self) -> None:
@@ -104,6 +104,7 @@ class SmtpSink:
         self.size_limit = size_limit
         self.pipelining = pipelining  # offer PIPELINING (RFC 2920) in the EHLO reply
         self.idle_timeout = idle_timeout  # seconds of silence before it says 421 and closes
+        self.smtputf8 = True  # offer SMTPUTF8 (RFC 6531); read per connection
         self.messages: list[ReceivedMessage] = []
         # Scripted replies: per recipient (lower-cased) a queue of replies used one per RCPT.
         self.rcpt_replies: dict[str, deque[str] | str] = {}

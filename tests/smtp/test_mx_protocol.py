@@ -37,7 +37,7 @@ async def test_ehlo_advertises_extensions(mx) -> None:
         assert client.supports_extension(ext), ext
     assert client.esmtp_extensions["size"] == str(64 * 1024)
     assert not client.supports_extension("starttls")  # no certificate configured
-    assert not client.supports_extension("smtputf8")
+    assert client.supports_extension("smtputf8")
     await client.quit()
 
 
@@ -105,7 +105,7 @@ async def test_idna_domain_accepted_eai_local_part_refused(mx) -> None:
 async def test_strict_command_syntax(mx) -> None:
     out = await raw_session(mx, b"EHLO client.test\r\nNOOP\x00\r\nNOOP\n"
                                 b"MAIL FROM:<alice@good.test>\rRSET\r\n"
-                                b"MAIL FROM:<alice@good.test> SMTPUTF8\r\n"
+                                b"MAIL FROM:<alice@good.test> SMTPUTF8=yes\r\n"
                                 b"RCPT TO:<user@ours.test>\r\n"
                                 b"MAIL FROM:<alice@good.test>\r\nDATA\r\n"
                                 + b"X" * 3000 + b"\r\nQUIT\r\n")
@@ -113,7 +113,7 @@ async def test_strict_command_syntax(mx) -> None:
     assert c[0].startswith("500 5.5.2") and "NUL" in c[0], c
     assert c[1].startswith("500 5.5.2") and "bare" in c[1], c
     assert c[2].startswith("500 5.5.2"), c  # bare CR inside the line
-    assert c[3].startswith("555 5.5.4"), c  # SMTPUTF8 is not offered
+    assert c[3].startswith("501 5.5.4"), c  # SMTPUTF8 takes no value
     assert c[4].startswith("503 5.5.1"), c  # RCPT before a successful MAIL
     assert c[5].startswith("250 2.1.0"), c
     assert c[6].startswith("554 5.5.1"), c  # DATA without any recipient

@@ -1,0 +1,66 @@
+"""SMTPUTF8 (RFC 6531/6532) through the MX (issue 13): an internationalised sender and
+recipient are accepted when the transaction asks for SMTPUTF8, matched by the rules,
+forwarded with SMTPUTF8 to a next hop that offers it, and refused with 5.6.7 — never
+downgraded — when the next hop does not."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from mta.store.models import RoutingRule, Zone
+from tests.routing.world import world_fixture  # noqa: F401 - the `world` fixture
+from tests.smtp.conftest import codes, dkim_sign, make_message, raw_session
+
+SENDER = "josé@sender.test"
+
+
+async def add_rule(w, to: str) -> None:
+    async with w.db.session() as s:
+        zone = (await s.execute(select(Zone).where(Zone.name == "ours.test"))).scalar_one()
+        s.add(RoutingRule(zone_id=zone.id, name=to, matchers=[
+            {"type": "literal", "field": "to", "value": to}],
+            actions=[{"type": "forward", "value": ["dest@inbox.test"]}]))
+
+
+def utf8_session(rcpt: str, raw: bytes, smtputf8: bool = True) -> bytes:
+    param = " SMTPUTF8" if smtputf8 else ""
+    return (f"EHLO client.test\r\nMAIL FROM:<{SENDER}>{param}\r\nRCPT TO:<{rcpt}>\r\n"
+            f"DATA\r\n").encode() + raw + b".\r\nQUIT\r\n"
+
+
+def signed_utf8(w) -> bytes:
+    raw = make_message(SENDER, to="pedro.ñúñez@ours.test", subject="¡hola!",
+                       body="Grüße\r\n")
+    return dkim_sign(raw, "sender.test", "sel", w.sender_key)
+
+
+async def test_utf8_addresses_are_accepted_matched_and_forwarded_with_smtputf8(world):
+    w = world
+    await add_rule(w, "pedro.ñúñez@ours.test")
+    out = await raw_session(w.a, utf8_session("Pedro.Ñúñez@ours.test", signed_utf8(w)))
+    c = codes(out)
+    assert any(line == "250 SMTPUTF8" for line in out.split("\r\n")), out  # offered
+    assert c[2].startswith("250 2.1.0") and c[3].startswith("250 2.1.5"), c
+    assert c[5].startswith("250 2.0.0"), c
+    [got] = w.inbox.wait_for(1)
+    assert got.rcpt_tos == ["dest@inbox.test"]
+    assert got.mail_from.startswith("SRS0=") and "=josé@fwda.test" in got.mail_from
+    assert "¡hola!".encode() in got.data and b"with UTF8SMTP id" in got.data
+
+
+async def test_utf8_local_part_without_smtputf8_is_553(world):
+    w = world
+    out = await raw_session(w.a, utf8_session("user@ours.test", signed_utf8(w),
+                                              smtputf8=False))
+    c = codes(out)
+    assert c[2].startswith("553 5.6.7") and "SMTPUTF8" in c[2], c
+    assert w.inbox.messages == []
+
+
+async def test_next_hop_without_smtputf8_gets_nothing_and_the_sender_hears_567(world):
+    w = world
+    w.inbox.smtputf8 = False
+    out = await raw_session(w.a, utf8_session("user@ours.test", signed_utf8(w)))
+    c = codes(out)
+    assert c[5].startswith("553 5.6.7"), c  # refused in-session, not downgraded
+    assert w.inbox.messages == []
