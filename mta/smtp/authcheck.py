@@ -20,15 +20,15 @@ from mta import replies
 from mta.checks.arc import ArcResult, verify_arc
 from mta.checks.dkim import verify_dkim
 from mta.checks.dmarc import check_dmarc
-from mta.checks.policy import AuthVerdicts, Decision
+from mta.checks.policy import AuthVerdicts, Decision, EffectivePolicy, decide
 from mta.checks.results import AuthResults, IprevResult
 from mta.checks.spf import SpfResult, check_spf
 from mta.dnscache import DnsError, DnsResolver, DnsTempError
 from mta.replies import Reply
 from mta.routing.rules import normalize_domain
 
-__all__ = ["FromHeader", "Reverse", "from_header", "lookup_reverse", "policy_reply",
-           "run_checks", "start_spf", "verdicts_of"]
+__all__ = ["FromHeader", "Reverse", "DECIDED_BY", "from_header", "judge", "lookup_reverse",
+           "policy_reply", "run_checks", "start_spf", "verdicts_of"]
 
 log = logging.getLogger("mta.smtp.auth")
 
@@ -153,9 +153,12 @@ def _aar_results(arc: ArcResult | None) -> dict[str, str]:
     return out
 
 
-def verdicts_of(results: AuthResults) -> AuthVerdicts:
+def verdicts_of(results: AuthResults, author: FromHeader | None = None) -> AuthVerdicts:
+    """What the policy reads of the results (and of the From field: no single author
+    domain is a problem of its own, RFC 7489 §6.6.1)."""
     d = results.dmarc
     return AuthVerdicts(
+        from_problem=author.problem if author is not None else None,
         spf=results.spf_result,
         dkim=tuple(s.result for s in results.dkim),
         dmarc=results.dmarc_result,
@@ -164,3 +167,34 @@ def verdicts_of(results: AuthResults) -> AuthVerdicts:
         arc=results.arc_result,
         arc_sealer=results.arc.latest_sealer if results.arc else None,
         arc_aar=_aar_results(results.arc))
+
+
+# Which check a decision's reason comes from, as `mta simulate` reports it.
+DECIDED_BY = {
+    "accepted": "SPF or DKIM passed and DMARC did not ask for rejection",
+    "quarantined": "DMARC (p=quarantine: accepted and marked)",
+    "arc_override": "ARC (a trusted sealer's pass overrode a failure)",
+    "not_authenticated": "SPF and DKIM (neither passed; inbound.policy.require_spf_or_dkim)",
+    "dmarc_reject": "DMARC (p=reject; inbound.policy.enforce_dmarc_reject)",
+    "bad_from": "the From field (no single author domain, RFC 7489 §6.6.1)",
+    "spf_temperror": "SPF (a DNS error: try again later)",
+    "dns_temperror": "DNS (a temporary error: try again later)",
+    "monitor_only": "nothing (inbound.policy.monitor_only records and accepts)",
+}
+
+
+def judge(verdicts: AuthVerdicts, policy: EffectivePolicy,
+          results: AuthResults | None = None) -> tuple[Decision, Reply | None]:
+    """The MX's decision on one message and, when it refuses, the reply (RFC 7208 §6.2:
+    a refusal because SPF failed carries the domain's exp= text)."""
+    decision = decide(verdicts, policy)
+    if decision.accepted:
+        return decision, None
+    reply = policy_reply(decision)
+    spf = results.spf if results is not None else None
+    if decision.reason == "not_authenticated" and spf is not None and spf.result == "fail" \
+            and spf.explanation:
+        explained = replies.SPF_EXPLANATION.format(
+            refusal=reply.text, explanation=replies.quoted(spf.explanation))
+        reply = Reply(reply.code, reply.enhanced, explained.text)
+    return decision, reply

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mta import replies
-from mta.checks.policy import Decision, EffectivePolicy, decide, effective_policy
+from mta.checks.policy import Decision, EffectivePolicy, effective_policy
 from mta.checks.rbl import RblChecker, RblResult
 from mta.checks.results import AuthResults, strip_our_auth_results
 from mta.config import Settings
@@ -32,7 +32,7 @@ from mta.observe import metrics
 from mta.observe.events import event_rows, record_events, record_events_now
 from mta.replies import Reply
 from mta.routing.recipients import RecipientDirectory, RecipientVerdict
-from mta.smtp.authcheck import Reverse, from_header, policy_reply, run_checks, verdicts_of
+from mta.smtp.authcheck import Reverse, from_header, judge, run_checks, verdicts_of
 from mta.smtp.headers import auth_results_field, header_value, prepend, received_field
 from mta.store.db import Database
 from mta.store.models import Message
@@ -157,15 +157,11 @@ class Intake:
             await self.refused(client, "check_error", replies.LOCAL_ERROR,
                                mail_from=txn.mail_from, recipients=rcpts)
             return replies.LOCAL_ERROR
-        verdicts = verdicts_of(results)
-        if author.problem:
-            verdicts = _with_from_problem(verdicts, author.problem)
         policy = txn.policy or self.policy_for(rcpts[0].rpartition("@")[2])
-        decision = decide(verdicts, policy)
+        decision, reply = judge(verdicts_of(results, author), policy, results)
         metrics.INBOUND_CHECK_SECONDS.observe(time.perf_counter() - started)
         _count_auth(results)
-        if not decision.accepted:
-            reply = _with_spf_explanation(policy_reply(decision), decision, results)
+        if reply is not None:
             metrics.INBOUND_MESSAGES.labels(
                 "tempfailed" if decision.verdict == "tempfail" else "rejected").inc()
             await self.refused(client, decision.reason, reply, mail_from=txn.mail_from,
@@ -243,23 +239,6 @@ class Intake:
                  extra={"event": "mx.accepted", "message_id": str(message_id),
                         "session_id": client.session_id, "reason": decision.reason})
         return replies.QUEUED.format(queue_id=message_id.hex)
-
-
-def _with_spf_explanation(reply: Reply, decision: Decision, results: AuthResults) -> Reply:
-    """RFC 7208 §6.2: a refusal because SPF failed carries the domain's exp= text."""
-    spf = results.spf
-    if decision.reason != "not_authenticated" or spf is None or spf.result != "fail" \
-            or not spf.explanation:
-        return reply
-    explained = replies.SPF_EXPLANATION.format(refusal=reply.text,
-                                               explanation=replies.quoted(spf.explanation))
-    return Reply(reply.code, reply.enhanced, explained.text)
-
-
-def _with_from_problem(v, problem: str):
-    from dataclasses import replace
-
-    return replace(v, from_problem=problem)
 
 
 def _auth_summary(auth: AuthResults | None) -> dict[str, str] | None:

@@ -74,8 +74,10 @@ async def test_mta_simulate_prints_the_actions(db_url, tmp_path):
     eml.write_text(SAMPLE)
 
     def run(to: str) -> subprocess.CompletedProcess:
+        # Authentication results given (no DNS here): SPF passes, as from the sender's MX.
         return subprocess.run([sys.executable, "-m", "mta", "--config", str(cfg), "simulate",
-                               "--from", "sender@example.com", "--to", to, str(eml)],
+                               "--from", "sender@example.com", "--to", to, "--spf", "pass",
+                               "--dkim", "none", "--dmarc", "pass", "--arc", "none", str(eml)],
                               capture_output=True, text=True, timeout=60)
 
     out = run("recipient@example.com")
@@ -83,6 +85,8 @@ async def test_mta_simulate_prints_the_actions(db_url, tmp_path):
     assert "rule: recipient@example.com (exact)" in out.stdout
     assert '- forward [handler support] {"to": "team@example.org"' in out.stdout
     assert "SMTP reply: 250" in out.stdout and "nothing was delivered" in out.stdout
+    assert "policy: accept (accepted)" in out.stdout
+    assert "(given: arc, dkim, dmarc, spf)" in out.stdout
     out = run("support@example.com")
     assert out.returncode == 0, out.stderr
     assert "reply from <support@example.com> to <sender@example.com>" in out.stdout
