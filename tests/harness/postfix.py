@@ -53,20 +53,23 @@ def _free_port() -> int:
 
 class PostfixPeer:
     def __init__(self, directory: Path, relay: tuple[str, int], *,
-                 hostname: str = "pf.peer.test", smtputf8: bool = True) -> None:
+                 hostname: str = "pf.peer.test", smtputf8: bool = True,
+                 listen: tuple[str, int] | None = None) -> None:
         self.dir = directory
         self.etc, self.spool, self.data = (directory / n for n in ("etc", "spool", "data"))
         for d in (self.etc, self.spool, self.data):
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.data, "postfix", "postfix")
-        self.port = _free_port()
+        self.address, self.port = listen or ("127.0.0.1", _free_port())
         self.log = directory / "maillog"
         main = {
             "compatibility_level": "3.6",
             "queue_directory": str(self.spool), "data_directory": str(self.data),
             "mail_owner": "postfix", "setgid_group": "postdrop",
             "myhostname": hostname, "mydomain": "peer.test", "myorigin": "$myhostname",
-            "mydestination": "", "inet_interfaces": "127.0.0.1", "inet_protocols": "ipv4",
+            "mydestination": "", "inet_protocols": "ipv4",
+            # The address Postfix counts as its own; master.cf binds `listen` itself.
+            "inet_interfaces": "127.0.0.1",
             "mynetworks": "127.0.0.0/8", "relayhost": f"[{relay[0]}]:{relay[1]}",
             "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
             "alias_maps": "", "alias_database": "", "local_recipient_maps": "",
@@ -77,7 +80,8 @@ class PostfixPeer:
             "maximal_backoff_time": "2s",
         }
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
-        (self.etc / "master.cf").write_text(_MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        (self.etc / "master.cf").write_text(
+            _MASTER_CF.format(listen=f"{self.address}:{self.port}"))
 
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["postfix", "-c", str(self.etc), *args], check=check,
@@ -90,7 +94,7 @@ class PostfixPeer:
         deadline = time.monotonic() + 20
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.address, self.port), timeout=1).close()
                 return self
             except OSError:
                 if time.monotonic() > deadline:

@@ -31,6 +31,7 @@ class ReceivedMessage:
     peer: tuple
     helo: str | None
     received_at: float = field(default_factory=time.time)
+    smtputf8: bool = False  # MAIL FROM carried SMTPUTF8 (RFC 6531)
 
 
 class _Handler:
@@ -62,7 +63,8 @@ class _Handler:
         msg = ReceivedMessage(
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             data=envelope.original_content or envelope.content,
-            tls=session.ssl is not None, peer=session.peer, helo=session.host_name)
+            tls=session.ssl is not None, peer=session.peer, helo=session.host_name,
+            smtputf8="SMTPUTF8" in [o.upper() for o in envelope.mail_options])
         with self.sink._lock:
             self.sink.messages.append(msg)
             self.sink._arrived.notify_all()

@@ -5,9 +5,17 @@ downgraded — when the next hop does not."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 from sqlalchemy import select
 
-from mta.store.models import RoutingRule, Zone
+from mta.store.models import DestinationAddress, RoutingRule, Zone
+from tests.harness.postfix import PostfixPeer, postfix_available
 from tests.routing.world import world_fixture  # noqa: F401 - the `world` fixture
 from tests.smtp.conftest import codes, dkim_sign, make_message, raw_session
 
@@ -45,6 +53,7 @@ async def test_utf8_addresses_are_accepted_matched_and_forwarded_with_smtputf8(w
     [got] = w.inbox.wait_for(1)
     assert got.rcpt_tos == ["dest@inbox.test"]
     assert got.mail_from.startswith("SRS0=") and "=josé@fwda.test" in got.mail_from
+    assert got.smtputf8
     assert "¡hola!".encode() in got.data and b"with UTF8SMTP id" in got.data
 
 
@@ -64,3 +73,40 @@ async def test_next_hop_without_smtputf8_gets_nothing_and_the_sender_hears_567(w
     c = codes(out)
     assert c[5].startswith("553 5.6.7"), c  # refused in-session, not downgraded
     assert w.inbox.messages == []
+
+
+async def test_we_forward_smtputf8_to_postfix(world):
+    """Postfix from Debian as the forwarding destination's MX (pf.test on 127.0.0.5),
+    relaying on to the inbox sink: it must take our SMTPUTF8 transaction."""
+    if not postfix_available():
+        pytest.skip("postfix not installed")
+    w = world
+    w.dns.add_zone("""
+        pf.test. 300 IN MX 10 mx.pf.test.
+        mx.pf.test. 300 IN A 127.0.0.5
+    """)
+    async with w.db.session() as s:
+        zone = (await s.execute(select(Zone).where(Zone.name == "ours.test"))).scalar_one()
+        s.add(DestinationAddress(account_id=w.account_id, email="ana@pf.test",
+                                 verified_at=datetime.now(UTC)))
+        s.add(RoutingRule(zone_id=zone.id, name="intl", matchers=[
+            {"type": "literal", "field": "to", "value": "intl@ours.test"}],
+            actions=[{"type": "forward", "value": ["ana@pf.test"]}]))
+    directory = Path(tempfile.mkdtemp(prefix="mta-test-postfix-"))
+    directory.chmod(0o755)
+    peer = PostfixPeer(directory, ("127.0.0.2", w.port), hostname="mx.pf.test",
+                       listen=("127.0.0.5", w.port)).start()
+    try:
+        out = await raw_session(w.a, utf8_session("intl@ours.test", signed_utf8(w)))
+        c = codes(out)
+        assert c[5].startswith("250 2.0.0"), (c, peer.log_text()[-2000:])
+        [got] = await asyncio.to_thread(w.inbox.wait_for, 1, 30)
+        assert got.rcpt_tos == ["ana@pf.test"] and "=josé@fwda.test" in got.mail_from
+        assert b"by mx.pf.test" in got.data and "¡hola!".encode() in got.data
+        # Postfix relays with SMTPUTF8 only mail it received with SMTPUTF8 (it does not
+        # autodetect for SMTP clients): the sink seeing it shows we declared it.
+        assert got.smtputf8
+        assert "status=sent" in peer.log_text()
+    finally:
+        peer.stop()
+        shutil.rmtree(directory, ignore_errors=True)

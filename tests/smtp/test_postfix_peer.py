@@ -37,9 +37,10 @@ def chunks() -> float:
     return REGISTRY.get_sample_value("mta_smtp_bdat_chunks_total") or 0.0
 
 
-def submit(peer: PostfixPeer, mail_from: str, rcpt: str, raw: bytes) -> None:
+def submit(peer: PostfixPeer, mail_from: str, rcpt: str, raw: bytes,
+           options: tuple[str, ...] = ()) -> None:
     with smtplib.SMTP("127.0.0.1", peer.port, timeout=20) as s:
-        s.sendmail(mail_from, [rcpt], raw)
+        s.sendmail(mail_from, [rcpt], raw, mail_options=list(options))
 
 
 async def wait_for_messages(world, count: int, timeout: float = 30.0) -> list:
@@ -100,3 +101,13 @@ async def test_our_refusal_reaches_postfix_as_permanent(mx, postfix) -> None:
     log = await asyncio.to_thread(postfix.wait_log, "status=bounced")
     assert "550 5.7.26" in log
     assert await mx.count() == 0
+
+
+async def test_postfix_relays_smtputf8_to_us(mx, postfix) -> None:
+    raw = make_message("josé@good.test", subject="¡hola!", body="Grüße\r\n")
+    await asyncio.to_thread(submit, postfix, "josé@good.test", "user@ours.test", raw,
+                            ("SMTPUTF8",))
+    [stored] = await wait_for_messages(mx, 1)
+    assert stored.mail_from == "josé@good.test"
+    assert "¡hola!".encode() in stored.raw and b"with UTF8SMTP id" in stored.raw
+    await asyncio.to_thread(postfix.wait_log, "status=sent")
