@@ -25,7 +25,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.auth import is_tag, require
-from mta.api.envelope import api_error, body_str, isotime, json_body, ok, page_request, query_bool
+from mta.api.envelope import (
+    api_error,
+    body_str,
+    isotime,
+    json_body,
+    ok,
+    page_of,
+    page_request,
+    query_bool,
+)
 from mta.observe import audit
 from mta.routing.destinations import (
     AUDIT_FIELDS,
@@ -85,11 +94,9 @@ async def list_addresses(request: Request) -> JSONResponse:
     if direction == "desc":
         order = [o.desc() for o in order]
     async with request.app.state.ctx.db.session() as s:
-        total = (await s.execute(select(func.count()).select_from(DestinationAddress)
-                                 .where(*where))).scalar_one()
-        rows = list((await s.execute(select(DestinationAddress).where(*where).order_by(*order)
-                                     .offset(page.offset).limit(page.per_page))).scalars())
-    result = [address_body(r) for r in rows]
+        rows, total = await page_of(
+            s, select(DestinationAddress).where(*where).order_by(*order), page)
+    result = [address_body(r) for r, in rows]
     return ok(result, result_info=page.info(len(result), total))
 
 
@@ -123,9 +130,8 @@ async def create_address(request: Request) -> JSONResponse:
             await _mail_verification(s, ctx, row)
         await s.flush()
         await s.refresh(row)
-        audit.record(s, actor=p.actor, action="create", resource_type="destination_address",
-                     resource_id=row.id, account_id=account_id,
-                     after=audit.snapshot(row, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "create", "destination_address", row, AUDIT_FIELDS,
+                         account_id=account_id)
         return ok(address_body(row))
 
 
@@ -186,9 +192,8 @@ async def delete_address(request: Request) -> JSONResponse:
         row = await _address(s, account_id, request.path_params["address_id"], for_update=True)
         body = address_body(row)
         await disable_rules_forwarding_to(s, account_id, row.email, p.actor)
-        audit.record(s, actor=p.actor, action="delete", resource_type="destination_address",
-                     resource_id=row.id, account_id=account_id,
-                     before=audit.snapshot(row, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "delete", "destination_address", row, AUDIT_FIELDS,
+                         account_id=account_id)
         await s.delete(row)
         return ok(body)
 

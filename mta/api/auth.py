@@ -17,6 +17,8 @@ token cannot probe which zone ids exist. Permission names: see mta/tokens.py.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,7 +28,7 @@ from mta.api.envelope import api_error
 from mta.store.models import Zone
 from mta.tokens import grants, is_well_formed, verify_token
 
-__all__ = ["Principal", "authenticate", "is_tag", "require", "zone_of"]
+__all__ = ["Principal", "authenticate", "is_tag", "require", "zone_of", "zone_session"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,15 @@ async def zone_of(session: AsyncSession, principal: Principal, zone_id: str,
     if zone is None or zone.account_id != principal.account_id:
         raise api_error("E_NOT_FOUND", f"zone {zone_id} not found")
     return zone
+
+
+@asynccontextmanager
+async def zone_session(request: Request, permission: str, *, for_update: bool = False
+                       ) -> AsyncIterator[tuple[Principal, AsyncSession, Zone]]:
+    """How every zone resource begins: the caller (holding `permission`), a database
+    session, and the path's zone (404 unless it is the caller's)."""
+    principal = await require(request, permission)
+    async with request.app.state.ctx.db.session() as session:
+        zone = await zone_of(session, principal, request.path_params["zone_id"],
+                             for_update=for_update)
+        yield principal, session, zone

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -43,6 +45,8 @@ __all__ = [
     "isotime",
     "json_body",
     "ok",
+    "ok_all",
+    "page_of",
     "page_request",
     "query_bool",
     "query_int",
@@ -78,6 +82,13 @@ def ok(result: Any = None, *, result_info: dict | None = None, status: int = 200
     if result_info is not None:
         body["result_info"] = result_info
     return JSONResponse(body, status_code=status)
+
+
+def ok_all(result: list) -> JSONResponse:
+    """A list the API never pages: all of it, as page 1 of 1."""
+    return ok(result, result_info={"page": 1, "per_page": max(len(result), 1),
+                                   "count": len(result), "total_count": len(result),
+                                   "total_pages": 1})
 
 
 def api_error(code: str, message: str | None = None, *, field: str | None = None) -> MtaError:
@@ -232,6 +243,15 @@ class PageRequest:
     def info(self, count: int, total: int) -> dict[str, int]:
         return {"page": self.page, "per_page": self.per_page, "count": count,
                 "total_count": total, "total_pages": math.ceil(total / self.per_page)}
+
+
+async def page_of(session: AsyncSession, query: Select, page: PageRequest) -> tuple[list, int]:
+    """One page of `query`'s rows (ordered by the caller) and how many rows it has in all:
+    the paginated list of every admin resource."""
+    total = (await session.execute(
+        select(func.count()).select_from(query.order_by(None).subquery()))).scalar_one()
+    rows = list((await session.execute(query.offset(page.offset).limit(page.per_page))).all())
+    return rows, total
 
 
 def page_request(request: Request, bounds: tuple[int, int, int] = (

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.auth import require, zone_of
-from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok
+from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok, ok_all
 from mta.dnsrecords import check_records, routing_records, summarize
 from mta.observe import audit
 from mta.store.models import RoutingDomain, Zone
@@ -137,9 +137,8 @@ async def update_settings(request: Request) -> JSONResponse:
             zone.support_subaddress = subaddress
             await s.flush()
             await s.refresh(zone)
-            audit.record(s, actor=p.actor, action="update", resource_type="routing_settings",
-                         resource_id=zone.id, account_id=zone.account_id, before=before,
-                         after=audit.snapshot(zone, AUDIT_FIELDS))
+            audit.record_row(s, p.actor, "update", "routing_settings", zone, AUDIT_FIELDS,
+                             account_id=zone.account_id, before=before)
         return ok(settings_body(zone))
 
 
@@ -201,9 +200,7 @@ async def get_dns(request: Request) -> JSONResponse:
         zone = await zone_of(s, p, request.path_params["zone_id"])
     if subdomain is None:
         records = routing_records(ctx.settings, zone.name)
-        return ok(records, result_info={"page": 1, "per_page": len(records),
-                                        "count": len(records), "total_count": len(records),
-                                        "total_pages": 1})
+        return ok_all(records)
     domain = domain_name(zone, subdomain)
     records = routing_records(ctx.settings, domain)
     checks = await check_records(ctx.resolver, records)

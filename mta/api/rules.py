@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.addresses import normalize_email
-from mta.api.auth import Principal, is_tag, require, zone_of
+from mta.api.auth import Principal, is_tag, require, zone_of, zone_session
 from mta.api.envelope import (
     api_error,
     body_bool,
@@ -36,6 +36,7 @@ from mta.api.envelope import (
     body_str,
     json_body,
     ok,
+    page_of,
     page_request,
     query_bool,
 )
@@ -205,11 +206,9 @@ async def list_rules(request: Request) -> JSONResponse:
             where.append(Zone.account_id == account_id)
         if enabled is not None:
             where.append(RoutingRule.enabled.is_(enabled))
-        base = select(RoutingRule, Zone).join(Zone, Zone.id == RoutingRule.zone_id).where(*where)
-        total = (await s.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
-        rows = (await s.execute(base.order_by(
-            RoutingRule.priority, RoutingRule.created_at, RoutingRule.id)
-            .offset(page.offset).limit(page.per_page))).all()
+        rows, total = await page_of(s, select(RoutingRule, Zone).join(
+            Zone, Zone.id == RoutingRule.zone_id).where(*where).order_by(
+            RoutingRule.priority, RoutingRule.created_at, RoutingRule.id), page)
     result = [rule_body(r, z if account_id else None) for r, z in rows]
     return ok(result, result_info=page.info(len(result), total))
 
@@ -230,69 +229,55 @@ async def create_rule(request: Request) -> JSONResponse:
         rule = RoutingRule(zone_id=zone.id, is_catch_all=False, **fields)
         s.add(rule)
         await s.flush()
-        audit.record(s, actor=p.actor, action="create", resource_type="routing_rule",
-                     resource_id=rule.id, account_id=zone.account_id,
-                     after=audit.snapshot(rule, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "create", "routing_rule", rule, AUDIT_FIELDS,
+                         account_id=zone.account_id)
         return ok(rule_body(rule))
 
 
 async def get_rule(request: Request) -> JSONResponse:
-    p = await require(request, READ)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"])
+    async with zone_session(request, READ) as (p, s, zone):
         rule = await _rule(s, zone, request.path_params["rule_id"])
         return ok(rule_body(rule))
 
 
 async def update_rule(request: Request) -> JSONResponse:
-    p = await require(request, EDIT)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"])
+    async with zone_session(request, EDIT) as (p, s, zone):
         rule = await _rule(s, zone, request.path_params["rule_id"], for_update=True)
         fields = await _fields(request, s, p, zone, catch_all=False)
         before = audit.snapshot(rule, AUDIT_FIELDS)
         for k, v in fields.items():
             setattr(rule, k, v)
         await s.flush()
-        audit.record(s, actor=p.actor, action="update", resource_type="routing_rule",
-                     resource_id=rule.id, account_id=zone.account_id, before=before,
-                     after=audit.snapshot(rule, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "update", "routing_rule", rule, AUDIT_FIELDS,
+                         account_id=zone.account_id, before=before)
         return ok(rule_body(rule))
 
 
 async def delete_rule(request: Request) -> JSONResponse:
-    p = await require(request, EDIT)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"])
+    async with zone_session(request, EDIT) as (p, s, zone):
         rule = await _rule(s, zone, request.path_params["rule_id"], for_update=True)
         body = rule_body(rule)
-        audit.record(s, actor=p.actor, action="delete", resource_type="routing_rule",
-                     resource_id=rule.id, account_id=zone.account_id,
-                     before=audit.snapshot(rule, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "delete", "routing_rule", rule, AUDIT_FIELDS,
+                         account_id=zone.account_id)
         await s.delete(rule)
         return ok(body)
 
 
 async def get_catch_all(request: Request) -> JSONResponse:
-    p = await require(request, READ)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
+    async with zone_session(request, READ, for_update=True) as (p, s, zone):
         return ok(rule_body(await ensure_catch_all(s, zone)))
 
 
 async def update_catch_all(request: Request) -> JSONResponse:
-    p = await require(request, EDIT)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"], for_update=True)
+    async with zone_session(request, EDIT, for_update=True) as (p, s, zone):
         fields = await _fields(request, s, p, zone, catch_all=True)
         rule = await ensure_catch_all(s, zone)
         before = audit.snapshot(rule, AUDIT_FIELDS)
         for k, v in fields.items():
             setattr(rule, k, v)
         await s.flush()
-        audit.record(s, actor=p.actor, action="update", resource_type="routing_catch_all",
-                     resource_id=rule.id, account_id=zone.account_id, before=before,
-                     after=audit.snapshot(rule, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "update", "routing_catch_all", rule, AUDIT_FIELDS,
+                         account_id=zone.account_id, before=before)
         return ok(rule_body(rule))
 
 

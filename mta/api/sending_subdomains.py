@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mta.api.auth import is_tag, require, zone_of
-from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok
+from mta.api.auth import is_tag, require, zone_of, zone_session
+from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok, ok_all
 from mta.dnsrecords import sending_records
 from mta.observe import audit
 from mta.sending.domains import (
@@ -85,15 +85,10 @@ async def _subdomain(s: AsyncSession, zone: Zone, tag: str,
 
 
 async def list_subdomains(request: Request) -> JSONResponse:
-    p = await require(request, EDIT)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"])
+    async with zone_session(request, EDIT) as (p, s, zone):
         rows = list((await s.execute(select(SendingDomain).where(
             SendingDomain.zone_id == zone.id).order_by(SendingDomain.name))).scalars())
-    result = [subdomain_body(r) for r in rows]
-    return ok(result, result_info={"page": 1, "per_page": max(len(result), 1),
-                                   "count": len(result), "total_count": len(result),
-                                   "total_pages": 1})
+    return ok_all([subdomain_body(r) for r in rows])
 
 
 async def create_subdomain(request: Request) -> JSONResponse:
@@ -119,16 +114,13 @@ async def create_subdomain(request: Request) -> JSONResponse:
         except DomainError as exc:
             raise api_error("E_VALIDATION_ERROR", str(exc), field="name") from None
         await s.refresh(row)
-        audit.record(s, actor=p.actor, action="create", resource_type="sending_subdomain",
-                     resource_id=row.id, account_id=zone.account_id,
-                     after=audit.snapshot(row, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "create", "sending_subdomain", row, AUDIT_FIELDS,
+                         account_id=zone.account_id)
         return ok(subdomain_body(row))
 
 
 async def get_subdomain(request: Request) -> JSONResponse:
-    p = await require(request, EDIT)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"])
+    async with zone_session(request, EDIT) as (p, s, zone):
         return ok(subdomain_body(await _subdomain(s, zone, request.path_params["tag"])))
 
 
@@ -149,20 +141,16 @@ async def edit_subdomain(request: Request) -> JSONResponse:
                 setattr(row, f, v)
             await s.flush()
             await s.refresh(row)
-            audit.record(s, actor=p.actor, action="update", resource_type="sending_subdomain",
-                         resource_id=row.id, account_id=zone.account_id, before=before,
-                         after=audit.snapshot(row, AUDIT_FIELDS))
+            audit.record_row(s, p.actor, "update", "sending_subdomain", row, AUDIT_FIELDS,
+                             account_id=zone.account_id, before=before)
         return ok(subdomain_body(row))
 
 
 async def delete_subdomain(request: Request) -> JSONResponse:
-    p = await require(request, EDIT)
-    async with request.app.state.ctx.db.session() as s:
-        zone = await zone_of(s, p, request.path_params["zone_id"])
+    async with zone_session(request, EDIT) as (p, s, zone):
         row = await _subdomain(s, zone, request.path_params["tag"], for_update=True)
-        audit.record(s, actor=p.actor, action="delete", resource_type="sending_subdomain",
-                     resource_id=row.id, account_id=zone.account_id,
-                     before=audit.snapshot(row, AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "delete", "sending_subdomain", row, AUDIT_FIELDS,
+                         account_id=zone.account_id)
         await s.execute(delete(DkimKey).where(DkimKey.domain == row.name,
                                               DkimKey.selector == row.dkim_selector))
         await s.delete(row)
@@ -180,8 +168,7 @@ async def subdomain_dns(request: Request) -> JSONResponse:
             .order_by(DkimKey.selector, DkimKey.algorithm))).scalars()
         dkim = [(k.selector, f"v=DKIM1; k={k.algorithm}; p={k.public_key}") for k in keys]
     records = sending_records(ctx.settings, row.name, row.return_path_domain, dkim)
-    return ok(records, result_info={"page": 1, "per_page": len(records), "count": len(records),
-                                    "total_count": len(records), "total_pages": 1})
+    return ok_all(records)
 
 
 def routes() -> list[Route]:

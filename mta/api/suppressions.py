@@ -88,9 +88,8 @@ async def create(request: Request) -> JSONResponse:
                                   expires_at=expires_at)
         except sup.SuppressionError as exc:
             raise _error(exc) from None
-        audit.record(s, actor=p.actor, action="create", resource_type="suppression",
-                     resource_id=entry.id, account_id=account_id,
-                     after=audit.snapshot(entry, _AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "create", "suppression", entry, _AUDIT_FIELDS,
+                         account_id=account_id)
         return ok({"id": entry.id, "scope": _scope_body(entry)})
 
 
@@ -158,9 +157,8 @@ async def edit(request: Request) -> JSONResponse:
                                    expires_at=expires_at, set_expires=set_expires)
         except sup.SuppressionError as exc:
             raise _error(exc) from None
-        audit.record(s, actor=p.actor, action="update", resource_type="suppression",
-                     resource_id=entry.id, account_id=account_id, before=before,
-                     after=audit.snapshot(entry, _AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "update", "suppression", entry, _AUDIT_FIELDS,
+                         account_id=account_id, before=before)
         return ok(sup.to_dict(entry))
 
 
@@ -174,9 +172,8 @@ async def delete(request: Request) -> JSONResponse:
         except sup.SuppressionError as exc:
             raise _error(exc) from None
         entry = entries[0]
-        audit.record(s, actor=p.actor, action="delete", resource_type="suppression",
-                     resource_id=entry.id, account_id=account_id,
-                     before=audit.snapshot(entry, _AUDIT_FIELDS))
+        audit.record_row(s, p.actor, "delete", "suppression", entry, _AUDIT_FIELDS,
+                         account_id=account_id)
         return ok({"id": entry.id, "scope": _scope_body(entry)})
 
 
@@ -217,9 +214,8 @@ async def bulk(request: Request) -> JSONResponse:
                                               scope_type=scope_type, scope_value=scope_value,
                                               note=note, expires_at=expires_at)
                     result.update(status="processed", id=entry.id, scope=_scope_body(entry))
-                    audit.record(s, actor=p.actor, action="create", resource_type="suppression",
-                                 resource_id=entry.id, account_id=account_id,
-                                 after=audit.snapshot(entry, _AUDIT_FIELDS))
+                    audit.record_row(s, p.actor, "create", "suppression", entry, _AUDIT_FIELDS,
+                                     account_id=account_id)
             except sup.SuppressionError as exc:
                 result.update(status="invalid", error=str(exc))
             except Exception as exc:  # noqa: BLE001 - one bad item must not sink the batch

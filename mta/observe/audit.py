@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.store.models import AuditEntry
 
-__all__ = ["cli_actor", "record", "snapshot"]
+__all__ = ["cli_actor", "record", "record_row", "snapshot"]
 
 
 def cli_actor() -> str:
@@ -55,3 +55,15 @@ def record(session: AsyncSession, *, actor: str, action: str, resource_type: str
                        before=_jsonable(before), after=_jsonable(after))
     session.add(entry)
     return entry
+
+
+def record_row(session: AsyncSession, actor: str, action: str, resource_type: str, row: Any,
+               fields: tuple[str, ...] | list[str], *, account_id: str | None,
+               before: dict | None = None) -> AuditEntry:
+    """`record` for a change to one model row: `fields` of the row after the change (and,
+    for a delete, before it, with nothing after)."""
+    deleted = action == "delete"
+    return record(session, actor=actor, action=action, resource_type=resource_type,
+                  resource_id=row.id, account_id=account_id,
+                  before=snapshot(row, fields) if deleted else before,
+                  after=None if deleted else snapshot(row, fields))

@@ -66,9 +66,8 @@ def mark_verified(session: AsyncSession, row: DestinationAddress, now: datetime,
     if row.verified_at is None:
         before = audit.snapshot(row, AUDIT_FIELDS)
         row.verified_at = now
-        audit.record(session, actor=actor, action="verify", resource_type="destination_address",
-                     resource_id=row.id, account_id=row.account_id, before=before,
-                     after=audit.snapshot(row, AUDIT_FIELDS))
+        audit.record_row(session, actor, "verify", "destination_address", row, AUDIT_FIELDS,
+                         account_id=row.account_id, before=before)
     return row
 
 
