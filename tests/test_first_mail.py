@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import server_owned_dir
 from tests.harness.node import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,18 @@ class Shell:
         return self.proc.returncode
 
 
-def test_readme_first_mail_reaches_the_sink(tmp_path):
+@pytest.fixture
+def walk_dir():
+    """The walk-through's directory, outside pytest's own tmp tree: as root the embedded
+    cluster runs as the unprivileged `mta` user, who must be able to reach its state dir,
+    and pytest keeps its tmp root at mode 0700."""
+    path = server_owned_dir("mta-first-mail-")
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_readme_first_mail_reaches_the_sink(walk_dir):
     blocks = readme_blocks()
     ports = {p: str(free_port()) for p in PORTS}
 
@@ -93,23 +105,23 @@ def test_readme_first_mail_reaches_the_sink(tmp_path):
 
     # The repository's layout, the walk-through's files with their ports replaced.
     for name in ("scripts", ".venv", "pyproject.toml", "mta", "migrations", "README.md"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    (tmp_path / "config").mkdir()
+        (walk_dir / name).symlink_to(ROOT / name)
+    (walk_dir / "config").mkdir()
     for name in ("first-mail.yaml", "first-mail.routing.yaml"):
-        (tmp_path / "config" / name).write_text(ported((ROOT / "config" / name).read_text()))
+        (walk_dir / "config" / name).write_text(ported((ROOT / "config" / name).read_text()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
 
-    node = Shell(ported(blocks["node"]), tmp_path, env)
+    node = Shell(ported(blocks["node"]), walk_dir, env)
     sink = None
     try:
         node.wait_for(r"node ready", timeout=120)
         assert "state/first-mail/postgres" in node.wait_for(r"node ready", 1)
         assert any("generated secret_key into" in x for x in node.lines), node.output
-        sink = Shell(ported(blocks["sink"]), tmp_path, env)
+        sink = Shell(ported(blocks["sink"]), walk_dir, env)
         sink.wait_for(r"listening on", timeout=30)
 
         commands = subprocess.run(["bash", "-euo", "pipefail", "-c",
-                                   ported(blocks["commands"])], cwd=tmp_path, env=env,
+                                   ported(blocks["commands"])], cwd=walk_dir, env=env,
                                   capture_output=True, text=True, timeout=300)
         assert commands.returncode == 0, commands.stdout + commands.stderr
         queued = re.search(r"250 2\.0\.0 OK: queued as (\S+)", commands.stdout)
