@@ -219,8 +219,13 @@ class MtaError(Exception):
         return f"MtaError({self.code!r}, {self.message!r}, field={self.field!r})"
 
 
-def rest_error_body(err: MtaError) -> dict[str, Any]:
+def rest_error_body(err: MtaError, area: str = "sending") -> dict[str, Any]:
     """The reference's error envelope for `err`.
+
+    The reference documents the message strings of its sending API
+    (`email.sending.error.*`); in another area of the API (`area` "routing": the Email
+    Routing endpoints) the same row reads `email.routing.error.*`, so a routing error is
+    not reported as a sending one. The numeric code is the same in every area.
 
     `code` and `message` are exactly the REST table's, because that is what clients of
     the reference match on. The string code, our human message and the field are extra
@@ -228,9 +233,12 @@ def rest_error_body(err: MtaError) -> dict[str, Any]:
     gets 10001 can still see which rule failed; `source.pointer` is the SDK's own slot for
     the field, as a JSON pointer.
     """
+    message = err.spec.api_message
+    if area != "sending" and message.startswith("email.sending."):
+        message = f"email.{area}." + message.removeprefix("email.sending.")
     entry: dict[str, Any] = {
         "code": err.spec.api_code,
-        "message": err.spec.api_message,
+        "message": message,
         "error_code": err.code,
         "detail": err.message,
     }

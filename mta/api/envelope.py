@@ -96,9 +96,15 @@ def api_error(code: str, message: str | None = None, *, field: str | None = None
     return MtaError(code, message, field=field)
 
 
-def error_response(err: MtaError) -> JSONResponse:
+def api_area(path: str) -> str:
+    """Which area of the API a path belongs to, for its error strings."""
+    return "routing" if "/email/routing" in path else "sending"
+
+
+def error_response(err: MtaError, path: str = "") -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if err.http_status == 503 else None
-    return JSONResponse(rest_error_body(err), status_code=err.http_status, headers=headers)
+    return JSONResponse(rest_error_body(err, api_area(path)), status_code=err.http_status,
+                        headers=headers)
 
 
 # --- request bodies ----------------------------------------------------------------------
@@ -273,7 +279,7 @@ def install_error_handlers(app) -> None:
 
     async def on_mta_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MtaError)
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -281,8 +287,10 @@ def install_error_handlers(app) -> None:
             return PlainTextResponse(str(exc.detail), status_code=exc.status_code,
                                      headers=exc.headers)
         if exc.status_code == 404:
-            return error_response(api_error("E_NOT_FOUND", "no such API endpoint"))
-        body = rest_error_body(api_error("E_VALIDATION_ERROR", str(exc.detail)))
+            return error_response(api_error("E_NOT_FOUND", "no such API endpoint"),
+                                  request.url.path)
+        body = rest_error_body(api_error("E_VALIDATION_ERROR", str(exc.detail)),
+                               api_area(request.url.path))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def on_database_error(request: Request, exc: Exception) -> Response:
@@ -290,20 +298,20 @@ def install_error_handlers(app) -> None:
         # as text it refuses (SQLSTATE 22021 / 22P05): the client's error, not ours.
         if getattr(getattr(exc, "orig", None), "sqlstate", None) in ("22021", "22P05"):
             return error_response(api_error("E_VALIDATION_ERROR", "parameters must not "
-                                            "contain NUL characters"))
+                                            "contain NUL characters"), request.url.path)
         return await on_unexpected(request, exc)
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable in %s %s: %s", request.method, request.url.path,
                     exc, extra={"event": "api.database_unavailable"})
-        return error_response(api_error("E_TEMPORARILY_UNAVAILABLE"))
+        return error_response(api_error("E_TEMPORARILY_UNAVAILABLE"), request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         if is_unavailable(exc):
             return await on_unavailable(request, exc)
         log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc,
                   extra={"event": "api.error"})
-        return error_response(api_error("E_INTERNAL_SERVER_ERROR"))
+        return error_response(api_error("E_INTERNAL_SERVER_ERROR"), request.url.path)
 
     app.add_exception_handler(MtaError, on_mta_error)
     app.add_exception_handler(HTTPException, on_http_error)

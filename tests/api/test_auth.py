@@ -25,11 +25,11 @@ def test_missing_malformed_unknown_tokens(admin):
     path = f"/zones/{admin.zone_id}/email/routing"
     with admin.http() as c:
         assert _error(c.get(path)) == (
-            401, 10101, "email.sending.error.authentication.unauthorized")
+            401, 10101, "email.routing.error.authentication.unauthorized")
         assert _error(c.get(path, headers={"Authorization": "Basic dXNlcjpwdw=="}))[:2] == (
             401, 10103)
         assert _error(c.get(path, headers={"Authorization": "Bearer test-token"})) == (
-            401, 10103, "email.sending.error.authentication.bad_token_type")
+            401, 10103, "email.routing.error.authentication.bad_token_type")
         assert _error(c.get(path, headers={"X-Auth-Key": "k", "X-Auth-Email": "a@b.c"}))[:2] \
             == (401, 10103)
         assert _error(c.get(path, headers={"Authorization": f"Bearer {generate_token()}"}))[:2] \
@@ -44,14 +44,17 @@ def test_wrong_permission_and_foreign_resources(admin):
     with pytest.raises(PermissionDeniedError) as exc:
         cf.email_routing.get(zone_id=admin.zone_id)
     assert exc.value.errors[0].code == 10102
-    assert exc.value.errors[0].message == "email.sending.error.authentication.forbidden"
+    # A routing error reads as one; the numeric code is the reference's.
+    assert exc.value.errors[0].message == "email.routing.error.authentication.forbidden"
 
     reader = admin.sdk(READ)
     assert reader.email_routing.get(zone_id=admin.zone_id).name == "example.test"
     with pytest.raises(PermissionDeniedError):  # read does not imply edit
         reader.email_routing.dns.create(zone_id=admin.zone_id)
-    with pytest.raises(PermissionDeniedError):  # routing permissions do not cover sending
+    with pytest.raises(PermissionDeniedError) as exc:  # routing does not cover sending
         reader.email_sending.subdomains.list(zone_id=admin.zone_id)
+    assert (exc.value.errors[0].code, exc.value.errors[0].message) == (
+        10102, "email.sending.error.authentication.forbidden")
 
     # Another account's token: that account's paths are forbidden, its zones invisible.
     other = admin.cli("accounts", "create", "other").strip()
@@ -120,7 +123,9 @@ def test_envelope_errors(admin):
     with admin.http(READ, "email_routing:edit") as c:
         bad = c.post(f"/zones/{z}/email/routing/rules", content=b"{not json",
                      headers={"Content-Type": "application/json"})
-        assert _error(bad) == (400, 10001, "email.sending.error.invalid_request_schema")
+        assert _error(bad) == (400, 10001, "email.routing.error.invalid_request_schema")
+        unknown = c.get(f"/zones/{z}/email/routing/rules/{'0' * 32}")
+        assert _error(unknown) == (404, 10000, "email.routing.error.not_found")
         assert "JSON" in bad.json()["errors"][0]["detail"]
         not_object = c.post(f"/zones/{z}/email/routing/rules", json=[1, 2])
         assert _error(not_object)[:2] == (400, 10001)
