@@ -8,7 +8,8 @@ Sending (per sending domain, [Domain configuration > Sending records]):
   MX  <return-path domain> -> the MX hosts (bounces come back to us)
   TXT <return-path domain> "v=spf1 include:<spf include> ~all"
   TXT <selector>._domainkey.<domain> "v=DKIM1; k=rsa; p=..."
-  TXT _dmarc.<domain> "v=DMARC1; p=reject;"
+  TXT _dmarc.<domain> "v=DMARC1; p=none; rua=mailto:postmaster@<domain>" (start with
+      reports, tighten to quarantine and reject once they show your mail passing)
 
 The MX hosts are `node.hostname` (or `node.mx_hosts` when the configuration has that
 key); the SPF include is `_spf.<node.hostname>` (or `node.spf_include`), a record the
@@ -29,8 +30,8 @@ from typing import Literal
 from mta.config import Settings
 from mta.dnscache import DnsError, DnsResolver
 
-__all__ = ["RecordCheck", "check_records", "mx_hosts", "routing_records", "sending_records",
-           "spf_include", "summarize"]
+__all__ = ["RecordCheck", "check_records", "dmarc_value", "mx_hosts", "routing_records",
+           "sending_records", "spf_include", "spf_include_value", "summarize"]
 
 TTL_AUTO = 1
 MX_PRIORITY = 10
@@ -71,7 +72,20 @@ def sending_records(settings: Settings, domain: str, return_path_domain: str,
     return [*(_mx(return_path_domain, h) for h in mx_hosts(settings)),
             _txt(return_path_domain, _spf_value(settings)),
             *(_txt(f"{sel}._domainkey.{domain}", value) for sel, value in dkim),
-            _txt(f"_dmarc.{domain}", "v=DMARC1; p=reject;")]
+            _txt(f"_dmarc.{domain}", dmarc_value(domain))]
+
+
+def dmarc_value(domain: str) -> str:
+    """The DMARC record a new sending domain starts with: p=none and reports (RFC 7489
+    §6.3) to see who sends in its name; tighten to quarantine, then reject, once the
+    reports show all of its mail passing."""
+    return f"v=DMARC1; p=none; rua=mailto:postmaster@{domain}"
+
+
+def spf_include_value(settings: Settings) -> str:
+    """What the SPF include target (node.spf_include) publishes: every MX host's
+    addresses (`a:`), which are the nodes mail leaves from."""
+    return "v=spf1 " + " ".join(f"a:{h}" for h in mx_hosts(settings)) + " -all"
 
 
 @dataclass(frozen=True)
@@ -96,9 +110,10 @@ def _txt_state(wanted: str, found: list[str]) -> State:
         spf = [t for t in found if t.lower().split(" ", 1)[0] == "v=spf1"]
         if not spf:
             return "missing"
-        include = next(t for t in low.split() if t.startswith("include:"))
+        # The mechanisms we ask for (include:, a:, ...) must be there; others may be too.
+        wanted_terms = [t for t in low.split()[1:] if t.startswith(("include:", "a:"))]
         terms = {t.lstrip("+") for t in spf[0].lower().split()}
-        return "ok" if len(spf) == 1 and include in terms else "wrong"
+        return "ok" if len(spf) == 1 and all(t in terms for t in wanted_terms) else "wrong"
     if low.startswith("v=dkim1"):
         keys = [t for t in found if "p=" in t.lower()]
         if not keys:

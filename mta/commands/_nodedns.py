@@ -18,7 +18,7 @@ from mta.commands._common import open_database
 from mta.config import Settings
 from mta.dnsrecords import routing_records
 
-__all__ = ["forwarding_records", "routing_domain_records"]
+__all__ = ["forwarding_records", "node_records", "routing_domain_records"]
 
 
 def routing_domain_records(settings: Settings, domain: str) -> list[dict]:
@@ -44,4 +44,23 @@ async def forwarding_records(settings: Settings, domain: str) -> list[dict] | st
     if not records:
         return (f"{domain} is neither srs.domain ({srs or 'unset'}) nor the forwarding "
                 f"domain ({forwarding_domain(settings) or 'unset'})")
+    return records
+
+
+async def node_records(settings: Settings) -> list[dict] | str:
+    """`mta dns --node`: what this deployment itself publishes, once: the SPF include
+    target every routing and sending domain includes (with its content), the SRS
+    domain's MX and SPF, and the forwarding DKIM key."""
+    from mta.dnsrecords import spf_include, spf_include_value
+
+    records = [{"type": "TXT", "name": spf_include(settings), "ttl": 1,
+                "content": spf_include_value(settings)}]
+    from mta.routing.forward import forwarding_domain
+
+    for domain in dict.fromkeys(d for d in ((settings.srs.domain or "").lower(),
+                                            forwarding_domain(settings) or "") if d):
+        more = await forwarding_records(settings, domain)
+        if isinstance(more, str):
+            return more
+        records += [r for r in more if r not in records]
     return records

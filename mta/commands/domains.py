@@ -84,11 +84,11 @@ async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
     from mta.commands import _nodedns as nodedns
     from mta.dnsrecords import check_records
 
-    if args.forwarding:
-        records = await nodedns.forwarding_records(settings, args.domain)
+    if args.node or args.forwarding:
+        records = await (nodedns.node_records(settings) if args.node
+                         else nodedns.forwarding_records(settings, args.domain))
         if isinstance(records, str):
-            print(f"error: {records}")
-            return 2
+            raise CliError(records)
     elif args.routing:
         records = nodedns.routing_domain_records(settings, args.domain)
     else:
@@ -100,15 +100,39 @@ async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
             dict(c.record, state=c.state, found=list(c.found)) for c in checks])
     else:
         _print_records(records, None if checks is None else [c.state for c in checks])
-        if not args.forwarding:
+        if not (args.forwarding or args.node):
             print(f"and serve https://mta-sts.{args.domain}{POLICY_PATH} from this "
                   "node's HTTP listener behind TLS")
     states = {c.state for c in checks or ()}
     return 1 if states & {"missing", "wrong"} else 3 if "unknown" in states else 0
 
 
+async def _kind(settings: Settings, domain: str) -> str:
+    """What `domain` is to us: sending, routing, node (SRS or forwarding domain)."""
+    from mta.routing.forward import forwarding_domain
+    from mta.store.models import RoutingDomain
+
+    name = domain.strip().rstrip(".").lower()
+    async with open_database(settings) as db, db.session() as s:
+        if (await s.execute(select(SendingDomain.id).where(SendingDomain.name == name))).first():
+            return "sending"
+        if (await s.execute(select(RoutingDomain.id).where(RoutingDomain.name == name))).first() \
+                or (await s.execute(select(Zone.id).where(Zone.name == name))).first():
+            return "routing"
+    if name in ((settings.srs.domain or "").lower(), forwarding_domain(settings)):
+        return "node"
+    raise CliError(f"{name} is not one of our domains (sending: `mta domains list`, "
+                   "routing: `mta zones list`); `mta dns --node` prints the node's own")
+
+
 async def _cmd_dns(args, settings: Settings) -> int:
-    if args.mta_sts or args.routing or args.forwarding:
+    if not args.domain and not args.node:
+        raise CliError("name a DOMAIN, or --node for this deployment's own records",
+                       exit_code=2)
+    if args.domain and not (args.node or args.mta_sts or args.routing or args.forwarding):
+        kind = await _kind(settings, args.domain)
+        args.routing, args.forwarding = kind == "routing", kind == "node"
+    if args.node or args.mta_sts or args.routing or args.forwarding:
         return await _cmd_dns_mta_sts(args, settings)
     resolver = DnsResolver.from_settings(settings.dns)
     async with open_database(settings) as db:
@@ -160,8 +184,12 @@ def register(sub) -> None:
     c = subcommand(ps, "list", _cmd_list, "list sending domains and their status")
     c.add_argument("--json", action="store_true", help="machine-readable output")
 
-    d = sub.add_parser("dns", help="print a sending domain's DNS records and check them live")
-    d.add_argument("domain")
+    d = sub.add_parser("dns", help="print a domain's DNS records (sending, routing, or the "
+                                   "node's own) and check them live")
+    d.add_argument("domain", nargs="?")
+    d.add_argument("--node", action="store_true",
+                   help="this deployment's own records: the SPF include target and its "
+                        "content, the SRS domain's MX and SPF, the forwarding DKIM key")
     d.add_argument("--json", action="store_true")
     d.add_argument("--no-check", action="store_true", help="print only, do not query DNS")
     d.add_argument("--mta-sts", action="store_true",

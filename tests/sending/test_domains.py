@@ -99,7 +99,9 @@ async def test_cli_onboard_then_dns_reports_missing_ok_and_wrong(db, config, dns
     done = mta(config, "domains", "onboard", "sender.test", "--sending", "--ed25519")
     assert done.returncode == 0, done.stderr + done.stdout
     assert "MX   mta-bounce.sender.test 10 mta.sender.test" in done.stdout
-    assert "k=ed25519" in done.stdout and "v=DMARC1; p=reject;" in done.stdout
+    assert "k=ed25519" in done.stdout
+    # A new domain starts DMARC with reports and no enforcement.
+    assert "v=DMARC1; p=none; rua=mailto:postmaster@sender.test" in done.stdout
 
     missing = mta(config, "dns", "sender.test")
     assert missing.returncode == 1, missing.stdout
@@ -131,3 +133,40 @@ async def test_cli_onboard_then_dns_reports_missing_ok_and_wrong(db, config, dns
 def test_cli_refuses_a_domain_without_zone(config):
     done = mta(config, "domains", "onboard", "nozone.test", "--sending")
     assert done.returncode == 1 and "no zone" in done.stderr and done.stdout == ""
+
+
+async def test_cli_dns_for_a_routing_zone_and_for_the_node(db, config, dns_server, tmp_path):
+    import json
+
+    await add_account(db, zone="routed.test")
+    routed = mta(config, "dns", "routed.test")  # a routing zone, no flag needed
+    assert "MX   routed.test 10 mta.sender.test" in routed.stdout, routed.stdout + routed.stderr
+    assert "v=spf1 include:_spf.mta.sender.test ~all" in routed.stdout
+    assert "_mta-sts.routed.test" in routed.stdout and routed.returncode == 1
+    unknown = mta(config, "dns", "elsewhere.test")
+    assert unknown.returncode == 1 and "is not one of our domains" in unknown.stderr
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["srs"] = {"domain": "srs.sender.test", "secrets": ["s"]}
+    config.write_text(yaml.safe_dump(cfg))
+    node = mta(config, "dns", "--node", "--json")
+    assert node.returncode == 1, node.stderr  # nothing published yet
+    records = json.loads(node.stdout)
+    by = {(r["type"], r["name"]): r for r in records}
+    assert by[("TXT", "_spf.mta.sender.test")]["content"] == "v=spf1 a:mta.sender.test -all"
+    assert by[("MX", "srs.sender.test")]["content"] == "mta.sender.test"
+    assert by[("TXT", "srs.sender.test")]["content"].startswith(
+        "v=spf1 include:_spf.mta.sender.test")
+    dkim = by[("TXT", "mta-fwd._domainkey.srs.sender.test")]
+    assert dkim["content"].startswith("v=DKIM1; k=rsa; p=")
+    assert {r["state"] for r in records} == {"missing"}
+
+    dns_server.add_txt("_spf.mta.sender.test", "v=spf1 a:mta.sender.test -all")
+    dns_server.add("srs.sender.test", "MX", "10 mta.sender.test.")
+    dns_server.add_txt("srs.sender.test", "v=spf1 include:_spf.mta.sender.test ~all")
+    dns_server.add_txt("mta-fwd._domainkey.srs.sender.test", dkim["content"])
+    ready = mta(config, "dns", "--node")
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    assert ready.stdout.count("ok ") == 4
+    # The SRS domain by name gives its part of the same records.
+    assert "mta-fwd._domainkey.srs.sender.test" in mta(config, "dns", "srs.sender.test").stdout
