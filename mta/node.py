@@ -288,6 +288,16 @@ class Node:
         log.info("settings reloaded", extra={"event": "node.reloaded", **self._identity()})
         self.notifier.ready()
 
+    async def _forwarding_key(self) -> None:
+        """The forwarding DKIM key exists from the start, not from the first forward."""
+        from mta.routing.forward import ensure_forwarding_key
+
+        try:
+            await ensure_forwarding_key(self.db, self.settings)
+        except Exception as exc:  # forwarding fails later with the same cause, not start
+            log.error("no DKIM key for forwarded mail: %s", exc,
+                      extra={"event": "node.forwarding_key_failed"})
+
     async def _start(self) -> None:
         s = self.settings
         # A worker gets the supervisor's URL ($MTA_DATABASE_URL): it owns no cluster.
@@ -296,6 +306,8 @@ class Node:
             await asyncio.to_thread(upgrade, url)
         self.db = Database(url, pool_size=s.database.pool_size,
                            connect_timeout=s.database.connect_timeout)
+        if self.role is None or self.role.index == 0:
+            await self._forwarding_key()
         ctx = NodeContext(settings=s, db=self.db, resolver=DnsResolver.from_settings(s.dns),
                           node_id=self.node_id)
         for service in build_services(ctx, self.role):

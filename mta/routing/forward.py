@@ -50,7 +50,8 @@ from mta.store.models import DkimKey
 
 __all__ = [
     "ForwardCopy", "ForwardError", "Forwarder", "KeyStore", "arc_instances",
-    "dmarc_rewrite_needed", "forwarding_domain", "loop_problem", "make_srs",
+    "dmarc_rewrite_needed", "ensure_forwarding_key", "forwarding_domain", "loop_problem",
+    "make_srs",
     "received_count", "rewrite_from", "seal_and_sign",
 ]
 
@@ -183,6 +184,16 @@ def seal_and_sign(raw: bytes, *, auth: AuthResults, authserv_id: str,
 
 def forwarding_domain(settings: Settings) -> str | None:
     return (settings.routing.forwarding_domain or settings.srs.domain or "").lower() or None
+
+
+async def ensure_forwarding_key(db: Database, settings: Settings) -> SigningKey | None:
+    """The forwarding domain's DKIM key, generated now when there is none, so that it
+    exists (and its TXT record is printed, by `mta dns --node` too) before the first
+    forward is signed with it. None when forwarding is not configured."""
+    domain = forwarding_domain(settings)
+    if domain is None or not settings.secret_key:
+        return None
+    return await KeyStore(db, settings).key_for(domain, generate=True)
 
 
 def make_srs(settings: Settings, clock=time.time) -> Srs | None:
