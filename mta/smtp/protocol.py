@@ -14,8 +14,9 @@ writer with empty buffers, one timer handle, and the session object. Nothing els
 for it.
 
 Per connection: the TLS facts of an implicit-TLS transport are recorded, the session
-limits are checked (for the client a load balancer named, on a listener with
-`proxy_protocol`: `proxyproto.ProxyServer` accepts those connections) (421 4.7.0 when full), then the listener's session runs. The
+limits are checked (421 4.7.0 when full), then the listener's session runs. The client
+is the TCP peer, or on a listener with `proxy_protocol` the one its load balancer named
+(`proxyproto.ProxyServer` accepts those connections and passes it in). The
 listener (`ListenerServer`) names the metrics label (`name`) and builds the session
 (`new_session`).
 """
