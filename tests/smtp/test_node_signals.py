@@ -138,14 +138,34 @@ def delivered(sink) -> collections.Counter:
     return seen
 
 
+async def queue_state(db, subjects: list[str]) -> list[tuple]:
+    """What the queue says about the messages with these subjects (for a failure)."""
+    from sqlalchemy import select
+
+    from mta.store.models import Delivery, Message
+
+    out = []
+    async with db.session() as s:
+        for subject in subjects:
+            rows = (await s.execute(
+                select(Delivery.status, Delivery.attempts, Delivery.next_attempt_at,
+                       Delivery.lease_owner, Delivery.last_reply)
+                .join(Message, Message.id == Delivery.message_id)
+                .where(Message.raw.contains(f"Subject: {subject}\r\n".encode())))).all()
+            out.append((subject, [tuple(r) for r in rows]))
+    return out
+
+
 # --- SIGTERM ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_under_load_loses_nothing_acknowledged(world, make_node, workers):
     """`workers=2`: as the systemd unit runs it, a supervisor and its workers."""
-    node = make_node(node_config(world, limits={"max_sessions_per_ip": 200}),
-                     workers=workers)
+    # A forward cut short by the stop is deferred on the normal retry schedule: make its
+    # first retry come soon, so "delivered after the restart" is seen within the test.
+    node = make_node(node_config(world, limits={"max_sessions_per_ip": 200},
+                                 retry={"first_retry": "1s"}), workers=workers)
     mx_port, http = node.port("mx"), f"http://127.0.0.1:{node.port('http')}"
     acked: set[str] = set()  # 250 / 200: we took responsibility
     retry: set[str] = set()  # 4xx / 503: the sender keeps it
@@ -218,7 +238,8 @@ async def test_sigterm_under_load_loses_nothing_acknowledged(world, make_node, w
         await asyncio.sleep(0.5)
     got = delivered(world["sink"])
     missing = sorted(acked - set(got))
-    assert not missing, f"{len(missing)} acknowledged but never delivered: {missing[:10]}"
+    assert not missing, (f"{len(missing)} acknowledged but never delivered: {missing[:10]}; "
+                         f"their deliveries: {await queue_state(world['db'], missing[:5])}")
     told_to_retry = sorted(retry & set(got))
     assert not told_to_retry, f"answered 4xx/503 yet delivered: {told_to_retry[:10]}"
     print(f"SIGTERM after {dict(kinds)} acknowledged; stopped in {took:.1f}s; "
