@@ -172,6 +172,9 @@ def _run(args) -> int:
                     "; name the file with --config PATH or $MTA_CONFIG")
             raise CliError(f"configuration error: {exc}{hint}") from None
         args.config = config_path
+        from mta.checks import psl
+
+        psl.use_state_dir(settings.state_path)  # `mta psl update`'s copy, when there is one
         secrets = getattr(args, "secrets", "load")  # none | load | create
         if secrets != "none":
             from mta.secrets import ensure_secrets

@@ -1,8 +1,10 @@
 """Organizational domain (RFC 7489 §3.2) from the Public Suffix List.
 
-The bundled list `mta/data/public_suffix_list.dat` is the Debian `publicsuffix` package's
-copy dated 2023-02-09 (20230209.2326). It ages: an operator can point at a fresher file
-with the `MTA_PSL_FILE` environment variable or by calling `configure(path)` at start-up.
+The list used is the first that exists of: `$MTA_PSL_FILE`; `public_suffix_list.dat` in
+the state directory, which `mta psl update` fetches from publicsuffix.org (or a given
+URL or file) without a release; the system's copy kept current by the Debian
+`publicsuffix` package (/usr/share/publicsuffix); the bundled
+`mta/data/public_suffix_list.dat` (Debian's copy of 2023-02-09).
 
 Both the ICANN and the private sections are used, as OpenDMARC and most receivers do:
 a private suffix (e.g. a hosting provider's customer zone) is a separate organization.
@@ -15,10 +17,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BUNDLED_LIST", "PublicSuffixList", "configure", "default_list",
-           "organizational_domain", "public_suffix"]
+__all__ = ["BUNDLED_LIST", "PublicSuffixList", "STATE_FILE", "SYSTEM_LIST", "configure",
+           "current_source", "default_list", "organizational_domain", "public_suffix",
+           "use_state_dir"]
 
 BUNDLED_LIST = Path(__file__).resolve().parent.parent / "data" / "public_suffix_list.dat"
+SYSTEM_LIST = Path("/usr/share/publicsuffix/public_suffix_list.dat")
+STATE_FILE = "public_suffix_list.dat"
 
 
 def _to_ascii(label: str) -> str:
@@ -102,17 +107,43 @@ def _labels(name: str) -> tuple[str, ...]:
 
 _lock = threading.Lock()
 _default: PublicSuffixList | None = None
+_state_dir: Path | None = None
+_source: Path | None = None
+
+
+def use_state_dir(state_dir: str | Path) -> None:
+    """Where `mta psl update` keeps its copy (read at the next load)."""
+    global _state_dir, _default
+    with _lock:
+        _state_dir, _default = Path(state_dir), None
+
+
+def _chosen() -> Path:
+    env = os.environ.get("MTA_PSL_FILE")
+    if env:
+        return Path(env)
+    for candidate in ((_state_dir / STATE_FILE) if _state_dir else None, SYSTEM_LIST):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return BUNDLED_LIST
 
 
 def configure(path: str | Path | None) -> PublicSuffixList:
-    """Load the list from `path` (None: `MTA_PSL_FILE` or the bundled list) and make it
-    the default for `organizational_domain`."""
-    global _default
-    chosen = Path(path) if path else Path(os.environ.get("MTA_PSL_FILE") or BUNDLED_LIST)
+    """Load the list from `path` (None: the first of $MTA_PSL_FILE, the state
+    directory's copy, the system's, the bundled one) and make it the default for
+    `organizational_domain`."""
+    global _default, _source
+    chosen = Path(path) if path else _chosen()
     psl = PublicSuffixList.from_file(chosen)
     with _lock:
-        _default = psl
+        _default, _source = psl, chosen
     return psl
+
+
+def current_source() -> Path:
+    default_list()
+    assert _source is not None
+    return _source
 
 
 def default_list() -> PublicSuffixList:
