@@ -12,6 +12,7 @@ environment instead of the file (see ENVIRONMENT_OVERRIDES).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import typing
@@ -36,10 +37,21 @@ __all__ = [
     "Duration",
     "Settings",
     "Size",
+    "copy_section",
     "load_settings",
     "parse_duration",
     "parse_size",
 ]
+
+
+def copy_section(target: Any, section: Any, *, skip: tuple[str, ...] = ()) -> None:
+    """Set every dataclass field of `target` (but `skip`) that the settings `section` also
+    has; `section` may be None (an optional section left out)."""
+    if section is None:
+        return
+    for f in dataclasses.fields(target):
+        if f.name not in skip and hasattr(section, f.name):
+            setattr(target, f.name, getattr(section, f.name))
 
 
 # --- the settings tree ------------------------------------------------------------

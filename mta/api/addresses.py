@@ -24,10 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mta.api.auth import is_tag, require
+from mta.api.auth import owned_row, require
 from mta.api.envelope import (
     api_error,
     body_str,
+    crud_routes,
     isotime,
     json_body,
     ok,
@@ -70,12 +71,8 @@ def address_body(row: DestinationAddress) -> dict[str, Any]:
 
 async def _address(session: AsyncSession, account_id: str, address_id: str,
                    for_update: bool = False) -> DestinationAddress:
-    row = None
-    if is_tag(address_id):
-        row = await session.get(DestinationAddress, address_id, with_for_update=for_update)
-    if row is None or row.account_id != account_id:
-        raise api_error("E_NOT_FOUND", f"destination address {address_id} not found")
-    return row
+    return await owned_row(session, DestinationAddress, address_id, "destination address",
+                           owned=lambda row: row.account_id == account_id, for_update=for_update)
 
 
 async def list_addresses(request: Request) -> JSONResponse:
@@ -199,11 +196,6 @@ async def delete_address(request: Request) -> JSONResponse:
 
 
 def routes() -> list[Route]:
-    a = "/accounts/{account_id}/email/routing/addresses"
-    return [
-        Route(a, list_addresses, methods=["GET"]),
-        Route(a, create_address, methods=["POST"]),
-        Route(a + "/{address_id}", get_address, methods=["GET"]),
-        Route(a + "/{address_id}", edit_address, methods=["PATCH"]),
-        Route(a + "/{address_id}", delete_address, methods=["DELETE"]),
-    ]
+    return crud_routes("/accounts/{account_id}/email/routing/addresses", "/{address_id}",
+                       list_=list_addresses, create=create_address, get=get_address,
+                       edit=edit_address, delete=delete_address)

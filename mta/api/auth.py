@@ -17,9 +17,10 @@ token cannot probe which zone ids exist. Permission names: see mta/tokens.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -28,7 +29,9 @@ from mta.api.envelope import api_error
 from mta.store.models import Zone
 from mta.tokens import grants, is_well_formed, verify_token
 
-__all__ = ["Principal", "authenticate", "is_tag", "require", "zone_of", "zone_session"]
+__all__ = ["Principal", "authenticate", "is_tag", "owned_row", "require", "zone_of", "zone_session"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,18 @@ async def require(request: Request, permission: str, *,
 async def zone_of(session: AsyncSession, principal: Principal, zone_id: str,
                   *, for_update: bool = False) -> Zone:
     """The zone, if it belongs to the caller's account; else 404."""
-    zone = None
-    if is_tag(zone_id):
-        zone = await session.get(Zone, zone_id, with_for_update=for_update)
-    if zone is None or zone.account_id != principal.account_id:
-        raise api_error("E_NOT_FOUND", f"zone {zone_id} not found")
-    return zone
+    return await owned_row(session, Zone, zone_id, "zone", for_update=for_update,
+                           owned=lambda zone: zone.account_id == principal.account_id)
+
+
+async def owned_row(session: AsyncSession, model: type[T], ident: str, what: str, *,
+                    owned: Callable[[T], bool], for_update: bool = False) -> T:
+    """The `model` row `ident` when `owned(row)` (it belongs to the caller's account or
+    zone); else 404 "`what` `ident` not found", as for an id that never existed."""
+    row = await session.get(model, ident, with_for_update=for_update) if is_tag(ident) else None
+    if row is None or not owned(row):
+        raise api_error("E_NOT_FOUND", f"{what} {ident} not found")
+    return row
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from mta.errors import MtaError, rest_error_body
 from mta.store.db import DatabaseUnavailable, is_unavailable
@@ -45,6 +47,7 @@ __all__ = [
     "isotime",
     "json_body",
     "ok",
+    "crud_routes",
     "ok_all",
     "page_of",
     "page_request",
@@ -55,6 +58,8 @@ __all__ = [
     "body_list",
     "body_str",
 ]
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger("mta.api")
 
@@ -175,13 +180,19 @@ def body_str(body: dict, name: str, *, required: bool = False, default: str | No
     return value
 
 
-def body_bool(body: dict, name: str, *, default: bool | None = None) -> bool | None:
-    value = _get(body, name, False)
+def _typed(body: dict, name: str, kind: type, what: str, required: bool, default: Any) -> Any:
+    """The field `name` when it is a `kind` ("must be `what`" otherwise), `default` when
+    absent."""
+    value = _get(body, name, required)
     if value is _MISSING:
         return default
-    if not isinstance(value, bool):
-        raise api_error("E_VALIDATION_ERROR", f"{name} must be true or false", field=name)
+    if not isinstance(value, kind):
+        raise api_error("E_VALIDATION_ERROR", f"{name} must be {what}", field=name)
     return value
+
+
+def body_bool(body: dict, name: str, *, default: bool | None = None) -> bool | None:
+    return _typed(body, name, bool, "true or false", False, default)
 
 
 def body_int(body: dict, name: str, *, default: int | None = None, minimum: int = 0,
@@ -200,12 +211,7 @@ def body_int(body: dict, name: str, *, default: int | None = None, minimum: int 
 
 
 def body_list(body: dict, name: str, *, required: bool = False) -> list | None:
-    value = _get(body, name, required)
-    if value is _MISSING:
-        return None
-    if not isinstance(value, list):
-        raise api_error("E_VALIDATION_ERROR", f"{name} must be a list", field=name)
-    return value
+    return _typed(body, name, list, "a list", required, None)
 
 
 # --- query strings -----------------------------------------------------------------------
@@ -267,6 +273,16 @@ def page_request(request: Request, bounds: tuple[int, int, int] = (
     default, lo, hi = bounds
     return PageRequest(page=query_int(request, "page", 1, 1, 2**31 - 1),
                        per_page=query_int(request, "per_page", default, lo, hi))
+
+
+def crud_routes(path: str, item: str, *, list_: Endpoint, create: Endpoint, get: Endpoint,
+                edit: Endpoint, delete: Endpoint, edit_method: str = "PATCH") -> list[Route]:
+    """The five routes of a collection resource: GET and POST on `path`, GET, `edit_method`
+    and DELETE on `path` + `item` (e.g. "/{rule_id}")."""
+    return [Route(path, list_, methods=["GET"]), Route(path, create, methods=["POST"]),
+            Route(path + item, get, methods=["GET"]),
+            Route(path + item, edit, methods=[edit_method]),
+            Route(path + item, delete, methods=["DELETE"])]
 
 
 # --- error handlers ------------------------------------------------------------------------

@@ -27,13 +27,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.addresses import normalize_email
-from mta.api.auth import Principal, is_tag, require, zone_of, zone_session
+from mta.api.auth import Principal, owned_row, require, zone_of, zone_session
 from mta.api.envelope import (
     api_error,
     body_bool,
     body_int,
     body_list,
     body_str,
+    crud_routes,
     json_body,
     ok,
     page_of,
@@ -153,12 +154,8 @@ def _source(body: dict) -> None:
 
 async def _rule(session: AsyncSession, zone: Zone, rule_id: str,
                 for_update: bool = False) -> RoutingRule:
-    rule = None
-    if is_tag(rule_id):
-        rule = await session.get(RoutingRule, rule_id, with_for_update=for_update)
-    if rule is None or rule.zone_id != zone.id or rule.is_catch_all:
-        raise api_error("E_NOT_FOUND", f"rule {rule_id} not found")
-    return rule
+    return await owned_row(session, RoutingRule, rule_id, "rule", for_update=for_update,
+                           owned=lambda rule: rule.zone_id == zone.id and not rule.is_catch_all)
 
 
 async def ensure_catch_all(session: AsyncSession, zone: Zone) -> RoutingRule:
@@ -286,10 +283,7 @@ def routes() -> list[Route]:
     return [
         Route(f"{r}/catch_all", get_catch_all, methods=["GET"]),
         Route(f"{r}/catch_all", update_catch_all, methods=["PUT"]),
-        Route(r, list_rules, methods=["GET"]),
-        Route(r, create_rule, methods=["POST"]),
-        Route(r + "/{rule_id}", get_rule, methods=["GET"]),
-        Route(r + "/{rule_id}", update_rule, methods=["PUT"]),
-        Route(r + "/{rule_id}", delete_rule, methods=["DELETE"]),
+        *crud_routes(r, "/{rule_id}", list_=list_rules, create=create_rule, get=get_rule,
+                     edit=update_rule, delete=delete_rule, edit_method="PUT"),
         Route("/accounts/{account_id}/email/routing/rules", list_rules, methods=["GET"]),
     ]

@@ -22,8 +22,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mta.api.auth import is_tag, require, zone_of, zone_session
-from mta.api.envelope import api_error, body_bool, body_str, isotime, json_body, ok, ok_all
+from mta.api.auth import owned_row, require, zone_of, zone_session
+from mta.api.envelope import (
+    api_error,
+    body_bool,
+    body_str,
+    crud_routes,
+    isotime,
+    json_body,
+    ok,
+    ok_all,
+)
 from mta.dnsrecords import sending_records
 from mta.observe import audit
 from mta.sending.domains import (
@@ -73,12 +82,8 @@ def subdomain_name(zone: Zone, raw: str) -> str:
 
 async def _subdomain(s: AsyncSession, zone: Zone, tag: str,
                      for_update: bool = False) -> SendingDomain:
-    row = None
-    if is_tag(tag):
-        row = await s.get(SendingDomain, tag, with_for_update=for_update)
-    if row is None or row.zone_id != zone.id:
-        raise api_error("E_NOT_FOUND", f"sending subdomain {tag} not found")
-    return row
+    return await owned_row(s, SendingDomain, tag, "sending subdomain", for_update=for_update,
+                           owned=lambda row: row.zone_id == zone.id)
 
 
 # --- handlers --------------------------------------------------------------------------------
@@ -173,11 +178,6 @@ async def subdomain_dns(request: Request) -> JSONResponse:
 
 def routes() -> list[Route]:
     d = "/zones/{zone_id}/email/sending/subdomains"
-    return [
-        Route(d, list_subdomains, methods=["GET"]),
-        Route(d, create_subdomain, methods=["POST"]),
-        Route(d + "/{tag}", get_subdomain, methods=["GET"]),
-        Route(d + "/{tag}", edit_subdomain, methods=["PATCH"]),
-        Route(d + "/{tag}", delete_subdomain, methods=["DELETE"]),
-        Route(d + "/{tag}/dns", subdomain_dns, methods=["GET"]),
-    ]
+    return [*crud_routes(d, "/{tag}", list_=list_subdomains, create=create_subdomain,
+                         get=get_subdomain, edit=edit_subdomain, delete=delete_subdomain),
+            Route(d + "/{tag}/dns", subdomain_dns, methods=["GET"])]

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mta.api.auth import require
-from mta.api.envelope import api_error, body_list, body_str, json_body, ok
+from mta.api.envelope import api_error, body_list, body_str, crud_routes, json_body, ok
 from mta.observe import audit
 from mta.store import suppression as sup
 from mta.store.models import Suppression
@@ -231,11 +231,7 @@ async def bulk(request: Request) -> JSONResponse:
 
 def routes() -> list[Route]:
     b = "/accounts/{account_id}/email/sending/suppressions"
-    return [
-        Route(b, list_, methods=["GET"]),
-        Route(b, create, methods=["POST"]),
-        Route(b + "/bulk", bulk, methods=["POST"]),
-        Route(b + "/{suppression_id}", get, methods=["GET"]),
-        Route(b + "/{suppression_id}", edit, methods=["PATCH"]),
-        Route(b + "/{suppression_id}", delete, methods=["DELETE"]),
-    ]
+    # /bulk (POST) before /{suppression_id}, which has no POST: order keeps it readable.
+    return [Route(b + "/bulk", bulk, methods=["POST"]),
+            *crud_routes(b, "/{suppression_id}", list_=list_, create=create, get=get, edit=edit,
+                         delete=delete)]

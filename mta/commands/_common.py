@@ -24,8 +24,8 @@ from mta.store.accounts import resolve_account
 from mta.store.db import Database
 from mta.store.models import Account
 
-__all__ = ["account_ref", "command_group", "find_account", "open_database", "parse_when",
-           "positive", "print_json", "print_table", "subcommand", "table"]
+__all__ = ["account_filter", "account_ref", "command_group", "find_account", "open_database",
+           "parse_when", "positive", "print_json", "print_table", "subcommand", "table"]
 
 
 @asynccontextmanager
@@ -97,6 +97,14 @@ async def account_ref(session: AsyncSession, ref: str | None) -> str | None:
     if account is None:
         raise LookupError(_no_account(ref))
     return account.id
+
+
+async def account_filter(session: AsyncSession, ref: str | None) -> str | None:
+    """`account_ref` for a command's `--account` filter: a CliError when none matches."""
+    try:
+        return await account_ref(session, ref)
+    except LookupError as exc:
+        raise CliError(str(exc)) from None
 
 
 # --- arguments ---------------------------------------------------------------------------

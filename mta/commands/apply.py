@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from mta.commands._common import account_ref, open_database
+from mta.commands._common import account_filter, open_database
 from mta.config import ConfigError, Settings
 from mta.declarative import Change, apply_document, export_document, export_yaml, load_document
 from mta.observe import audit
@@ -77,11 +77,7 @@ async def _cmd_apply(args, settings: Settings) -> int:
 
 async def _cmd_export(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        try:
-            account_id = await account_ref(s, args.account or None)
-        except LookupError as exc:
-            print(f"mta: {exc}", file=sys.stderr)
-            return 1
+        account_id = await account_filter(s, args.account or None)
         document = await export_document(s, account_id)
     sys.stdout.write(export_yaml(document))
     return 0

@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from mta.commands._common import (
-    account_ref,
+    account_filter,
     command_group,
     find_account,
     open_database,
@@ -60,11 +60,7 @@ async def _cmd_create(args, settings: Settings) -> int:
 
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        try:
-            account_id = await account_ref(s, args.account or None)
-        except LookupError as exc:
-            print(f"mta: {exc}", file=sys.stderr)
-            return 1
+        account_id = await account_filter(s, args.account or None)
         rows = await list_tokens(s, account_id)
     now = datetime.now(UTC)
     if args.json:

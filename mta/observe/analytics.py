@@ -212,12 +212,15 @@ def _eq(expr: ColumnElement, value: str) -> ColumnElement[bool]:
     return func.lower(expr) == value.strip().lower()
 
 
+def _window(ts: ColumnElement, since: datetime | None,
+            until: datetime | None) -> list[ColumnElement[bool]]:
+    """`since` <= ts < `until`, each bound only when given."""
+    return ([ts >= since] if since is not None else []) + \
+        ([ts < until] if until is not None else [])
+
+
 def _conditions(f: EventFilter) -> list[ColumnElement[bool]]:
-    c: list[ColumnElement[bool]] = []
-    if f.since is not None:
-        c.append(Event.ts >= f.since)
-    if f.until is not None:
-        c.append(Event.ts < f.until)
+    c = _window(Event.ts, f.since, f.until)
     if f.account_id is not None:
         c.append(_account_scope(f.account_id))
     if f.zone_id is not None:
@@ -359,11 +362,7 @@ class AuditFilter:
 
 
 def _audit_conditions(f: AuditFilter) -> list[ColumnElement[bool]]:
-    c: list[ColumnElement[bool]] = []
-    if f.since is not None:
-        c.append(AuditEntry.ts >= f.since)
-    if f.until is not None:
-        c.append(AuditEntry.ts < f.until)
+    c = _window(AuditEntry.ts, f.since, f.until)
     if f.account_id is not None:
         c.append(AuditEntry.account_id == f.account_id)
     if f.actor is not None:

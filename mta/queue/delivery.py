@@ -41,13 +41,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import select
 
+from mta.config import copy_section
 from mta.observe import metrics
 from mta.queue import bounces, softbounce
 from mta.queue.outcome import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED, RecipientOutcome
@@ -106,15 +107,12 @@ class DeliveryOptions:
         """Take values from an optional `delivery` config section with these names."""
         section = getattr(settings, "delivery", None)
         opts = cls()
-        if section is not None:
-            for f in fields(cls):
-                if f.name != "suppression" and hasattr(section, f.name):
-                    setattr(opts, f.name, getattr(section, f.name))
-            sb = getattr(section, "soft_bounce", None)
-            if sb is not None:
-                opts.suppression = SuppressionPolicy(
-                    soft_bounce_threshold=sb.threshold, soft_bounce_window=float(sb.window),
-                    soft_bounce_duration=None if sb.duration is None else float(sb.duration))
+        copy_section(opts, section, skip=("suppression",))
+        sb = getattr(section, "soft_bounce", None)
+        if sb is not None:
+            opts.suppression = SuppressionPolicy(
+                soft_bounce_threshold=sb.threshold, soft_bounce_window=float(sb.window),
+                soft_bounce_duration=None if sb.duration is None else float(sb.duration))
         return opts
 
 

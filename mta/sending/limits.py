@@ -26,13 +26,14 @@ Settings: the optional `sending` section (see `SendingLimits.from_settings`); a 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mta.config import copy_section
 from mta.errors import MtaError
 
 __all__ = ["CounterKey", "SendingLimits", "consume", "counter_keys", "precheck", "purge_old"]
@@ -53,12 +54,8 @@ class SendingLimits:
     @classmethod
     def from_settings(cls, settings: Any) -> SendingLimits:
         """Values from an optional `sending` config section with these names."""
-        section = getattr(settings, "sending", None)
         limits = cls()
-        if section is not None:
-            for f in fields(cls):
-                if hasattr(section, f.name):
-                    setattr(limits, f.name, getattr(section, f.name))
+        copy_section(limits, getattr(settings, "sending", None))
         return limits
 
 
