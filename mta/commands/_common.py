@@ -24,8 +24,8 @@ from mta.store.accounts import resolve_account
 from mta.store.db import Database
 from mta.store.models import Account
 
-__all__ = ["account_filter", "account_ref", "command_group", "find_account", "open_database",
-           "parse_when", "positive", "print_json", "print_table", "subcommand", "table"]
+__all__ = ["CommandGroup", "account_filter", "account_ref", "find_account", "open_database",
+           "parse_when", "positive", "print_json", "print_table", "table"]
 
 
 @asynccontextmanager
@@ -110,17 +110,18 @@ async def account_filter(session: AsyncSession, ref: str | None) -> str | None:
 # --- arguments ---------------------------------------------------------------------------
 
 
-def command_group(sub, name: str, help: str):
-    """`mta NAME SUBCOMMAND ...`: the group that `subcommand` adds to."""
-    parser = sub.add_parser(name, help=help)
-    return parser.add_subparsers(dest=f"{name}_command", required=True)
+class CommandGroup:
+    """`mta NAME SUBCOMMAND ...`: a command whose subcommands are declared with `add`."""
 
+    def __init__(self, sub, name: str, help: str) -> None:
+        parser = sub.add_parser(name, help=help)
+        self._subparsers = parser.add_subparsers(dest=f"{name}_command", required=True)
 
-def subcommand(group, name: str, func, help: str) -> argparse.ArgumentParser:
-    """One subcommand of a group, run as `func(args, settings)`."""
-    parser = group.add_parser(name, help=help)
-    parser.set_defaults(func=func)
-    return parser
+    def add(self, name: str, func, help: str) -> argparse.ArgumentParser:
+        """One subcommand, run as `func(args, settings)`; its parser, for its arguments."""
+        parser = self._subparsers.add_parser(name, help=help)
+        parser.set_defaults(func=func)
+        return parser
 
 
 def parse_when(value: str, now: datetime) -> datetime:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from mta.commands._common import command_group, open_database, print_json, print_table, subcommand
+from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -131,16 +131,15 @@ async def _cmd_delete(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ps = command_group(sub, "accounts", "accounts (tenants)")
-    c = subcommand(ps, "create", _cmd_create, "create an account; prints its id")
+    ps = CommandGroup(sub, "accounts", "accounts (tenants)")
+    c = ps.add("create", _cmd_create, "create an account; prints its id")
     c.add_argument("name", help="a name no other account has")
-    c = subcommand(ps, "list", _cmd_list, "list accounts with their ids")
+    c = ps.add("list", _cmd_list, "list accounts with their ids")
     c.add_argument("--json", action="store_true", help="machine-readable output")
-    c = subcommand(ps, "rename", _cmd_rename, "give an account another (unique) name")
+    c = ps.add("rename", _cmd_rename, "give an account another (unique) name")
     c.add_argument("account", help="account id or name")
     c.add_argument("new_name")
-    c = ps.add_parser("delete", help="delete an account and everything it owns (says what "
-                                     "first; deletes with --yes)")
+    c = ps.add("delete", _cmd_delete, "delete an account and everything it owns (says what "
+                                        "first; deletes with --yes)")
     c.add_argument("account", help="account id or name")
     c.add_argument("--yes", action="store_true", help="delete without asking again")
-    c.set_defaults(func=_cmd_delete)

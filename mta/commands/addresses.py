@@ -11,14 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from mta.commands._common import (
-    command_group,
-    find_account,
-    open_database,
-    print_json,
-    print_table,
-    subcommand,
-)
+from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -119,19 +112,19 @@ async def _cmd_send_verification(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ps = command_group(sub, "addresses", "destination addresses of routing rules")
-    c = subcommand(ps, "verify", _cmd_verify, "verify a destination address")
+    ps = CommandGroup(sub, "addresses", "destination addresses of routing rules")
+    c = ps.add("verify", _cmd_verify, "verify a destination address")
     c.add_argument("token", nargs="?", help="the token from the verification mail")
     c.add_argument("--id", help="operator override: verify this address id without a token")
     c.add_argument("--email", help="operator override: verify this address without a token")
     c.add_argument("--account", help="with --email: the account (id or name), when the "
                                      "address belongs to several")
-    c = ps.add_parser("send-verification",
-                      help="(re)send the verification mail of an address")
+    c = ps.add("send-verification", _cmd_send_verification,
+               "(re)send the verification mail of an address")
     c.add_argument("--id", help="the destination address id")
     c.add_argument("--pending", action="store_true",
                    help="every unverified address that was never mailed")
-    c.set_defaults(func=_cmd_send_verification, secrets="create")
-    c = subcommand(ps, "list", _cmd_list, "list an account's destination addresses")
+    c.set_defaults(secrets="create")
+    c = ps.add("list", _cmd_list, "list an account's destination addresses")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--account", required=True, help="account id or name")

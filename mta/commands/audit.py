@@ -12,14 +12,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from mta.commands._common import (
+    CommandGroup,
     account_ref,
-    command_group,
     open_database,
     parse_when,
     positive,
     print_json,
     print_table,
-    subcommand,
 )
 from mta.config import Settings
 from mta.observe import analytics
@@ -62,8 +61,8 @@ async def _cmd_list(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    au = command_group(sub, "audit", "the audit log of configuration changes")
-    lst = subcommand(au, "list", _cmd_list, "audit entries, newest first")
+    au = CommandGroup(sub, "audit", "the audit log of configuration changes")
+    lst = au.add("list", _cmd_list, "audit entries, newest first")
     lst.add_argument("--account", help="account id or name (default: every account)")
     lst.add_argument("--since", help="a time, a date or an age such as 7d")
     lst.add_argument("--until", help="end (exclusive): a time, a date or an age")

@@ -22,7 +22,7 @@ import json
 from sqlalchemy import select
 
 from mta.api.wellknown import POLICY_PATH, mta_sts_records
-from mta.commands._common import command_group, open_database, print_json, print_table, subcommand
+from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
@@ -173,15 +173,15 @@ async def _cmd_dns(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ps = command_group(sub, "domains", "sending domains (DKIM keys, bounce subdomain)")
-    c = ps.add_parser("onboard", help="onboard a domain or subdomain for sending")
+    ps = CommandGroup(sub, "domains", "sending domains (DKIM keys, bounce subdomain)")
+    c = ps.add("onboard", _cmd_onboard, "onboard a domain or subdomain for sending")
     c.add_argument("domain")
     c.add_argument("--sending", action="store_true", help="onboard for Email Sending")
     c.add_argument("--ed25519", action="store_true",
                    help="also an Ed25519 key (RFC 8463 dual signature)")
     c.add_argument("--zone", help="zone id (default: the zone containing the domain)")
-    c.set_defaults(func=_cmd_onboard, secrets="create")
-    c = subcommand(ps, "list", _cmd_list, "list sending domains and their status")
+    c.set_defaults(secrets="create")
+    c = ps.add("list", _cmd_list, "list sending domains and their status")
     c.add_argument("--json", action="store_true", help="machine-readable output")
 
     d = sub.add_parser("dns", help="print a domain's DNS records (sending, routing, or the "

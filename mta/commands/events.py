@@ -14,14 +14,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from mta.commands._common import (
+    CommandGroup,
     account_ref,
-    command_group,
     open_database,
     parse_when,
     positive,
     print_json,
     print_table,
-    subcommand,
 )
 from mta.commands._errors import CliError
 from mta.config import Settings
@@ -118,13 +117,13 @@ def _common(p) -> None:
 
 
 def register(sub) -> None:
-    ev = command_group(sub, "events", "the activity log (per-message events, aggregates)")
-    lst = subcommand(ev, "list", _cmd_list, "events, newest first")
+    ev = CommandGroup(sub, "events", "the activity log (per-message events, aggregates)")
+    lst = ev.add("list", _cmd_list, "events, newest first")
     _common(lst)
     lst.add_argument("--limit", type=positive, default=50, help="events per page (default 50)")
     lst.add_argument("--page", type=positive, default=1)
     lst.add_argument("--oldest-first", action="store_true")
-    st = subcommand(ev, "stats", _cmd_stats, "event counts grouped by dimensions")
+    st = ev.add("stats", _cmd_stats, "event counts grouped by dimensions")
     _common(st)
     st.add_argument("--by", action="append", metavar="DIMENSION",
                     help="status, date, hour, 5m, 15m, event_type, sending_domain, domain, "

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from mta.commands._common import command_group, open_database, print_json, print_table, subcommand
+from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.queue import queue as q
@@ -299,9 +299,9 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    qs = command_group(sub, "queue", "the outbound delivery queue")
+    qs = CommandGroup(sub, "queue", "the outbound delivery queue")
 
-    p = subcommand(qs, "list", _cmd_list, "list deliveries (queued ones by default)")
+    p = qs.add("list", _cmd_list, "list deliveries (queued ones by default)")
     p.add_argument("--status", default="queued",
                    help="queued (default), held, delivered, failed, expired, bounced, "
                         "complained, purged or all")
@@ -309,13 +309,12 @@ def register(sub) -> None:
     p.add_argument("--recipient", help="address (SQL ILIKE pattern)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_list)
 
-    p = subcommand(qs, "show", _cmd_show, "a message with its deliveries and every attempt")
+    p = qs.add("show", _cmd_show, "a message with its deliveries and every attempt")
     p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
     p.add_argument("--json", action="store_true")
 
-    p = subcommand(qs, "cat", _cmd_cat, "print a stored message, headers and body (postcat -q)")
+    p = qs.add("cat", _cmd_cat, "print a stored message, headers and body (postcat -q)")
     p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
     part = p.add_mutually_exclusive_group()
     part.add_argument("--headers", action="store_true", help="only the header section")
@@ -323,24 +322,24 @@ def register(sub) -> None:
     p.add_argument("--copy", action="store_true",
                    help="the forwarded copy (as signed and sent) instead of the original")
 
-    p = subcommand(qs, "hold", _cmd_hold, "stop trying deliveries until released")
+    p = qs.add("hold", _cmd_hold, "stop trying deliveries until released")
     _add_targets(p)
 
-    p = subcommand(qs, "release", _cmd_release, "put held deliveries back in the queue, due now")
+    p = qs.add("release", _cmd_release, "put held deliveries back in the queue, due now")
     _add_targets(p)
 
-    p = subcommand(qs, "retry", _cmd_retry,
+    p = qs.add("retry", _cmd_retry,
                    "make deliveries due now (the backoff schedule goes on)")
     _add_targets(p)
     p.add_argument("--all", action="store_true", help="every queued delivery")
     p.add_argument("--failed", action="store_true",
                    help="also revive failed and expired deliveries")
 
-    p = subcommand(qs, "purge", _cmd_purge,
+    p = qs.add("purge", _cmd_purge,
                    "remove queued deliveries (kept as 'purged' in the log)")
     _add_targets(p)
     p.add_argument("--finished-before-days", type=float, default=None,
                    help="instead delete finished deliveries older than this many days")
 
-    p = subcommand(qs, "stats", _cmd_stats, "queue depth, age and busiest domains")
+    p = qs.add("stats", _cmd_stats, "queue depth, age and busiest domains")
     p.add_argument("--json", action="store_true")

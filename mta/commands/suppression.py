@@ -8,14 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mta.commands._common import (
-    command_group,
-    find_account,
-    open_database,
-    print_json,
-    print_table,
-    subcommand,
-)
+from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings, parse_duration
 from mta.store import suppression
@@ -110,7 +103,7 @@ async def _cmd_list(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ps = command_group(sub, "suppression", "recipients an account must not send to")
+    ps = CommandGroup(sub, "suppression", "recipients an account must not send to")
 
     def common(c) -> None:
         c.add_argument("--account", required=True, help="account id or name")
@@ -118,7 +111,7 @@ def register(sub) -> None:
         c.add_argument("--domain", help="the sending domain of a sending_domain scope "
                                         "(implies --scope sending_domain)")
 
-    c = subcommand(ps, "add", _cmd_add, "suppress an address")
+    c = ps.add("add", _cmd_add, "suppress an address")
     c.add_argument("email")
     common(c)
     c.add_argument("--reason", choices=suppression.REASONS, default="manual")
@@ -126,13 +119,13 @@ def register(sub) -> None:
     c.add_argument("--note")
     c.add_argument("--json", action="store_true")
 
-    c = subcommand(ps, "remove", _cmd_remove, "lift a suppression (by id or address)")
+    c = ps.add("remove", _cmd_remove, "lift a suppression (by id or address)")
     c.add_argument("target", help="suppression id or email address")
     common(c)
     c.add_argument("--force", action="store_true",
                    help="also remove read-only (complaint) entries")
 
-    c = subcommand(ps, "list", _cmd_list, "list suppressions, newest first")
+    c = ps.add("list", _cmd_list, "list suppressions, newest first")
     common(c)
     c.add_argument("--reason", choices=suppression.REASONS)
     c.add_argument("--search", help="part of the address")

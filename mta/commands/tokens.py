@@ -11,13 +11,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from mta.commands._common import (
+    CommandGroup,
     account_filter,
-    command_group,
     find_account,
     open_database,
     print_json,
     print_table,
-    subcommand,
 )
 from mta.config import Settings, parse_duration
 from mta.observe import audit
@@ -90,15 +89,15 @@ async def _cmd_revoke(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ps = command_group(sub, "tokens", "API tokens")
-    c = subcommand(ps, "create", _cmd_create, "create a token and print it (once)")
+    ps = CommandGroup(sub, "tokens", "API tokens")
+    c = ps.add("create", _cmd_create, "create a token and print it (once)")
     c.add_argument("--account", required=True, help="account id or name")
     c.add_argument("--name", required=True)
     c.add_argument("--permission", action="append", choices=sorted(PERMISSIONS),
                    required=True, help="repeat for several")
     c.add_argument("--expires-in", help="lifetime such as 90d (default: no expiry)")
-    c = subcommand(ps, "list", _cmd_list, "list tokens (never their secrets)")
+    c = ps.add("list", _cmd_list, "list tokens (never their secrets)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--account", help="only this account's tokens (id or name)")
-    c = subcommand(ps, "revoke", _cmd_revoke, "revoke a token at once")
+    c = ps.add("revoke", _cmd_revoke, "revoke a token at once")
     c.add_argument("id")

@@ -11,14 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mta.commands._common import (
-    command_group,
-    find_account,
-    open_database,
-    print_json,
-    print_table,
-    subcommand,
-)
+from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -167,19 +160,18 @@ async def _cmd_list(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ps = command_group(sub, "zones", "DNS zones (their ids are the API's zone_id)")
-    c = subcommand(ps, "create", _cmd_create, "create a zone; prints its id")
+    ps = CommandGroup(sub, "zones", "DNS zones (their ids are the API's zone_id)")
+    c = ps.add("create", _cmd_create, "create a zone; prints its id")
     c.add_argument("--account", required=True, help="account id or name")
     c.add_argument("name", help="the zone apex, e.g. example.com")
-    c = ps.add_parser("delete", help="delete a zone with its rules (says what first; "
-                                     "deletes with --yes)")
+    c = ps.add("delete", _cmd_delete, "delete a zone with its rules (says what first; "
+                                      "deletes with --yes)")
     c.add_argument("zone", help="zone id or name")
     c.add_argument("--yes", action="store_true", help="delete without asking again")
-    c.set_defaults(func=_cmd_delete)
-    c = subcommand(ps, "rename", _cmd_rename, "rename a zone; its rules follow (says which first)")
+    c = ps.add("rename", _cmd_rename, "rename a zone; its rules follow (says which first)")
     c.add_argument("zone", help="zone id or name")
     c.add_argument("new_name")
     c.add_argument("--yes", action="store_true", help="rename without asking again")
-    c = subcommand(ps, "list", _cmd_list, "list zones with their ids")
+    c = ps.add("list", _cmd_list, "list zones with their ids")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--account", help="only this account's zones (id or name)")
