@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mta.commands._common import command_group, open_database, print_json, print_table, subcommand
+from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.store.models import DkimKey
@@ -66,10 +66,10 @@ async def _cmd_show(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ks = command_group(sub, "keys", "DKIM keys (sending domains and forwarded mail)")
-    c = subcommand(ks, "list", _cmd_list, "every DKIM key with its selector and state")
+    ks = CommandGroup(sub, "keys", "DKIM keys (sending domains and forwarded mail)")
+    c = ks.add("list", _cmd_list, "every DKIM key with its selector and state")
     c.add_argument("--domain", help="only this domain's keys")
     c.add_argument("--json", action="store_true", help="machine-readable output")
-    c = subcommand(ks, "show", _cmd_show, "a domain's keys as the TXT records to publish")
+    c = ks.add("show", _cmd_show, "a domain's keys as the TXT records to publish")
     c.add_argument("domain")
     c.add_argument("--json", action="store_true", help="machine-readable output")

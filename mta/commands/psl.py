@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from mta.checks import psl
-from mta.commands._common import command_group, subcommand
+from mta.commands._common import CommandGroup
 from mta.commands._errors import CliError
 from mta.config import Settings
 
@@ -65,9 +65,9 @@ def _cmd_check(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    ps = command_group(sub, "psl", "the Public Suffix List (DMARC organizational domains)")
-    c = subcommand(ps, "update", _cmd_update, "fetch a fresh list into the state directory")
+    ps = CommandGroup(sub, "psl", "the Public Suffix List (DMARC organizational domains)")
+    c = ps.add("update", _cmd_update, "fetch a fresh list into the state directory")
     c.add_argument("source", nargs="?", default=OFFICIAL,
                    help=f"URL or file (default {OFFICIAL})")
-    c = subcommand(ps, "check", _cmd_check, "the organizational domain of a name")
+    c = ps.add("check", _cmd_check, "the organizational domain of a name")
     c.add_argument("name")
