@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dkim
-from dkim.canonicalization import Relaxed
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from mta.canon import relaxed_headers
 from mta.checks.dkim import parse_header_section
 from mta.dnscache import DnsError, DnsResolver, DnsTempError
 
@@ -222,8 +222,7 @@ class _Header:
 def _arc_headers(raw: bytes) -> list[_Header]:
     headers, _ = parse_header_section(raw)
     found = []
-    for name, value in Relaxed.canonicalize_headers(
-            [[n.rstrip(), v] for n, v in headers]):
+    for name, value in relaxed_headers([(n.rstrip(), v) for n, v in headers]):
         lname = name.lower()
         if lname not in _ARC_NAMES:
             continue

@@ -31,9 +31,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim import hash_headers
-from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+    Relaxed,
+)
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from mta.canon import relaxed_body, relaxed_headers
 from mta.dnscache import DnsPermError, DnsResolver, DnsTempError
 
 __all__ = ["DkimSignatureResult", "parse_header_section", "verify_dkim"]
@@ -272,8 +277,9 @@ class _Message:
     def canonical_headers(self, policy: CanonicalizationPolicy, c_value: bytes) -> list:
         key = c_value.split(b"/")[0]
         if key not in self._canon_headers:
-            self._canon_headers[key] = policy.canonicalize_headers(
-                [list(h) for h in self.headers])
+            self._canon_headers[key] = (
+                relaxed_headers(self.headers) if policy.header_algorithm is Relaxed
+                else policy.canonicalize_headers([list(h) for h in self.headers]))
         return self._canon_headers[key]
 
     def body_hash(self, policy: CanonicalizationPolicy, c_value: bytes,
@@ -282,7 +288,8 @@ class _Message:
         body_c = c_value.split(b"/")[1] if b"/" in c_value else b"simple"
         key = (body_c, length)
         if key not in self._body_hashes:
-            body = policy.canonicalize_body(self.body)
+            body = (relaxed_body(self.body) if policy.body_algorithm is Relaxed
+                    else policy.canonicalize_body(self.body))
             size = len(body)
             if length is not None:
                 body = body[:length]

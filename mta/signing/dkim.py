@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterable, Sequence
 
 from dkim import rfc822_parse, select_headers
-from dkim.canonicalization import Relaxed
 
+from mta.canon import relaxed_body, relaxed_headers
 from mta.signing.keys import SigningKey
 
 __all__ = [
@@ -66,6 +66,9 @@ class DkimSignError(ValueError):
 
 def normalize_line_endings(raw: bytes) -> bytes:
     """Every CRLF, bare CR and bare LF becomes CRLF."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") == crlf and raw.count(b"\n") == crlf:
+        return raw  # nothing bare: the usual case, three scans instead of a rewrite
     return _LINE_END.sub(b"\r\n", raw)
 
 
@@ -80,7 +83,7 @@ def parse_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
 
 def body_hash(body: bytes) -> str:
     """bh= for relaxed body canonicalisation and SHA-256."""
-    return base64.b64encode(hashlib.sha256(Relaxed.canonicalize_body(body)).digest()).decode()
+    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
 
 
 def select_signed_headers(headers: Sequence[tuple[bytes, bytes]],
@@ -186,7 +189,7 @@ def sign_header_fields(header_name: str, tags: Sequence[tuple[str, str]],
             raise DkimSignError(f"invalid value for tag {tag}=")
     template = render_signature_header(header_name, tags)
     own_value = template[len(header_name) + 1:]
-    canon = Relaxed.canonicalize_headers([*signed, (header_name.encode("ascii"), own_value)])
+    canon = relaxed_headers([*signed, (header_name.encode("ascii"), own_value)])
     data = b"".join(n + b":" + v for n, v in canon[:-1])
     # The signature header itself is hashed without its trailing CRLF (RFC 6376 3.7).
     data += canon[-1][0] + b":" + canon[-1][1].rstrip(b"\r\n")
