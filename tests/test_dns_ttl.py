@@ -36,3 +36,18 @@ async def test_max_ttl_caps_a_long_ttl(dns_server):
     assert await capped.addresses("host.ttl.test") == ["192.0.2.1"]
     await asyncio.sleep(1.2)
     assert await capped.addresses("host.ttl.test") == ["192.0.2.2"]
+
+
+async def test_a_cached_answer_is_not_asked_again_and_the_cache_stays_bounded(dns_server):
+    for i in range(3):
+        dns_server.add(f"h{i}.ttl.test", "A", f"192.0.2.{i + 1}", ttl=3600)
+    ns = dns_server.nameserver
+    small = DnsResolver([ns], cache_size=2)
+    for _ in range(3):
+        assert await small.addresses("h0.ttl.test") == ["192.0.2.1"]
+    asked = len(dns_server.queries)
+    assert await small.addresses("h0.ttl.test") == ["192.0.2.1"]
+    assert len(dns_server.queries) == asked  # served from the cache
+    for i in range(3):
+        assert await small.addresses(f"h{i}.ttl.test") == [f"192.0.2.{i + 1}"]
+    assert len(small._front) <= 2

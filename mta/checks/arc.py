@@ -23,6 +23,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from mta.canon import relaxed_headers
 from mta.checks.dkim import parse_header_section
+from mta.cpuwork import run_cpu
 from mta.dnscache import DnsError, DnsResolver, DnsTempError
 
 __all__ = ["ArcResult", "ArcSet", "AuthResultsHeader", "MethodResult", "strip_comments",
@@ -321,7 +322,7 @@ def _oldest_pass(data: list[dict]) -> int | None:
 async def verify_arc(resolver: DnsResolver, raw: bytes) -> ArcResult:
     if b"arc-" not in raw[: _header_end(raw)].lower():
         return ArcResult("none", reason="message is not ARC signed")
-    headers = await asyncio.to_thread(_arc_headers, raw)
+    headers = await run_cpu(len(raw), _arc_headers, raw)
     if not headers:
         return ArcResult("none", reason="message is not ARC signed")
     sets, aar = _describe(headers)
@@ -353,7 +354,7 @@ async def verify_arc(resolver: DnsResolver, raw: bytes) -> ArcResult:
         keys[name] = records[0] if records else None
 
     await asyncio.gather(*(fetch(n) for n in names))
-    cv, data, reason = await asyncio.to_thread(_dkimpy_verify, raw, keys)
+    cv, data, reason = await run_cpu(len(raw), _dkimpy_verify, raw, keys)
     result.oldest_pass = _oldest_pass(data)
     if cv is None:  # dkimpy: an older seal says cv=fail; RFC 8617 makes that fail too
         cv = dkim.CV_Fail

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import time
@@ -39,6 +40,7 @@ from dkim.canonicalization import (
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from mta.canon import relaxed_body, relaxed_headers
+from mta.cpuwork import run_cpu
 from mta.dnscache import DnsPermError, DnsResolver, DnsTempError
 
 __all__ = ["DkimSignatureResult", "parse_header_section", "verify_dkim"]
@@ -188,7 +190,7 @@ def _check_signature_tags(sig: _Signature, now: float) -> None:
             raise _SigError("fail", "signature expired")
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Key:
     kind: str
     key: rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -196,8 +198,12 @@ class _Key:
     strict_subdomain: bool  # t=s
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_key(record: str, algorithm: str) -> _Key:
-    """The usable public key of one key record, or _SigError(permerror|policy)."""
+    """The usable public key of one key record, or _SigError(permerror|policy).
+
+    Cached by record text: the same few senders' keys come back message after message,
+    and loading a DER key costs more than verifying with it."""
     try:
         tags = parse_tag_value(record.encode("utf-8", "replace"))
     except InvalidTagValueList as exc:
@@ -369,7 +375,7 @@ async def verify_dkim(resolver: DnsResolver, raw: bytes,
     if not _header_section_has_dkim(raw):
         return []
     when = time.time() if now is None else now
-    msg, sigs = await asyncio.to_thread(_parse_all, raw, when)
+    msg, sigs = await run_cpu(len(raw), _parse_all, raw, when)
     if not sigs:
         return []
     lookups: dict[tuple[str, str, str], asyncio.Future] = {}
@@ -381,4 +387,4 @@ async def verify_dkim(resolver: DnsResolver, raw: bytes,
         await asyncio.gather(*lookups.values())
     keys = [lookups[(s.selector, s.domain, s.algorithm)].result() if s.error is None else None
             for s in sigs]
-    return await asyncio.to_thread(_verify_all, msg, sigs, keys)
+    return await run_cpu(len(raw), _verify_all, msg, sigs, keys)

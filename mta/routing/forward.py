@@ -41,6 +41,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from mta.checks.results import AuthResults
 from mta.config import Settings
+from mta.cpuwork import run_cpu
 from mta.signing.arc import ArcSealError, existing_instances, seal_arc
 from mta.signing.dkim import DkimSignError, normalize_line_endings, parse_message, sign_dkim
 from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
@@ -310,8 +311,8 @@ class Forwarder:
                 extra = (other,)
         new_from = (f"{self.settings.routing.rewritten_from_local}@{self.domain}"
                     if rewrite_from else None)
-        out = await asyncio.to_thread(seal_and_sign, raw, auth=auth,
-                                      authserv_id=self.authserv_id, forwarding_key=key,
-                                      extra_keys=extra, new_from=new_from)
+        out = await run_cpu(len(raw), seal_and_sign, raw, auth=auth,
+                            authserv_id=self.authserv_id, forwarding_key=key,
+                            extra_keys=extra, new_from=new_from)
         return ForwardCopy(out, env_from, new_from is not None,
                            tuple(k.domain for k in (key, *extra)))
