@@ -43,7 +43,13 @@ from mta.checks.results import AuthResults
 from mta.config import Settings
 from mta.cpuwork import run_cpu
 from mta.signing.arc import ArcSealError, existing_instances, seal_arc
-from mta.signing.dkim import DkimSignError, normalize_line_endings, parse_message, sign_dkim
+from mta.signing.dkim import (
+    DkimSignError,
+    ParsedMessage,
+    normalize_line_endings,
+    parse_message,
+    sign_dkim,
+)
 from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
 from mta.signing.srs import Srs
 from mta.store.db import Database
@@ -151,8 +157,8 @@ def _aar_text(auth: AuthResults, authserv_id: str) -> str:
     return header[len(authserv_id):].lstrip("; ").strip() or "none"
 
 
-def _chain_validation(auth: AuthResults, raw: bytes) -> str:
-    if arc_instances(raw) == 0:
+def _chain_validation(auth: AuthResults, message: ParsedMessage) -> str:
+    if max(existing_instances(message.headers), default=0) == 0:
         return "none"
     return "pass" if auth.arc is not None and auth.arc.cv == "pass" else "fail"
 
@@ -166,20 +172,25 @@ def seal_and_sign(raw: bytes, *, auth: AuthResults, authserv_id: str,
     if new_from is not None:
         msg = rewrite_from(msg, new_from)
     stamp = int(time.time()) if timestamp is None else timestamp
-    signatures = b"".join(sign_dkim(msg, k, timestamp=stamp)
+    # Parsed once; the signatures only add header fields, so the body and its hash
+    # are shared by the DKIM signatures and the ARC-Message-Signature.
+    parsed = ParsedMessage.of(msg)
+    signatures = b"".join(sign_dkim(msg, k, timestamp=stamp, parsed=parsed)
                           for k in (forwarding_key, *extra_keys))
     msg = signatures + msg
-    cv = _chain_validation(auth, msg)
+    parsed = parsed.with_fields_on_top(signatures)
+    cv = _chain_validation(auth, parsed)
     aar = _aar_text(auth, authserv_id)
     try:
-        arc = seal_arc(msg, forwarding_key, authserv_id, aar, cv, stamp)  # type: ignore[arg-type]
+        arc = seal_arc(msg, forwarding_key, authserv_id, aar, cv, stamp,  # type: ignore[arg-type]
+                       parsed=parsed)
     except ArcSealError as exc:
         if cv == "fail":
             raise
         # A chain we could not re-seal as it was recorded (e.g. fields without i=) is
         # declared failed rather than forwarded without our set.
         log.info("ARC chain not sealable as %s (%s); sealing cv=fail", cv, exc)
-        arc = seal_arc(msg, forwarding_key, authserv_id, aar, "fail", stamp)
+        arc = seal_arc(msg, forwarding_key, authserv_id, aar, "fail", stamp, parsed=parsed)
     return arc + msg
 
 

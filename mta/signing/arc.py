@@ -31,9 +31,7 @@ from mta.signing.dkim import (
     MAX_LINE,
     OVERSIGNED,
     DkimSignError,
-    body_hash,
-    normalize_line_endings,
-    parse_message,
+    ParsedMessage,
     pick_signed_fields,
     select_signed_headers,
     sign_header_fields,
@@ -128,7 +126,8 @@ def _aar(instance: int, authserv_id: str, auth_results: str, cv: ChainValidation
 def seal_arc(raw: bytes, key: SigningKey, authserv_id: str, auth_results: str,
              chain_validation: ChainValidation, timestamp: int | None = None,
              headers_to_sign: Iterable[str] | None = None, *,
-             oversign: Iterable[str] = OVERSIGNED) -> bytes:
+             oversign: Iterable[str] = OVERSIGNED,
+             parsed: ParsedMessage | None = None) -> bytes:
     """ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results (in that
     order, each folded and CRLF-terminated) to prepend to
     `normalize_line_endings(raw)`.
@@ -137,7 +136,8 @@ def seal_arc(raw: bytes, key: SigningKey, authserv_id: str, auth_results: str,
     (e.g. "spf=pass smtp.mailfrom=a.example; dkim=pass header.d=a.example");
     `chain_validation` is what validating the chain as received gave: "none" when
     the message carried no ARC set, else "pass" or "fail". `headers_to_sign` and
-    `oversign` choose the AMS h= list as for `sign_dkim`.
+    `oversign` choose the AMS h= list as for `sign_dkim`; `parsed` is `raw` already
+    parsed.
 
     Returns b"" when the newest ARC-Seal on the message already says cv=fail: that
     chain is terminated and gets no further set."""
@@ -148,7 +148,8 @@ def seal_arc(raw: bytes, key: SigningKey, authserv_id: str, auth_results: str,
         raise ArcSealError(f"cv must be none, pass or fail, not {chain_validation!r}")
     if not authserv_id or any(c in authserv_id for c in "; \t\r\n"):
         raise ArcSealError(f"invalid authserv-id {authserv_id!r}")
-    headers, body = parse_message(normalize_line_endings(raw))
+    message = parsed if parsed is not None else ParsedMessage.of(raw)
+    headers = message.headers
     sets = existing_instances(headers)
     newest = max(sets, default=0)
     if newest and _newest_cv(sets[newest]) == "fail":
@@ -173,7 +174,7 @@ def seal_arc(raw: bytes, key: SigningKey, authserv_id: str, auth_results: str,
     if "arc-seal" in names:
         raise ArcSealError("the ARC-Message-Signature must not sign ARC-Seal")
     ams = sign_header_fields("ARC-Message-Signature", [
-        ("a", key.algorithm), ("b", ""), ("bh", body_hash(body)), ("c", "relaxed/relaxed"),
+        ("a", key.algorithm), ("b", ""), ("bh", message.body_hash), ("c", "relaxed/relaxed"),
         ("d", key.domain), ("h", ":".join(names)), ("i", str(instance)),
         ("s", key.selector), ("t", stamp),
     ], pick_signed_fields(headers, names), key, fold_b=False)

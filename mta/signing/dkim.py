@@ -26,6 +26,7 @@ from mta.signing.keys import SigningKey
 __all__ = [
     "DEFAULT_SIGNED_HEADERS",
     "DkimSignError",
+    "ParsedMessage",
     "body_hash",
     "normalize_line_endings",
     "parse_message",
@@ -84,6 +85,33 @@ def parse_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
 def body_hash(body: bytes) -> str:
     """bh= for relaxed body canonicalisation and SHA-256."""
     return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
+
+
+class ParsedMessage:
+    """A CRLF message parsed once for several signatures (a forward's DKIM signature,
+    ARC-Message-Signature and ARC-Seal): its header fields, its body, and the body
+    hash, computed on first use and shared, since the body is the same for all."""
+
+    __slots__ = ("_bh", "body", "headers")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], body: bytes,
+                 bh: str | None = None) -> None:
+        self.headers, self.body, self._bh = headers, body, bh
+
+    @classmethod
+    def of(cls, raw: bytes) -> ParsedMessage:
+        return cls(*parse_message(normalize_line_endings(raw)))
+
+    def with_fields_on_top(self, fields: bytes) -> ParsedMessage:
+        """This message with `fields` (whole CRLF-terminated header fields) prepended."""
+        top, _ = parse_message(fields + b"\r\n")
+        return ParsedMessage([*top, *self.headers], self.body, self._bh)
+
+    @property
+    def body_hash(self) -> str:
+        if self._bh is None:
+            self._bh = body_hash(self.body)
+        return self._bh
 
 
 def select_signed_headers(headers: Sequence[tuple[bytes, bytes]],
@@ -203,18 +231,21 @@ def sign_header_fields(header_name: str, tags: Sequence[tuple[str, str]],
 
 def sign_dkim(raw: bytes, key: SigningKey, headers_to_sign: Iterable[str] | None = None,
               timestamp: int | None = None, *, identity: str | None = None,
-              oversign: Iterable[str] = OVERSIGNED) -> bytes:
+              oversign: Iterable[str] = OVERSIGNED,
+              parsed: ParsedMessage | None = None) -> bytes:
     """The DKIM-Signature header (folded, CRLF-terminated) to prepend to
     `normalize_line_endings(raw)`.
 
     `headers_to_sign` names the fields to cover (default DEFAULT_SIGNED_HEADERS);
     each is signed as often as it occurs, From and List-Unsubscribe(-Post) are
     always covered, and the `oversign` ones listed once more than they occur.
-    `identity` is the optional i= (AUID)."""
+    `identity` is the optional i= (AUID). `parsed` is `raw` already parsed (it then
+    is not parsed again)."""
     for name in headers_to_sign or ():
         if not _HEADER_NAME.match(name):
             raise DkimSignError(f"invalid header field name {name!r}")
-    headers, body = parse_message(normalize_line_endings(raw))
+    message = parsed if parsed is not None else ParsedMessage.of(raw)
+    headers = message.headers
     names = select_signed_headers(headers, headers_to_sign or DEFAULT_SIGNED_HEADERS, oversign)
     stamp = int(time.time()) if timestamp is None else int(timestamp)
     tags: list[tuple[str, str]] = [
@@ -225,7 +256,7 @@ def sign_dkim(raw: bytes, key: SigningKey, headers_to_sign: Iterable[str] | None
         if not identity.lower().endswith(("@" + key.domain.lower(), "." + key.domain.lower())):
             raise DkimSignError("i= must be in the signing domain or a subdomain of it")
         tags.append(("i", identity))
-    tags += [("h", ":".join(names)), ("bh", body_hash(body)), ("b", "")]
+    tags += [("h", ":".join(names)), ("bh", message.body_hash), ("b", "")]
     return sign_header_fields("DKIM-Signature", tags, pick_signed_fields(headers, names), key)
 
 
@@ -237,5 +268,6 @@ def sign_message(raw: bytes, keys: Sequence[SigningKey],
     message as given, not the other signatures."""
     normalized = normalize_line_endings(raw)
     names = list(headers_to_sign) if headers_to_sign is not None else None
-    signatures = [sign_dkim(normalized, k, names, timestamp) for k in keys]
+    parsed = ParsedMessage.of(normalized) if keys else None
+    signatures = [sign_dkim(normalized, k, names, timestamp, parsed=parsed) for k in keys]
     return b"".join(signatures) + normalized
