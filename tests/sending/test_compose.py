@@ -254,3 +254,35 @@ def test_composed_size_is_checked_against_the_limit() -> None:
     with pytest.raises(MtaError) as info:
         check_message_size(len(raw), validated.size_limit)
     assert info.value.code == "E_CONTENT_TOO_LARGE"
+
+
+def test_plain_headers_are_written_as_the_email_package_writes_them():
+    """The fast path for plain Subject and address headers gives the email package's
+    bytes; anything it would quote, encode or fold goes through the package."""
+    from email.message import MIMEPart
+
+    from mta.sending.compose import POLICY, _addresses, _header_address, _plain
+    from mta.sending.validate import Address as A
+
+    def written(name, value):
+        part = MIMEPart(policy=POLICY)
+        part[name] = value
+        return part.as_bytes(policy=POLICY)
+
+    subjects = ["Your weekly report", "x", "a  b", " lead", "trail ", "=?utf-8?q?x?=",
+                "tab\there", "Ünïcode", "semi; colon, comma (paren) \"quote\"",
+                "word " * 20, "w" * 90, "50% off! #deal $5 & more ~ ^ | {x}"]
+    for subject in subjects:
+        fast = _plain("Subject", subject) or subject
+        assert written("Subject", fast) == written("Subject", subject), subject
+    lists = [[A("bob@example.org")], [A("bob@example.org", "Bob")],
+             [A("news@example.com", "Example News"), A("x@y.example", "O'Brien")],
+             [A("a@b.example", "J. Smith")], [A("a@b.example", "Smith, John")],
+             [A("a@b.example", "Zoë")], [A("a@b.example", "a  b")],
+             [A("first.last+tag@sub.example.com", "A-Z_09")],
+             [A(f"user{i}@example.com", f"User {i}") for i in range(8)],
+             [A("a@b.example", "=?utf-8?q?x?=")], [A("a@b.example", "<x>")]]
+    for addresses in lists:
+        objects = [_header_address(a) for a in addresses]
+        slow = objects[0] if len(objects) == 1 else objects
+        assert written("To", _addresses("To", addresses)) == written("To", slow), addresses
