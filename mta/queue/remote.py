@@ -58,7 +58,9 @@ NO_ROUTE_REPLY = Reply(550, "5.1.2", "Destination domain has no MX or address re
 
 def normalize_line_endings(raw: bytes) -> bytes:
     """Every bare CR and bare LF becomes CRLF; the message ends with CRLF."""
-    out = _LINE_END_RE.sub(b"\r\n", raw)
+    crlf = raw.count(b"\r\n")
+    bare = raw.count(b"\r") != crlf or raw.count(b"\n") != crlf
+    out = _LINE_END_RE.sub(b"\r\n", raw) if bare else raw  # usually nothing to rewrite
     return out if out.endswith(b"\r\n") else out + b"\r\n"
 
 

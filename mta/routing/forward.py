@@ -100,7 +100,10 @@ def received_count(raw: bytes) -> int:
 
 
 def arc_instances(raw: bytes) -> int:
-    headers, _ = parse_message(normalize_line_endings(raw))
+    msg = normalize_line_endings(raw)
+    if b"arc-" not in msg.partition(b"\r\n\r\n")[0].lower():
+        return 0  # no ARC field name in the header section: nothing to parse
+    headers, _ = parse_message(msg)
     return max(existing_instances(headers), default=0)
 
 
