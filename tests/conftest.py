@@ -46,7 +46,9 @@ def pg() -> TestPostgres:
 
 @pytest.fixture
 def db_url(pg: TestPostgres) -> str:
-    return pg.new_database()
+    url = pg.new_database()
+    yield url
+    pg.discard(url)
 
 
 @pytest.fixture
