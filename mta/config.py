@@ -264,6 +264,9 @@ class RoutingSettings:
     # In-session delivery of a forward to a single destination: the sender waits at
     # most this long for the upstream answer; past it the copy is queued (250).
     in_session_timeout: Duration = Duration(30)
+    # false: every forward is queued and delivered by the delivery workers, never tried
+    # while the sender waits (the 250 then only means "stored").
+    in_session_forward: bool = True
     # DKIM/ARC domain of forwarded mail; null = srs.domain. Its key is taken from
     # dkim_keys or generated on first use (publish it: the log gives the record).
     forwarding_domain: str | None = None

@@ -27,6 +27,7 @@ consumed by `mta.queue.bounces` in the same transaction (`bounce_recipient` at R
 A forward to exactly one destination (and no handler) is tried in-session within
 `routing.in_session_timeout`: 2xx -> 250, 5xx -> that reply, 4xx/timeout/no connection ->
 queued with the attempt counted (the next one follows the retry schedule).
+`routing.in_session_forward: false` queues it instead, as a forward to several.
 Settings read: `routing.*`, `srs.*`, `retry.*`, `delivery.port`, `node.hostname`.
 """
 
@@ -340,7 +341,8 @@ class InboundRouter:
             return await self._refuse(plan, ctx, replies.LOCAL_ERROR, "forward_error",
                                       {"error": str(exc)}, status="Error")
         attempt: _Attempt | None = None
-        if len(plan.targets) == 1 and not plan.handlers:
+        if (len(plan.targets) == 1 and not plan.handlers
+                and self.settings.routing.in_session_forward):
             target = next(iter(plan.targets.values()))
             attempt = await self._in_session(target, copies[target.destination])
             if attempt.outcome.result == "failed":

@@ -195,3 +195,17 @@ async def test_forwarding_loop_is_refused_with_554_546(world):
     assert w.inbox.messages == []
     rejected = await events(w, "Rejected")
     assert rejected and rejected[0].details["reason"] == "routing_loop"
+
+
+async def test_in_session_forward_off_queues_a_single_destination(world):
+    w = world
+    w.a.settings.routing.in_session_forward = False
+    code, text = await smtp_send(w.a, signed(w), "alice@sender.test")
+    assert code == 250, text
+    assert w.inbox.messages == []  # not tried while the sender waited
+    async with w.db.session() as s:
+        d = (await s.execute(select(Delivery))).scalar_one()
+    assert (d.recipient, d.status, d.attempts) == ("dest@inbox.test", "queued", 0)
+    assert await w.workers(w.a).run_once() == 1
+    got = w.inbox.wait_for(1)[0]
+    assert got.rcpt_tos == ["dest@inbox.test"] and got.mail_from.startswith("SRS0=")
