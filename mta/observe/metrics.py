@@ -86,6 +86,11 @@ DELIVERY_ATTEMPT_SECONDS = Histogram(
     "mta_delivery_attempt_seconds",
     "Duration of one SMTP transaction with a remote server (connection reuse included)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+OUTBOUND_CONNECTIONS = Counter(
+    "mta_outbound_connections_total",
+    "Outbound SMTP connections a delivery used, by origin (new | reused: kept open from "
+    "an earlier message to the same next hop)",
+    ["origin"])
 DSN_QUEUED = Counter(
     "mta_dsn_queued_total", "Delivery status notifications queued, by kind "
     "(failed | expired | delayed)", ["kind"])
@@ -99,7 +104,8 @@ BOUNCES_RECEIVED = Counter(
 
 __all__ += [
     "BOUNCES_RECEIVED", "DELIVERY_ATTEMPTS", "DELIVERY_ATTEMPT_SECONDS", "DELIVERY_SECONDS",
-    "DSN_QUEUED", "QUEUE_DEPTH", "QUEUE_OLDEST_DUE_SECONDS", "SUPPRESSIONS_ADDED",
+    "DSN_QUEUED", "OUTBOUND_CONNECTIONS", "QUEUE_DEPTH", "QUEUE_OLDEST_DUE_SECONDS",
+    "SUPPRESSIONS_ADDED",
 ]
 
 # --- dependencies (mta/observe/dbhealth.py) ---------------------------------------------

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mta.dnscache import DnsError, DnsResolver
+from mta.observe import metrics
 from mta.queue.mtasts import MtaSts, Policy
 from mta.queue.outcome import RecipientOutcome, Reply, Result
 from mta.queue.pool import ConnectionPool
@@ -431,6 +432,7 @@ class DeliverySession:
                 if (conn.host, conn.ip) in self._bad:
                     conn.client.close()
                     continue
+                metrics.OUTBOUND_CONNECTIONS.labels("reused").inc()
                 return conn
         return None
 
@@ -462,6 +464,7 @@ class DeliverySession:
                     last = exc
                     continue
                 self.connections += 1
+                metrics.OUTBOUND_CONNECTIONS.labels("new").inc()
                 return conn
         raise last or _ConnectError("no MX host could be reached")
 

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from mta.queue.pool import ConnectionPool
 from tests.queue.test_remote import MSG, engine
 
 
 def mx_zone(dns_server, ip: str = "127.0.0.2") -> None:
     dns_server.add_zone(f"dest.test. 300 IN MX 10 mx.dest.test.\nmx.dest.test. 300 IN A {ip}")
+
+
+class _Counts(dict):
+    def __sub__(self, other: dict) -> dict:
+        return {k: self[k] - other.get(k, 0) for k in self}
+
+
+def reuse_counted() -> _Counts:
+    """mta_outbound_connections_total by origin, as the metrics listener would show it."""
+    return _Counts({origin: REGISTRY.get_sample_value(
+        "mta_outbound_connections_total", {"origin": origin}) or 0.0
+        for origin in ("new", "reused")})
 
 
 def message(i: int) -> bytes:
@@ -25,10 +39,12 @@ async def test_one_connection_carries_messages_of_separate_deliveries(dns_server
     sink = make_sink("127.0.0.2")
     mx_zone(dns_server)
     e = engine(dns_server, sink.port)
+    before = reuse_counted()
     for i in range(5):  # five separate deliveries, as five in-session forwards make them
         [out] = await e.deliver("dest.test", "a@src.test", [f"u{i}@dest.test"], message(i))
         assert out.result == "delivered", out
     assert e.connections_opened == 1 and e.pool.reused == 4
+    assert reuse_counted() - before == {"new": 1, "reused": 4}
     msgs = await asyncio.to_thread(sink.wait_for, 5)
     assert len({m.peer for m in msgs}) == 1  # the same client port: one TCP connection
     assert [m.rcpt_tos for m in msgs] == [[f"u{i}@dest.test"] for i in range(5)]
