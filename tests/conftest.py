@@ -45,6 +45,24 @@ def pg() -> TestPostgres:
 
 
 @pytest.fixture
+def own_pg():
+    """A PostgreSQL cluster of this test alone, with one migrated database `mta`
+    (`own_pg.url("mta")`): for tests that stop and start the database."""
+    from mta.store.embedded import EmbeddedPostgres
+    from mta.store.migrate import upgrade
+
+    base = server_owned_dir("mta-test-own-pg-")
+    cluster = EmbeddedPostgres(base, database="postgres",
+                               extra_settings=("fsync = off", "full_page_writes = off"))
+    cluster.start()
+    cluster.create_database("mta")
+    upgrade(cluster.url("mta"))
+    yield cluster
+    cluster.stop(mode="immediate")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
 def db_url(pg: TestPostgres) -> str:
     url = pg.new_database()
     yield url

@@ -35,13 +35,13 @@ async def _store(db, msg: Message, delivery_status: str | None = None) -> Messag
         if delivery_status is not None:
             (d,) = await enqueue(s, msg, [Recipient("b@dest.test", "bounces@ours.test")],
                                  now=msg.received_at)
-            await s.flush()
             s.add(DeliveryAttempt(delivery_id=d.id, started_at=msg.received_at,
                                   finished_at=msg.received_at, result="delivered"))
-            d.status = delivery_status
-            if delivery_status not in ("queued", "held"):
-                d.finished_at = msg.received_at + timedelta(minutes=1)
-        record_events(s, event_rows(direction="outbound", status="Sent",
+            finished = (msg.received_at + timedelta(minutes=1)
+                        if delivery_status not in ("queued", "held") else None)
+            await s.execute(update(Delivery).where(Delivery.id == d.id).values(
+                status=delivery_status, finished_at=finished))
+        await record_events(s, event_rows(direction="outbound", status="Sent",
                                     recipients=["b@dest.test"], mail_from="a@ours.test",
                                     message_id=msg.id))
     return msg
@@ -60,12 +60,10 @@ async def _age_events(db, older_than: timedelta) -> None:
 
 async def test_old_events_are_deleted_in_batches_and_recent_ones_kept(db):
     old = [r for i in range(25) for r in event_rows(
-        direction="inbound", status="Rejected", recipients=[f"u{i}@ours.test"])]
-    for row in old:
-        row.ts = NOW - timedelta(days=40)
-    recent = event_rows(direction="inbound", status="Forwarded", recipients=["v@ours.test"])
-    for row in recent:
-        row.ts = NOW - timedelta(days=30)
+        direction="inbound", status="Rejected", recipients=[f"u{i}@ours.test"],
+        ts=NOW - timedelta(days=40))]
+    recent = event_rows(direction="inbound", status="Forwarded", recipients=["v@ours.test"],
+                        ts=NOW - timedelta(days=30))
     assert await record_events_now(db, old + recent)
     deleted = await purge_events(db, NOW - timedelta(days=31), batch=10)  # 10 + 10 + 5
     assert deleted == 25
@@ -122,7 +120,7 @@ async def test_the_node_service_runs_the_job(db, db_url, monkeypatch):
     s.database.url = db_url
     s.observe.retention_interval = 1
     rows = event_rows(direction="inbound", status="Dropped", recipients=["w@ours.test"])
-    rows[0].ts = NOW - timedelta(days=32)
+    rows[0]["ts"] = NOW - timedelta(days=32)
     assert await record_events_now(db, rows)
     ctx = NodeContext(settings=s, db=db, resolver=DnsResolver.from_settings(s.dns),
                       node_id="retention-test")

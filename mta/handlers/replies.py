@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.errors import MtaError
 from mta.handlers.message import EmailMessage, ForwardableEmailMessage, header_fields
-from mta.observe.events import event_rows
+from mta.observe.events import event_rows, record_events
 from mta.queue.queue import PRIORITY_INTERACTIVE, Recipient, enqueue
 from mta.routing.forward import KeyStore
 from mta.sending.compose import fold_header, new_message_id
@@ -197,7 +197,7 @@ async def stage_reply(session: AsyncSession, prepared: PreparedReply, *,
                   session_id=incoming.session_id if incoming is not None else None)
     await enqueue(session, msg, [Recipient(prepared.rcpt_to)], now=now,
                   priority=PRIORITY_INTERACTIVE)
-    session.add_all(event_rows(
+    await record_events(session, event_rows(
         direction="outbound", status="Sent", recipients=[prepared.rcpt_to],
         mail_from=prepared.mail_from, message_id=msg.id, subject=prepared.subject,
         per_recipient={prepared.rcpt_to: {"account_id": account_id}},

@@ -52,10 +52,10 @@ from mta.handlers.message import (
     header_fields,
 )
 from mta.handlers.replies import PreparedReply, check_reply_rules, prepare_reply, stage_reply
-from mta.observe.events import record_events_now
+from mta.observe.events import record_events, record_events_now
 from mta.routing.inbound import Routed, WorkerCall
 from mta.routing.rules import normalize_address
-from mta.store.models import Event, Message
+from mta.store.models import Message
 
 __all__ = ["Execution", "HandlerRunner", "execute"]
 
@@ -304,7 +304,7 @@ class HandlerRunner:
         """Fallback reject_4xx: keep the message (status handler_failed) and say why,
         in one transaction; the client is told 451 and retries."""
         first = runs[0][0]
-        rows: list[Event] = []
+        rows: list[dict[str, Any]] = []
         for call, run in runs:
             details = {**self._details(call, run), "reply": reply.line(),
                        "fallback": "reject_4xx"}
@@ -324,8 +324,8 @@ class HandlerRunner:
                 s.add(message)
                 await s.flush()
                 for row in rows:
-                    row.message_id = message.id
-                s.add_all(rows)
+                    row["message_id"] = message.id
+                await record_events(s, rows)
         except Exception as exc:  # still 451: the client keeps the message
             log.error("could not keep a message whose handler failed: %s", exc,
                       extra={"event": "handlers.store_failed"})
@@ -333,7 +333,7 @@ class HandlerRunner:
 
     async def _rejected(self, runs: list[tuple[WorkerCall, Execution]], ctx: Any,
                         reply: Any) -> None:
-        rows: list[Event] = []
+        rows: list[dict[str, Any]] = []
         sends = [(c, r) for c, r in runs if r.replies]
         for call, run in runs:
             details = {**self._details(call, run), "reply": reply.line()}

@@ -18,6 +18,7 @@ __all__ = [
     "AUTH_RESULTS",
     "INBOUND_CHECK_SECONDS",
     "INBOUND_MESSAGES",
+    "INBOUND_RECORDS_LOST",
     "INBOUND_REJECTIONS",
     "INBOUND_SIZE_BYTES",
     "RBL_HITS",
@@ -44,6 +45,10 @@ INBOUND_MESSAGES = Counter(
     "Messages at the end of DATA on the MX listener, by outcome "
     "(accepted | quarantined | rejected | tempfailed | error)",
     ["outcome"])
+INBOUND_RECORDS_LOST = Counter(
+    "mta_inbound_records_lost_total",
+    "Messages forwarded in-session and answered 250 whose record could not be committed "
+    "(the database failed after the next hop accepted them)")
 INBOUND_REJECTIONS = Counter(
     "mta_inbound_rejections_total",
     "Refusals on the MX listener by stable reason (relay_denied, unknown_recipient, rbl, "

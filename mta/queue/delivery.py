@@ -47,9 +47,11 @@ from email.parser import BytesHeaderParser
 from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mta.config import copy_section
 from mta.observe import metrics
+from mta.observe.events import event_rows, record_events
 from mta.queue import bounces, softbounce
 from mta.queue.outcome import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED, RecipientOutcome
 from mta.queue.queue import (
@@ -64,7 +66,9 @@ from mta.queue.queue import (
     utcnow,
 )
 from mta.store import suppression
-from mta.store.models import Event, Message
+from mta.store.db import Unit
+from mta.store.models import Message
+from mta.store.rows import MESSAGES
 
 __all__ = ["DeliveryOptions", "DeliveryWorkers", "SuppressionPolicy", "Transport",
            "Verdict", "decide"]
@@ -303,19 +307,19 @@ class DeliveryWorkers:
 
     async def _run_job(self, job: _Job) -> None:
         ids = [c.id for c in job.claimed]
-        async with self.db.session() as s:
-            rows = (await s.execute(select(Message).where(
-                Message.id.in_({c.message_id for c in job.claimed})))).scalars().all()
-        messages = {m.id: m for m in rows}
-        groups: dict[tuple[uuid.UUID, str], list[Claimed]] = defaultdict(list)
+        async with self.db.connection() as conn:
+            rows = (await conn.execute(select(MESSAGES).where(
+                MESSAGES.c.id.in_({c.message_id for c in job.claimed})))).mappings().all()
+        # Transient rows (never added to a session): read by the transport, DSNs, events.
+        messages = {r["id"]: Message(**r) for r in rows}
+        groups: dict[tuple[uuid.UUID, str, bytes | None], list[Claimed]] = defaultdict(list)
         for c in job.claimed:
-            groups[(c.message_id, c.envelope_from)].append(c)
+            groups[(c.message_id, c.envelope_from, c.prefix)].append(c)
         self._in_flight.update(ids)
         renewer = asyncio.create_task(self._renew(ids))
-        results: list[tuple[Claimed, RecipientOutcome, datetime, datetime]] = []
         untried: list[Claimed] = []
         try:
-            await self._send_groups(job.domain, groups, messages, results, untried)
+            await self._send_groups(job.domain, groups, messages, untried)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -323,14 +327,16 @@ class DeliveryWorkers:
             self._in_flight.difference_update(ids)
         if untried:
             await release(self.db, self.node_id, untried)
-        await self._record(results, messages)
 
     async def _send_groups(self, domain: str, groups: dict, messages: dict[uuid.UUID, Message],
-                           results: list, untried: list[Claimed]) -> None:
+                           untried: list[Claimed]) -> None:
+        """Send each message of the batch in turn and record its outcomes as soon as the
+        next hop has answered it, before the next one goes: a crash re-sends at most the
+        one message in flight."""
         use_session = isinstance(self.transport, SessionTransport)
         async with contextlib.AsyncExitStack() as stack:
             session = None
-            for (message_id, env_from), batch in groups.items():
+            for (message_id, env_from, prefix), batch in groups.items():
                 if self._stopping:
                     untried.extend(batch)  # graceful stop: hand the rest back
                     continue
@@ -341,14 +347,14 @@ class DeliveryWorkers:
                     if msg is None:
                         raise RuntimeError("message row is gone")
                     rcpts = [c.recipient for c in batch]
+                    wire = prefix + msg.raw if prefix else msg.raw
                     if use_session:
                         if session is None:
                             session = await stack.enter_async_context(
                                 self.transport.open_session(domain))
-                        outcomes = await session.send(env_from, rcpts, msg.raw)
+                        outcomes = await session.send(env_from, rcpts, wire)
                     else:
-                        outcomes = await self.transport.deliver(domain, env_from, rcpts,
-                                                                msg.raw)
+                        outcomes = await self.transport.deliver(domain, env_from, rcpts, wire)
                 except Exception as exc:  # unknown trouble is temporary
                     log.warning("transport error for %s: %s", domain, exc,
                                 extra={"event": "delivery.transport_error",
@@ -358,10 +364,10 @@ class DeliveryWorkers:
                 metrics.DELIVERY_ATTEMPT_SECONDS.observe(time.perf_counter() - t0)
                 finished = self.clock()
                 by_rcpt = {o.recipient: o for o in outcomes}
-                for c in batch:
-                    o = by_rcpt.get(c.recipient) or RecipientOutcome(
-                        c.recipient, "deferred", detail="transport gave no outcome")
-                    results.append((c, o, started, finished))
+                results = [(c, by_rcpt.get(c.recipient) or RecipientOutcome(
+                    c.recipient, "deferred", detail="transport gave no outcome"),
+                    started, finished) for c in batch]
+                await self._record(results, messages)
 
     async def _renew(self, ids: Sequence[int]) -> None:
         every = max(self.options.lease_seconds / 3, 0.5)
@@ -401,10 +407,20 @@ class DeliveryWorkers:
             stored.append(StoredOutcome(
                 c, v.status, v.attempt_result, started, finished, o.reply, o.detail,
                 o.mx_host, o.ip, o.tls_version, mark_delay_notified=v.dsn == "delayed"))
-        async with self.db.session() as s:
-            updated = set(await record_outcomes(s, self.node_id, stored, now=now))
+
+        async def write(conn: AsyncConnection) -> None:
+            updated = set(await record_outcomes(conn, self.node_id, stored, now=now))
             live = [(c, o, v) for c, o, v in verdicts if c.id in updated]
-            await self._consequences(s, live, messages, now)
+            await record_events(conn, self._events(live, messages, now))
+            if any(v.dsn or v.hard_bounce or (v.soft_bounce and v.status == "expired")
+                   for _, _, v in live):
+                async with AsyncSession(bind=conn) as s:  # rare: DSNs and suppressions
+                    await self._consequences(s, live, messages, now)
+                    await s.flush()
+
+        unit = Unit()
+        unit.then(write)
+        await self.db.commit(unit)  # possibly together with other workers' outcomes
         for c, _o, v in verdicts:
             label = v.status if v.status in ("delivered", "failed", "expired") else "deferred"
             metrics.DELIVERY_ATTEMPTS.labels(label).inc()
@@ -415,9 +431,8 @@ class DeliveryWorkers:
 
     async def _consequences(self, s, live: list, messages: dict[uuid.UUID, Message],
                             now: datetime) -> None:
-        """DSNs, suppressions and events for the rows whose state we just changed."""
+        """DSNs and suppressions for the rows whose state we just changed."""
         dsn_items: dict[tuple[uuid.UUID, str], list] = defaultdict(list)
-        subjects: dict[uuid.UUID, str | None] = {}
         for c, o, v in live:
             msg = messages.get(c.message_id)
             if msg is None:
@@ -426,17 +441,29 @@ class DeliveryWorkers:
                 dsn_items[(c.message_id, v.dsn)].append((c, o))
             if msg.account_id and bounces.suppression_applies(msg):
                 await self._suppress(s, msg, c, o, v, now)
-            if msg.id not in subjects:
-                subjects[msg.id] = _subject(msg.raw)
-            s.add(Event(ts=now, message_id=msg.id, account_id=msg.account_id,
-                        direction=msg.direction, status=v.event, mail_from=msg.mail_from,
-                        rcpt_to=c.recipient, subject=subjects[msg.id], domain=c.domain,
-                        details=_details(c, o, v)))
         for (message_id, kind), items in dsn_items.items():
             if await bounces.queue_dsn(s, messages[message_id], kind, items, now=now,
                                        reporting_mta=self.settings.node.hostname,
                                        retry=self.retry):
                 metrics.DSN_QUEUED.labels(kind).inc()
+
+    @staticmethod
+    def _events(live: list, messages: dict[uuid.UUID, Message], now: datetime) -> list[dict]:
+        """One activity event per recipient whose state we just changed."""
+        rows: list[dict] = []
+        subjects: dict[uuid.UUID, str | None] = {}
+        for c, o, v in live:
+            msg = messages.get(c.message_id)
+            if msg is None:
+                continue
+            if msg.id not in subjects:
+                subjects[msg.id] = _subject(msg.raw)
+            rows += event_rows(
+                direction=msg.direction, status=v.event, recipients=[c.recipient],
+                mail_from=msg.mail_from, message_id=msg.id, subject=subjects[msg.id],
+                details=_details(c, o, v), ts=now,
+                per_recipient={c.recipient: {"account_id": msg.account_id}})
+        return rows
 
     async def _suppress(self, s, msg: Message, c: Claimed, o: RecipientOutcome, v: Verdict,
                         now: datetime) -> None:

@@ -6,7 +6,8 @@ decides whether a reply is temporary or permanent (that is `delivery.py`, the on
 policy); this module only stores what was decided.
 
 - `enqueue()` runs inside the caller's transaction, so a message is acknowledged (250/200)
-  only once it and its deliveries are committed together.
+  only once it and its deliveries are committed together; the hot paths build the same
+  rows with `delivery_row()` (final state in the INSERT) into their group-commit unit.
 - `claim()` locks due rows with `SELECT ... FOR UPDATE SKIP LOCKED`, in its own short
   transaction, and commits with them a lease (`lease_owner`, `lease_expires_at`), the
   incremented attempt count and the time of the NEXT attempt (as mox does). A node that
@@ -20,8 +21,9 @@ policy); this module only stores what was decided.
 - Backoff is a function of the attempt count only (first retry, doubling, capped, with
   jitter), never of wall-clock gaps, so an operator pause or a database outage does not
   inflate it. The last retry is placed at the maximum age, after which a deferral expires.
-- `record_outcomes()` writes the attempt rows and the new delivery states of a whole batch
-  in the caller's transaction (the worker adds DSNs, suppressions and events to it).
+- `record_outcomes()` writes the attempt rows and the new delivery states in the caller's
+  transaction (the worker adds DSNs, suppressions and events to it), once per message as
+  soon as the next hop has answered it.
 
 Settings read: `retry.*` (RetrySettings), optionally per destination domain.
 Every function takes `now` (an aware UTC datetime) so tests drive time with a clock.
@@ -37,20 +39,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
+from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.config import RetrySettings
 from mta.queue.outcome import Reply
 from mta.store.db import Database
-from mta.store.models import ACTIVE_STATUSES, Delivery, DeliveryAttempt, Message
+from mta.store.models import ACTIVE_STATUSES, Delivery, Message
+from mta.store.rows import ATTEMPTS, DELIVERIES, NEXT_DELIVERY_IDS, full_row
 
 __all__ = [
-    "Clock", "Claimed", "PRIORITY_BULK", "PRIORITY_INTERACTIVE",
-    "PRIORITY_RETRY_BAND", "Recipient", "RetryPolicy", "StoredOutcome", "claim", "due_filter",
-    "enqueue", "hold", "purge", "queue_stats", "record_outcomes", "release", "release_held",
-    "renew_leases", "requeue",
+    "Clock", "Claimed", "Enqueued", "PRIORITY_BULK",
+    "PRIORITY_INTERACTIVE", "PRIORITY_RETRY_BAND", "Recipient", "RetryPolicy", "StoredOutcome",
+    "attempt_row", "claim", "delivery_row", "due_filter", "enqueue", "hold", "purge",
+    "queue_stats", "record_outcomes", "release", "release_held", "renew_leases", "requeue",
     "utcnow", "verp_address", "verp_token",
 ]
 
@@ -149,18 +153,39 @@ class Recipient:
     address: str
     envelope_from: str | None = None
     verp_domain: str | None = None
+    prefix: bytes | None = None  # header fields sent before the message (a forward's)
 
 
 def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
 
+def delivery_row(did: int, message_id: uuid.UUID, r: Recipient, *, mail_from: str,
+                 now: datetime, priority: int = PRIORITY_INTERACTIVE,
+                 verp_key: bytes | None = None, **state: Any) -> dict[str, Any]:
+    """The complete `deliveries` row for recipient `r`, queued and due at `now` unless
+    `state` says otherwise (a leased first attempt, an in-session outcome): the final
+    state goes into the INSERT, never into an UPDATE right after it."""
+    env_from = r.envelope_from if r.envelope_from is not None else mail_from
+    if r.verp_domain:
+        if verp_key is None:
+            raise ValueError("a VERP recipient needs verp_key")
+        env_from = verp_address(did, r.verp_domain, verp_key)
+    values: dict[str, Any] = dict(
+        id=did, message_id=message_id, recipient=r.address, domain=_domain_of(r.address),
+        envelope_from=env_from, status="queued", priority=priority, attempts=0,
+        next_attempt_at=now, created_at=now, prefix=r.prefix)
+    values.update(state)
+    return full_row(DELIVERIES, now, **values)
+
+
 async def enqueue(session: AsyncSession, message: Message,
                   recipients: Sequence[Recipient | str], *, now: datetime,
                   priority: int = PRIORITY_INTERACTIVE,
-                  verp_key: bytes | None = None) -> list[Delivery]:
+                  verp_key: bytes | None = None) -> list[Enqueued]:
     """Add `message` (if not yet in the session) and one queued delivery per recipient,
-    due at `now`, in the caller's transaction. Returns the new rows (ids assigned)."""
+    due at `now`, in the caller's ORM transaction (DSNs, replies, verification mail;
+    the hot paths build `delivery_row`s into a `Unit` instead)."""
     rcpts = [Recipient(r) if isinstance(r, str) else r for r in recipients]
     if not rcpts:
         return []
@@ -171,24 +196,32 @@ async def enqueue(session: AsyncSession, message: Message,
     if message not in session:
         session.add(message)
     await session.flush()
-    # Ids first, so a VERP address can carry its own row id without a second UPDATE.
-    ids = (await session.execute(
-        text("SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
-             "FROM generate_series(1, :n)"), {"n": len(rcpts)})).scalars().all()
-    rows: list[Delivery] = []
-    for did, r in zip(ids, rcpts, strict=True):
-        env_from = r.envelope_from if r.envelope_from is not None else message.mail_from
-        if r.verp_domain:
-            if verp_key is None:
-                raise ValueError("a VERP recipient needs verp_key")
-            env_from = verp_address(did, r.verp_domain, verp_key)
-        rows.append(Delivery(id=did, message_id=message.id, recipient=r.address,
-                             domain=_domain_of(r.address), envelope_from=env_from,
-                             status="queued", priority=priority, attempts=0,
-                             next_attempt_at=now, created_at=now))
-    session.add_all(rows)
-    await session.flush()
-    return rows
+    ids = (await session.execute(NEXT_DELIVERY_IDS, {"n": len(rcpts)})).scalars().all()
+    rows = [delivery_row(did, message.id, r, mail_from=message.mail_from, now=now,
+                         priority=priority, verp_key=verp_key)
+            for did, r in zip(ids, rcpts, strict=True)]
+    await session.execute(DELIVERIES.insert(), rows)
+    return [Enqueued.of(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """A delivery row just written."""
+
+    id: int
+    message_id: uuid.UUID
+    recipient: str
+    domain: str
+    envelope_from: str
+    status: str
+    priority: int
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Enqueued:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
 
 
 # --- claim, lease, release ----------------------------------------------------------------
@@ -210,6 +243,7 @@ class Claimed:
     next_attempt_at: datetime
     previous_next_attempt_at: datetime
     delay_notified_at: datetime | None
+    prefix: bytes | None = None
 
 
 def due_filter(now: datetime):
@@ -224,7 +258,7 @@ async def claim(db: Database, node_id: str, *, limit: int, lease_seconds: float,
     """Lease up to `limit` due deliveries, all for one destination domain (the head of
     the queue's, or `domain`), and commit the lease and the next attempt time."""
     excluded = sorted(set(exclude_domains))
-    async with db.session() as s:
+    async with db.connection() as s:
         if domain is None:
             head = select(Delivery.domain).where(due_filter(now))
             if excluded:
@@ -237,7 +271,8 @@ async def claim(db: Database, node_id: str, *, limit: int, lease_seconds: float,
         picked = (await s.execute(
             select(Delivery.id, Delivery.message_id, Delivery.recipient, Delivery.domain,
                    Delivery.envelope_from, Delivery.priority, Delivery.attempts,
-                   Delivery.created_at, Delivery.next_attempt_at, Delivery.delay_notified_at)
+                   Delivery.created_at, Delivery.next_attempt_at, Delivery.delay_notified_at,
+                   Delivery.prefix)
             .where(due_filter(now), Delivery.domain == domain)
             .order_by(Delivery.priority, Delivery.next_attempt_at).limit(limit)
             .with_for_update(skip_locked=True))).all()
@@ -250,11 +285,16 @@ async def claim(db: Database, node_id: str, *, limit: int, lease_seconds: float,
             nxt = policy.next_attempt(now, attempts, r.created_at, r.domain)
             out.append(Claimed(r.id, r.message_id, r.recipient, r.domain, r.envelope_from,
                                r.priority, attempts, r.created_at, nxt, r.next_attempt_at,
-                               r.delay_notified_at))
-        await s.execute(update(Delivery), [
-            {"id": c.id, "attempts": c.attempts, "next_attempt_at": c.next_attempt_at,
-             "lease_owner": node_id, "lease_expires_at": lease_until} for c in out])
+                               r.delay_notified_at, r.prefix))
+        await s.execute(_LEASE, [
+            {"b_id": c.id, "b_attempts": c.attempts, "b_next": c.next_attempt_at,
+             "b_owner": node_id, "b_until": lease_until} for c in out])
     return out
+
+
+_LEASE = (update(Delivery).where(Delivery.id == bindparam("b_id"))
+          .values(attempts=bindparam("b_attempts"), next_attempt_at=bindparam("b_next"),
+                  lease_owner=bindparam("b_owner"), lease_expires_at=bindparam("b_until")))
 
 
 async def renew_leases(db: Database, node_id: str, ids: Sequence[int], *,
@@ -262,7 +302,7 @@ async def renew_leases(db: Database, node_id: str, ids: Sequence[int], *,
     """Extend our leases on `ids` (long SMTP sessions); returns how many we still hold."""
     if not ids:
         return 0
-    async with db.session() as s:
+    async with db.connection() as s:
         res = await s.execute(
             update(Delivery).where(Delivery.id.in_(ids), Delivery.lease_owner == node_id,
                                    Delivery.status == "queued")
@@ -275,7 +315,7 @@ async def release(db: Database, node_id: str, claimed: Sequence[Claimed]) -> int
     count and the due time are restored, so another node picks them up at once."""
     if not claimed:
         return 0
-    async with db.session() as s:
+    async with db.connection() as s:
         n = 0
         for c in claimed:
             res = await s.execute(
@@ -315,24 +355,35 @@ def _reply_text(o: StoredOutcome) -> str | None:
     return o.detail
 
 
-async def record_outcomes(session: AsyncSession, node_id: str,
-                          outcomes: Sequence[StoredOutcome], *, now: datetime) -> list[int]:
-    """Write attempt rows and new delivery states for a batch, in the caller's
-    transaction. Returns the ids whose delivery row was updated (a row another node
-    finished meanwhile is left alone; its attempt is still recorded)."""
+def attempt_row(delivery_id: int, *, started_at: datetime, finished_at: datetime,
+                node: str | None, result: str, reply: Reply | None = None,
+                detail: str | None = None, mx_host: str | None = None, ip: str | None = None,
+                tls_version: str | None = None) -> dict[str, Any]:
+    """The complete `delivery_attempts` row of one attempt."""
+    return full_row(ATTEMPTS, finished_at, delivery_id=delivery_id, started_at=started_at,
+                    finished_at=finished_at, node=node, mx_host=mx_host, ip=ip,
+                    tls_version=tls_version, result=result,
+                    reply_code=reply.code if reply else None,
+                    enhanced_code=reply.enhanced if reply else None,
+                    reply_text=reply.text if reply else detail)
+
+
+async def record_outcomes(executor: Any, node_id: str, outcomes: Sequence[StoredOutcome], *,
+                          now: datetime) -> list[int]:
+    """Write attempt rows and new delivery states, with the caller's session or
+    connection, in its transaction. Returns the ids whose delivery row was updated (a
+    row another node finished meanwhile is left alone; its attempt is still recorded)."""
     if not outcomes:
         return []
-    session.add_all([DeliveryAttempt(
-        delivery_id=o.claimed.id, started_at=o.started_at, finished_at=o.finished_at,
-        node=node_id, mx_host=o.mx_host, ip=o.ip, tls_version=o.tls_version,
-        result=o.attempt_result, reply_code=o.reply.code if o.reply else None,
-        enhanced_code=o.reply.enhanced if o.reply else None,
-        reply_text=(o.reply.text if o.reply else o.detail)) for o in outcomes])
-    # One statement for the whole batch. Only the lease holder reschedules a deferral
+    await executor.execute(ATTEMPTS.insert(), [attempt_row(
+        o.claimed.id, started_at=o.started_at, finished_at=o.finished_at, node=node_id,
+        result=o.attempt_result, reply=o.reply, detail=o.detail, mx_host=o.mx_host,
+        ip=o.ip, tls_version=o.tls_version) for o in outcomes])
+    # One statement for all of them. Only the lease holder reschedules a deferral
     # (the next attempt time was committed at claim; a deferral just drops the lease and
     # enters the retry band); a final state is written whoever holds the lease, because
     # the remote server has spoken.
-    res = await session.execute(_RECORD_SQL, {
+    res = await executor.execute(_RECORD_SQL, {
         "ids": [o.claimed.id for o in outcomes],
         "statuses": [o.status for o in outcomes],
         "finished": [o.finished_at for o in outcomes],

@@ -7,12 +7,15 @@ message and before it is stored. `InboundRouter.route()` returns a `Routed` valu
   a forwarding loop (554 5.4.6), `routing.dmarc_safe_from: reject` (550 5.7.1), the
   upstream 5xx of the in-session attempt (its code and text, nothing queued, no
   backscatter), or a local problem (451). Events are already written.
-- otherwise `stage(session, message)` adds, in the caller's transaction (the one that
-  stores the message, so nothing is acknowledged before it is durable): the forwarded
-  copies (a `messages` row each, source `forward`), their deliveries (delivered when the
-  in-session attempt succeeded, queued for the delivery workers when it got 4xx / timed
-  out / could not connect, or when there are several destinations), the activity events,
-  and the message status. Then the listener answers 250.
+- otherwise `stage(unit, message)` adds to the unit of work that stores the message
+  (`mta.store.commit`: nothing is acknowledged before it is durable): one delivery per
+  destination, pointing at the received message with only what forwarding adds kept in
+  `deliveries.prefix` (DKIM signatures, ARC set; a copy whose From was rewritten is
+  stored whole), its final state in the INSERT (delivered when the in-session attempt
+  succeeded, queued when it got 4xx / timed out / could not connect, or when there are
+  several destinations) with the attempt row, the activity events, and the message's
+  final status. `delivered` tells the listener that the message is already out (see
+  docs/smtp.md, "Durability"). Then the listener answers 250.
 
 Per recipient (the full address, `+detail` kept, is what events show): the rule is
 matched again with the routing data the RCPT check used (`mta.routing.rules`, the one
@@ -41,14 +44,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mta import replies
 from mta.checks.results import AuthResults
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.observe import metrics
-from mta.observe.events import event_rows, record_events_now
+from mta.observe.events import event_rows, record_events, record_events_now
 from mta.queue import bounces
 from mta.queue.outcome import RecipientOutcome
 from mta.queue.queue import (
@@ -56,7 +60,8 @@ from mta.queue.queue import (
     PRIORITY_RETRY_BAND,
     Recipient,
     RetryPolicy,
-    enqueue,
+    attempt_row,
+    delivery_row,
     utcnow,
 )
 from mta.replies import Reply
@@ -71,8 +76,9 @@ from mta.routing.forward import (
 from mta.routing.recipients import RecipientVerdict
 from mta.routing.rules import match_rule, normalize_address
 from mta.signing.srs import SrsError, is_srs_address
-from mta.store.db import Database
-from mta.store.models import Delivery, DeliveryAttempt, Event, Message
+from mta.store.db import Database, Unit
+from mta.store.models import Message
+from mta.store.rows import ATTEMPTS, DELIVERIES, EVENTS, MESSAGES, full_row
 
 __all__ = ["Handlers", "InboundRouter", "Routed", "Target", "WorkerCall", "srs_recipient_verdict"]
 
@@ -134,12 +140,15 @@ class WorkerCall:
 @dataclass
 class Routed:
     reply: Reply | None = None  # refuse with this; nothing to store
-    _stage: Callable[[AsyncSession, Message], Any] | None = None
+    _stage: Callable[[Unit, dict[str, Any]], Any] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    delivered: bool = False  # the in-session forward was accepted by the next hop
 
-    async def stage(self, session: AsyncSession, message: Message) -> None:
+    async def stage(self, unit: Unit, message: dict[str, Any]) -> None:
+        """Add the deliveries, events and final status of `message` (its row) to the
+        unit that stores it."""
         if self._stage is not None:
-            await self._stage(session, message)
+            await self._stage(unit, message)
 
 
 @dataclass
@@ -349,7 +358,8 @@ class InboundRouter:
                 return await self._upstream_refused(plan, ctx, target, attempt)
         return Routed(None, self._stager(plan, ctx, copies, attempt),
                       {"targets": len(plan.targets),
-                       "in_session": attempt.outcome.result if attempt else None})
+                       "in_session": attempt.outcome.result if attempt else None},
+                      delivered=attempt is not None and attempt.outcome.result == "delivered")
 
     async def _copies(self, plan: _Plan, raw: bytes, mail_from: str, auth: AuthResults,
                       rewrite: bool) -> dict[str, ForwardCopy]:
@@ -388,7 +398,7 @@ class InboundRouter:
     async def _refuse(self, plan: _Plan, ctx: _EventContext, reply: Reply, reason: str,
                       details: dict[str, Any], status: str = "Rejected") -> Routed:
         metrics.INBOUND_REJECTIONS.labels(reason).inc()
-        rows: list[Event] = []
+        rows: list[dict[str, Any]] = []
         for t in plan.targets.values():
             for rcpt in t.recipients:
                 rows += ctx.rows(status, rcpt, t.per_rcpt[rcpt],
@@ -406,7 +416,7 @@ class InboundRouter:
         reply = replace(reply, code=code,
                         enhanced=replies.enhanced_for(code, up.enhanced if up else None))
         metrics.INBOUND_REJECTIONS.labels("upstream_rejected").inc()
-        rows: list[Event] = []
+        rows: list[dict[str, Any]] = []
         for rcpt in target.recipients:
             rows += ctx.rows("Delivery failed", rcpt, target.per_rcpt[rcpt], {
                 "destination": target.destination, "in_session": True,
@@ -422,76 +432,98 @@ class InboundRouter:
 
     def _stager(self, plan: _Plan, ctx: _EventContext, copies: dict[str, ForwardCopy],
                 attempt: _Attempt | None = None):
-        async def stage(session: AsyncSession, message: Message) -> None:
+        async def stage(unit: Unit, message: dict[str, Any]) -> None:
             now = self.clock()
-            rows: list[Event] = []
+            rows: list[dict[str, Any]] = []
             for status, rcpt, cols, details in plan.events:
                 rows += ctx.rows(status, rcpt, cols, details)
-            stored: dict[int, Message] = {}
-            for dest, t in plan.targets.items():
+            ids = await self.db.delivery_ids(len(plan.targets)) if plan.targets else []
+            held: dict[int, uuid.UUID] = {}  # copy -> the messages row holding its bytes
+            for did, (dest, t) in zip(ids, plan.targets.items(), strict=True):
                 copy = copies[dest]
-                fwd = stored.get(id(copy))
-                if fwd is None:
+                prefix = _prefix(copy.raw, message["raw"])
+                if prefix is None and id(copy) not in held:
+                    # The From rewrite changed the message itself: store this copy.
                     dests = [d for d in plan.targets if copies[d] is copy]
-                    fwd = stored[id(copy)] = _copy_row(message, copy, dests, now)
-                d = (await enqueue(session, fwd, [Recipient(dest, copy.envelope_from)],
-                                   now=now, priority=PRIORITY_INTERACTIVE))[0]
-                state = "queued"
+                    row = _copy_row(message, copy, dests, now)
+                    unit.insert(MESSAGES, row)
+                    held[id(copy)] = row["id"]
+                holder = message["id"] if prefix is not None else held[id(copy)]
+                state = self._attempt_state(attempt, now, dest) if attempt else {}
+                unit.insert(DELIVERIES, delivery_row(
+                    did, holder, Recipient(dest, copy.envelope_from, prefix=prefix),
+                    mail_from=message["mail_from"], now=now,
+                    **{"priority": PRIORITY_INTERACTIVE, **state}))
                 if attempt is not None:
-                    state = self._apply_attempt(session, d, attempt, now)
+                    o = attempt.outcome
+                    unit.insert(ATTEMPTS, attempt_row(
+                        did, started_at=attempt.started, finished_at=attempt.finished,
+                        node=self.settings.node.node_id or self.settings.node.hostname,
+                        result="delivered" if o.result == "delivered" else "deferred",
+                        reply=o.reply, detail=o.detail, mx_host=o.mx_host, ip=o.ip,
+                        tls_version=o.tls_version))
+                delivery = "delivered" if state.get("status") == "delivered" else "queued"
                 for rcpt in t.recipients:
                     cols = t.per_rcpt[rcpt]
                     rows += ctx.rows("Forwarded", rcpt, cols, {
-                        **cols.get("_info", {}), "destination": dest, "delivery": state,
-                        "delivery_id": d.id, "forward_message_id": str(fwd.id),
+                        **cols.get("_info", {}), "destination": dest, "delivery": delivery,
+                        "delivery_id": did, "forward_message_id": str(holder),
                         "envelope_from": copy.envelope_from,
                         "from_rewritten": copy.from_rewritten, "signed_by": copy.signed_by,
                         "srs_bounce": t.kind == "srs",
                         **({"reply": str(attempt.outcome.reply)}
-                           if attempt and attempt.outcome.reply else {})},
-                        message_id=message.id)
-            # issue 4: bounces and complaints to our return paths, in this transaction;
-            # handle_inbound_bounce writes their events (on the delivery's message).
-            matched = 0
-            for rcpt in plan.bounces:
-                result = await bounces.handle_inbound_bounce(
-                    session, rcpt, message.raw, key=self.verp_key, now=now)
-                if result.delivery_id is None:
-                    rows += ctx.rows("Error", rcpt, {}, {"reason": "bounce_unmatched"})
-                matched += result.delivery_id is not None
+                           if attempt and attempt.outcome.reply else {})})
             for row in rows:
-                row.message_id = message.id
-            session.add_all(rows)
-            for extra in plan.stages:  # issue 7: a handler's replies
-                await extra(session, message)
-            message.status = ("handler_pending" if plan.handlers
-                              else "handled" if plan.workers
-                              else "forward_unconfigured" if plan.unconfigured
-                              else "forwarded" if plan.targets
-                              else ("bounce_processed" if matched else "bounce_unmatched")
-                              if plan.bounces else "routed")  # issue 4
+                row["message_id"] = message["id"]
+            unit.insert(EVENTS, rows)
+            if plan.bounces or plan.stages:  # issue 4 / issue 7: ORM work, rare
+                unit.then(self._orm_stages(plan, ctx, message, now))
+            message["status"] = ("handler_pending" if plan.handlers
+                                 else "handled" if plan.workers
+                                 else "forward_unconfigured" if plan.unconfigured
+                                 else "forwarded" if plan.targets
+                                 else "bounce_unmatched" if plan.bounces  # see below
+                                 else "routed")
         return stage
 
-    def _apply_attempt(self, session: AsyncSession, d: Delivery, attempt: _Attempt,
-                       now: datetime) -> str:
+    def _orm_stages(self, plan: _Plan, ctx: _EventContext, message: dict[str, Any],
+                    now: datetime):
+        """Bounce intake (issue 4) and a handler's replies (issue 7) need the ORM; they
+        run on the unit's connection, in its transaction, after its inserts."""
+        async def step(conn: AsyncConnection) -> None:
+            incoming = Message(**message)  # transient: read by the stages, never added
+            async with AsyncSession(bind=conn) as session:
+                matched = 0
+                rows: list[dict[str, Any]] = []
+                for rcpt in plan.bounces:
+                    result = await bounces.handle_inbound_bounce(
+                        session, rcpt, message["raw"], key=self.verp_key, now=now)
+                    if result.delivery_id is None:
+                        rows += ctx.rows("Error", rcpt, {}, {"reason": "bounce_unmatched"},
+                                         message_id=message["id"])
+                    matched += result.delivery_id is not None
+                for extra in plan.stages:
+                    await extra(session, incoming)
+                await session.flush()
+            await record_events(conn, rows)
+            if matched and not (plan.handlers or plan.workers or plan.targets
+                                or plan.unconfigured):
+                await conn.execute(update(MESSAGES).where(MESSAGES.c.id == message["id"])
+                                   .values(status="bounce_processed"))
+        return step
+
+    def _attempt_state(self, attempt: _Attempt, now: datetime, dest: str
+                       ) -> dict[str, Any]:
+        """The delivery's columns after the in-session attempt (attempt 1)."""
         o = attempt.outcome
-        session.add(DeliveryAttempt(
-            delivery_id=d.id, started_at=attempt.started, finished_at=attempt.finished,
-            node=self.settings.node.node_id or self.settings.node.hostname,
-            mx_host=o.mx_host, ip=o.ip, tls_version=o.tls_version,
-            result="delivered" if o.result == "delivered" else "deferred",
-            reply_code=o.reply.code if o.reply else None,
-            enhanced_code=o.reply.enhanced if o.reply else None,
-            reply_text=o.reply.text if o.reply else o.detail))
-        d.attempts = 1
-        d.last_reply = str(o.reply) if o.reply else o.detail
+        state: dict[str, Any] = {"attempts": 1,
+                                 "last_reply": str(o.reply) if o.reply else o.detail}
         if o.result == "delivered":
-            d.status, d.finished_at = "delivered", attempt.finished
-            return "delivered"
-        # The in-session try was attempt 1: the retry schedule continues from there.
-        d.priority = PRIORITY_INTERACTIVE + PRIORITY_RETRY_BAND
-        d.next_attempt_at = self.retry.next_attempt(now, 1, d.created_at, d.domain)
-        return "queued"
+            return {**state, "status": "delivered", "finished_at": attempt.finished}
+        # The retry schedule continues from the in-session try.
+        return {**state, "priority": PRIORITY_INTERACTIVE + PRIORITY_RETRY_BAND,
+                "next_attempt_at": self.retry.next_attempt(
+                    now, 1, now, dest.rpartition("@")[2].lower())}
 
 
 @dataclass(frozen=True)
@@ -509,7 +541,7 @@ class _EventContext:
     session_id: str | None
 
     def rows(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any],
-             message_id: uuid.UUID | None = None) -> list[Event]:
+             message_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
         public = {k: v for k, v in cols.items() if not k.startswith("_")}
         return event_rows(direction="inbound", status=status, recipients=[rcpt],
                           mail_from=self.mail_from, message_id=message_id,
@@ -523,14 +555,21 @@ def _with_headers(raw: bytes, headers: tuple[tuple[str, str], ...]) -> bytes:
     return b"".join(f"{n}: {v}\r\n".encode() for n, v in headers) + raw
 
 
-def _copy_row(message: Message, copy: ForwardCopy, destinations: list[str],
-              now: datetime) -> Message:
+def _prefix(copy: bytes, raw: bytes) -> bytes | None:
+    """What the forwarded copy adds in front of the stored message (signatures, ARC set,
+    a handler's fields), or None when it changed the message itself."""
+    return copy[:len(copy) - len(raw)] if copy.endswith(raw) else None
+
+
+def _copy_row(message: dict[str, Any], copy: ForwardCopy, destinations: list[str],
+              now: datetime) -> dict[str, Any]:
     # direction inbound + source forward: the worker's events stay in the routing log,
     # and automatic suppression (for mail an account sends) does not apply. mail_from is
     # the original sender, so a DSN after a failed retry reaches them directly.
-    return Message(id=uuid.uuid4(), direction="inbound", source="forward",
-                   account_id=message.account_id, message_id_header=message.message_id_header,
-                   mail_from=message.mail_from, rcpt_to=destinations, raw=copy.raw, size=len(copy.raw),
-                   received_at=now, session_id=message.session_id,
-                   auth_results=message.auth_results, status="forward",
-                   origin_id=message.id)
+    return full_row(MESSAGES, now, id=uuid.uuid4(), direction="inbound", source="forward",
+                    account_id=message["account_id"],
+                    message_id_header=message["message_id_header"],
+                    mail_from=message["mail_from"], rcpt_to=destinations, raw=copy.raw,
+                    size=len(copy.raw), received_at=now, session_id=message["session_id"],
+                    auth_results=message["auth_results"], status="forward",
+                    origin_id=message["id"])

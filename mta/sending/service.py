@@ -38,6 +38,7 @@ import email.utils
 import logging
 import re
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,9 +49,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from mta.errors import MtaError
-from mta.observe.events import event_rows, record_events, record_events_now
+from mta.observe.events import event_rows, record_events_now
 from mta.queue import bounces
-from mta.queue.queue import Claimed, Recipient, enqueue
+from mta.queue.queue import Claimed, Recipient, delivery_row
 from mta.sending import limits as rate
 from mta.sending.compose import compose_message, fold_header, new_message_id
 from mta.sending.domains import check_sender, load_signing_keys
@@ -68,13 +69,9 @@ from mta.sending.validate import (
 from mta.signing.dkim import sign_message
 from mta.signing.keys import KeyVault, SigningKey
 from mta.store import suppression
-from mta.store.db import is_unavailable
-from mta.store.models import (
-    Delivery,
-    DestinationAddress,
-    Message,
-    SendingDomain,
-)
+from mta.store.db import Unit, is_unavailable
+from mta.store.models import DestinationAddress, SendingDomain
+from mta.store.rows import DELIVERIES, EVENTS, MESSAGES, full_row
 
 __all__ = ["SendResult", "SendingService"]
 
@@ -366,37 +363,40 @@ class SendingService:
         verp = return_path is not None and self._verp_key is not None
         lease = self.sync_timeout > 0
         opts, retry = self.workers.options, self.workers.retry
+        db = self.ctx.db
+        msg_id = uuid.uuid4()
+        unit = Unit()
+        unit.insert(MESSAGES, full_row(
+            MESSAGES, now, id=msg_id, direction="outbound", source=source,
+            account_id=account_id, message_id_header=message_id, mail_from=out.sender,
+            rcpt_to=list(accepted), raw=raw, size=len(raw), received_at=now,
+            status="queued"))
         claimed: list[Claimed] = []
-        async with self.ctx.db.session() as s:
-            msg = Message(direction="outbound", source=source, account_id=account_id,
-                          message_id_header=message_id, mail_from=out.sender,
-                          rcpt_to=list(accepted), raw=raw, size=len(raw), received_at=now,
-                          status="queued")
-            rows = await enqueue(s, msg, [Recipient(r, verp_domain=return_path if verp
-                                                    else None) for r in accepted],
-                                 now=now, verp_key=self._verp_key if verp else None)
-            for row in rows:
-                if lease:  # as queue.claim() leaves a row it hands to a worker
-                    nxt = retry.next_attempt(now, 1, now, row.domain)
-                    row.attempts, row.next_attempt_at = 1, nxt
-                    row.lease_owner = self.ctx.node_id
-                    row.lease_expires_at = now + timedelta(seconds=opts.lease_seconds)
-                    claimed.append(Claimed(row.id, msg.id, row.recipient, row.domain,
-                                           row.envelope_from, row.priority, 1, now, nxt,
-                                           now, None))
-                else:
-                    claimed.append(Claimed(row.id, msg.id, row.recipient, row.domain,
-                                           row.envelope_from, row.priority, 0, now, now,
-                                           now, None))
-            extra = {r: {"account_id": account_id, "zone_id": facts.zone_id}
-                     for r in accepted}
-            record_events(s, event_rows(
-                direction="outbound", status="Sent", recipients=accepted,
-                mail_from=out.sender, message_id=msg.id, subject=out.subject,
-                details={"source": source, "message_id": message_id}, per_recipient=extra))
-            if refused:
-                record_events(s, self._rejected(account_id, facts, out, refused, msg.id))
-            await rate.consume(s, counters, countable)  # last: its row locks are brief
+        for did, r in zip(await db.delivery_ids(len(accepted)), accepted, strict=True):
+            state: dict[str, Any] = {}
+            nxt = now
+            if lease:  # as queue.claim() leaves a row it hands to a worker
+                nxt = retry.next_attempt(now, 1, now, r.rpartition("@")[2].lower())
+                state = {"attempts": 1, "next_attempt_at": nxt,
+                         "lease_owner": self.ctx.node_id,
+                         "lease_expires_at": now + timedelta(seconds=opts.lease_seconds)}
+            row = delivery_row(did, msg_id, Recipient(r, verp_domain=return_path if verp
+                                                      else None),
+                               mail_from=out.sender, now=now,
+                               verp_key=self._verp_key if verp else None, **state)
+            unit.insert(DELIVERIES, row)
+            claimed.append(Claimed(did, msg_id, r, row["domain"], row["envelope_from"],
+                                   row["priority"], row["attempts"], now, nxt, now, None))
+        extra = {r: {"account_id": account_id, "zone_id": facts.zone_id} for r in accepted}
+        unit.insert(EVENTS, event_rows(
+            direction="outbound", status="Sent", recipients=accepted, ts=now,
+            mail_from=out.sender, message_id=msg_id, subject=out.subject,
+            details={"source": source, "message_id": message_id}, per_recipient=extra))
+        if refused:
+            unit.insert(EVENTS, self._rejected(account_id, facts, out, refused, msg_id))
+        if countable and counters:  # raises when the quota is gone: this unit fails alone
+            unit.then(lambda conn: rate.consume(conn, counters, countable))
+        await db.commit(unit)
         if not lease:
             with contextlib.suppress(Exception):
                 self.workers.wake()
@@ -409,8 +409,8 @@ class SendingService:
                           mail_from=out.sender, message_id=message_row_id,
                           subject=out.subject, per_recipient=per)
         for row in rows:
-            entry = facts.suppressed.get((row.rcpt_to or "").lower())
-            row.details = {"reason": "suppressed", "error_code": "E_RECIPIENT_SUPPRESSED",
+            entry = facts.suppressed.get((row["rcpt_to"] or "").lower())
+            row["details"] = {"reason": "suppressed", "error_code": "E_RECIPIENT_SUPPRESSED",
                            "suppression": entry.reason if entry else None}
         return rows
 
@@ -439,10 +439,18 @@ class SendingService:
             self._background.add(t)
             t.add_done_callback(self._background.discard)
         await asyncio.wait(tasks, timeout=self.sync_timeout)
+        # The send is committed: whatever happens now, the answer is a success. Reading
+        # the states back is only for the report; if the database went away meanwhile,
+        # everything is reported queued (it is, or it was delivered: never lost).
         ids = [c.id for c in claimed]
-        async with self.ctx.db.session() as s:
-            rows = (await s.execute(select(Delivery.id, Delivery.status).where(
-                Delivery.id.in_(ids)))).all()
+        try:
+            async with self.ctx.db.connection() as conn:
+                rows = (await conn.execute(select(DELIVERIES.c.id, DELIVERIES.c.status)
+                                           .where(DELIVERIES.c.id.in_(ids)))).all()
+        except Exception as exc:
+            log.warning("could not read delivery states after a committed send: %s", exc,
+                        extra={"event": "sending.status_unknown"})
+            return {}
         return {r.id: r.status for r in rows}
 
 

@@ -6,10 +6,14 @@ policy for that domain — and at the end of DATA runs the pipeline for one mess
 
     checks (authcheck) -> decision (checks.policy, a value) -> side effects:
       accept: strip forged Authentication-Results, prepend Received and ours, commit the
-              message and its events in ONE transaction, then 250 (never before);
+              message and its events (and what routing adds) as one unit — possibly in a
+              transaction shared with other sessions (`mta.store.commit`) — then 250,
+              never before;
       refuse: an event with the reason and the auth results, then the 4xx/5xx reply.
 
-A failure to commit is 451 4.3.0: the client keeps the message and retries.
+A failure to commit is 451 4.3.0: the client keeps the message and retries — except
+after an in-session forward the next hop accepted: the message is out, so the answer
+is 250 and only our record of it is lost (logged `mx.record_lost`, counted).
 Settings read: `inbound.*`, `limits.inbound_message_size`, `node.hostname`.
 """
 
@@ -29,13 +33,13 @@ from mta.checks.results import AuthResults, strip_our_auth_results
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.observe import metrics
-from mta.observe.events import event_rows, record_events, record_events_now
+from mta.observe.events import event_rows, record_events_now
 from mta.replies import Reply
 from mta.routing.recipients import RecipientDirectory, RecipientVerdict
 from mta.smtp.authcheck import Reverse, from_header, judge, run_checks, verdicts_of
 from mta.smtp.headers import auth_results_field, header_value, prepend, received_field
-from mta.store.db import Database
-from mta.store.models import Message
+from mta.store.db import Database, Unit
+from mta.store.rows import EVENTS, MESSAGES, full_row
 
 __all__ = ["ClientInfo", "Intake", "Transaction"]
 
@@ -192,7 +196,8 @@ class Intake:
                         "account_id": r.routing.account_id if r.routing else None,
                         "rule_id": r.match.rule.id if r.match else None}
             for r in txn.recipients}
-        message = Message(
+        message = full_row(
+            MESSAGES, None,
             id=message_id, direction="inbound", source="mx",
             account_id=first.account_id if first else None,
             message_id_header=(header_value(content, "Message-ID") or "")[:998] or None,
@@ -200,13 +205,14 @@ class Intake:
             session_id=client.session_id, client_ip=client.ip,
             client_ptr=client.reverse.ptr if client.reverse else None, helo=client.helo,
             tls=client.tls, auth_results=auth_json, status="received")
-        rows = event_rows(
+        unit = Unit()
+        unit.insert(EVENTS, event_rows(
             direction="inbound", status="Received", recipients=rcpts, mail_from=txn.mail_from,
             message_id=message_id, subject=subject, auth=_auth_summary(results),
             per_recipient=per_rcpt,
             details={"reason": decision.reason, "quarantine": decision.quarantine,
                      "would_be": decision.would_be, "client_ip": client.ip,
-                     "session_id": client.session_id, "size": len(raw)})
+                     "session_id": client.session_id, "size": len(raw)}))
         routed = None
         if self.router is not None:
             try:
@@ -221,16 +227,24 @@ class Intake:
                 metrics.INBOUND_MESSAGES.labels("rejected").inc()
                 return routed.reply
         try:
-            async with self.db.session() as s:
-                s.add(message)
-                await s.flush()  # the message row first: events reference it
-                record_events(s, rows)
-                if routed is not None:
-                    await routed.stage(s, message)  # same transaction: one commit, then 250
+            if routed is not None:  # deliveries, events, the final message status
+                await routed.stage(unit, message)
+            unit.insert(MESSAGES, message)
+            await self.db.commit(unit)  # maybe shared with other sessions; durable now
         except Exception as exc:
+            metrics.INBOUND_MESSAGES.labels("error").inc()
+            if routed is not None and routed.delivered:
+                # The in-session forward was accepted downstream: the message is out, and
+                # a 451 would make the sender deliver it a second time. Tell the truth
+                # (250) and lose only our record of it (docs/smtp.md, "Durability").
+                metrics.INBOUND_RECORDS_LOST.inc()
+                log.error("message %s from %s was forwarded but could not be recorded "
+                          "(session %s): %s", message_id, client.ip, client.session_id, exc,
+                          extra={"event": "mx.record_lost", "message_id": str(message_id),
+                                 "session_id": client.session_id})
+                return replies.QUEUED.format(queue_id=message_id.hex)
             log.error("could not store message from %s (session %s): %s", client.ip,
                       client.session_id, exc, extra={"event": "mx.store_failed"})
-            metrics.INBOUND_MESSAGES.labels("error").inc()
             return replies.STORE_FAILED
         metrics.INBOUND_MESSAGES.labels(
             "quarantined" if decision.quarantine else "accepted").inc()

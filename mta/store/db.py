@@ -1,22 +1,45 @@
-"""Engine and sessions for the one PostgreSQL database every node shares."""
+"""Engine and sessions for the one PostgreSQL database every node shares.
+
+Two ways to write:
+- `session()`: an ORM unit of work (admin API, CLI, rare paths) that commits on success
+  and rolls back on error;
+- `commit(unit)`: the hot paths (a received or sent message, a delivery outcome), plain
+  Core inserts and statements on prepared statements, committed together with other
+  concurrent units (`mta.store.commit`).
+
+No `pool_pre_ping`: with asyncpg it costs three round trips (BEGIN, SELECT, ROLLBACK) per
+checkout. A connection that sat idle in the pool longer than IDLE_PING_SECONDS is pinged
+when taken out (after a database restart those are the dead ones); a busy pool never
+pings, and a connection that dies anyway fails its transaction, is invalidated by the
+pool, and the caller's retry (or 4xx) takes a new one.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 
-__all__ = ["Database", "DatabaseUnavailable", "describe_target", "is_unavailable"]
+from mta.store.commit import GroupCommit, Unit
+from mta.store.rows import NEXT_DELIVERY_IDS
+
+__all__ = ["Database", "DatabaseUnavailable", "Unit", "describe_target", "is_unavailable"]
+
+IDLE_PING_SECONDS = 1.0
+ID_BLOCK = 64
 
 # SQLSTATEs of a server that is going away or not yet there: class 08 (connection
 # exception), 57P01-57P03 (admin/crash shutdown, cannot connect now), 53300 (too many
@@ -58,13 +81,12 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 class Database:
-    """An async engine plus a session factory. `session()` is a unit of work that
-    commits on success and rolls back on error."""
+    """An async engine, a session factory and the group committer."""
 
     def __init__(self, url: str, pool_size: int = 10, connect_timeout: float = 10) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+            url, pool_size=pool_size, max_overflow=pool_size,
             connect_args={"timeout": connect_timeout})
         self.target = describe_target(url)
 
@@ -78,12 +100,56 @@ class Database:
                 raise DatabaseUnavailable(
                     f"cannot connect to PostgreSQL at {self.target}: {exc}") from exc
 
+        _ping_idle_connections(self.engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.committer = GroupCommit(self.engine)
+        self._ids: list[int] = []
+
+    async def delivery_ids(self, n: int) -> list[int]:
+        """`n` fresh `deliveries.id` values, taken from the sequence in blocks so a
+        message's rows are known before its INSERT without a round trip each time."""
+        while len(self._ids) < n:
+            async with self.engine.connect() as conn:
+                got = (await conn.execute(NEXT_DELIVERY_IDS,
+                                          {"n": max(n, ID_BLOCK)})).scalars().all()
+            self._ids.extend(got)
+        out, self._ids = self._ids[:n], self._ids[n:]
+        return out
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as s, s.begin():
             yield s
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction of its own (commits on success)."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def commit(self, unit: Unit) -> list[Any]:
+        """Write `unit` durably (possibly sharing a transaction with concurrent units);
+        returns the results of its steps once committed."""
+        return await self.committer.run(unit)
+
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            # The pool discards this connection and checks out another one.
+            raise exc.DisconnectionError(str(error)) from error

@@ -287,6 +287,9 @@ class Delivery(Base):
     recipient: Mapped[str] = mapped_column(Text, nullable=False)
     domain: Mapped[str] = mapped_column(String(253), nullable=False)
     envelope_from: Mapped[str] = mapped_column(Text, nullable=False)  # SRS/VERP per delivery
+    # What goes on the wire before the message's raw bytes: a forward's DKIM signatures
+    # and ARC set (the received message is stored once, not once more signed).
+    prefix: Mapped[bytes | None] = mapped_column(LargeBinary)
     # queued | delivered | failed | expired | suppressed | held
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="queued")
     priority: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="0")

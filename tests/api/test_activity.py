@@ -31,7 +31,7 @@ async def _record(db_url: str, rows_at: list[tuple[datetime, list]]) -> None:
     try:
         for ts, rows in rows_at:
             for row in rows:
-                row.ts = ts
+                row["ts"] = ts
             assert await record_events_now(db, rows)
     finally:
         await db.close()

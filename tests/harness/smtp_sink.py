@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
@@ -54,6 +55,8 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.sink.on_data is not None:  # e.g. a test stopping the database right here
+            self.sink.on_data()
         scripted = None
         with self.sink._lock:
             if self.sink.data_replies:
@@ -111,6 +114,8 @@ class SmtpSink:
         # Scripted replies: per recipient (lower-cased) a queue of replies used one per RCPT.
         self.rcpt_replies: dict[str, deque[str] | str] = {}
         self.data_replies: deque[str] = deque()
+        # Called (in the sink's thread) when a message's data has arrived, before the reply.
+        self.on_data: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._controller: _Controller | None = None

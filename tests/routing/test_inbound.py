@@ -145,9 +145,15 @@ async def test_upstream_451_is_queued_and_delivered_later(world):
     assert got.mail_from == d.envelope_from and got.rcpt_tos == ["dest@inbox.test"]
     cv, _r, reason = dkim.arc_verify(got.data, dnsfunc=w.txt())
     assert cv == b"pass", reason
+    assert verify_all_dkim(got.data, w.txt()) == {"fwda.test": True, "sender.test": True}
     async with w.db.session() as s:
         d = (await s.execute(select(Delivery))).scalar_one()
+        [stored] = (await s.execute(select(Message))).scalars().all()
     assert d.status == "delivered" and d.attempts == 2
+    # Stored once: the delivery points at the received message and keeps only what
+    # forwarding put in front of it; on the wire that is prefix + message.
+    assert d.message_id == stored.id and stored.source == "mx"
+    assert got.data == d.prefix + stored.raw and len(d.prefix) < 2048
 
 
 async def test_several_destinations_are_all_queued(world):

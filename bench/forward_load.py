@@ -1,0 +1,141 @@
+"""CPU per forwarded message of a real `mta serve` process (node + its PostgreSQL).
+
+    .venv/bin/python bench/forward_load.py [--messages 1000] [--concurrency 10]
+                                           [--per-session 10] [--queue] [--profile FILE]
+
+A working tool for the database side of issue 12 (the official benchmarks live in the
+other bench/ scripts): one PostgreSQL cluster (fsync on), the loopback test DNS server,
+a counting sink on 127.0.0.2 reached through `delivery.smart_host`, and `mta serve` with
+the rule user@ours.test -> dest@inbox.test. Clients (aiosmtplib, in a separate process)
+send DKIM-signed ~3.5 KB messages. The CPU time of the node process and of every
+PostgreSQL process is read from /proc before and after the measured run; with --profile
+py-spy records the node during it. --queue keeps the forward out of the session (queued,
+then drained by the node's workers). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.inbound import run_level  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / TICK
+
+
+def postgres_pids(postmaster: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True)
+    return [postmaster, *(int(p) for p in out.stdout.split())]
+
+
+async def main(args: argparse.Namespace, workdir: Path) -> dict:
+    from bench.inbound import start_postgres
+    from mta.store.db import Database
+    from tests.harness.dns_server import TestDnsServer
+    from tests.harness.node import NodeProcess
+    from tests.harness.smtp_sink import SmtpSink
+    from tests.smtp.conftest import _make_key, dkim_sign, make_message, publish_world, seed
+
+    cluster = await asyncio.to_thread(start_postgres, workdir, True)
+    dns = TestDnsServer().start()
+    keys = {name: _make_key() for name in ("good", "strict", "forwarder", "sealer")}
+    publish_world(dns, keys)
+    db = Database(cluster.url())
+    await seed(db)
+    await db.close()
+    sink = SmtpSink("127.0.0.2").start()
+    config = {
+        "database": {"url": cluster.url(), "pool_size": 20},
+        "limits": {"max_sessions_per_ip": 1000},
+        "logging": {"level": "info"},
+        "delivery": {"smart_host": {"host": "127.0.0.2", "port": sink.port, "tls": "none"}},
+    }
+    if args.queue:
+        config["routing"] = {"in_session_timeout": "0s"}
+    node = NodeProcess(workdir / "node", config, dns.nameserver).start()
+    body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n" * 60
+    raw = dkim_sign(make_message("alice@good.test", body=body), "good.test", "sel",
+                    keys["good"])
+    raw_file = workdir / "message.eml"
+    raw_file.write_bytes(raw)
+    port = node.port("mx")
+    try:
+        await run_level(port, 5, 50, args.per_session, raw_file)  # warm-up
+        await _wait_for(sink, 50)
+        pg_pids = postgres_pids(_postmaster_pid(workdir / "pg" / "data"))
+        before_node, before_pg = cpu_seconds([node.proc.pid]), cpu_seconds(pg_pids)
+        delivered0 = len(sink.messages)
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                                    "-p", str(node.proc.pid), "-o", args.profile, "-f",
+                                    args.format, "-r", "50", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await asyncio.sleep(1.0)
+        started = time.perf_counter()
+        result = await run_level(port, args.concurrency, args.messages, args.per_session,
+                                 raw_file)
+        await _wait_for(sink, delivered0 + result["accepted"])
+        seconds = time.perf_counter() - started
+        node_cpu = cpu_seconds([node.proc.pid]) - before_node
+        pg_cpu = cpu_seconds(postgres_pids(_postmaster_pid(workdir / "pg" / "data"))) - before_pg
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(60)
+        n = max(result["accepted"], 1)
+        return {"concurrency": args.concurrency, "queue": args.queue, **result,
+                "e2e_seconds": round(seconds, 2),
+                "delivered": len(sink.messages) - delivered0,
+                "e2e_per_second": round(result["accepted"] / seconds, 1),
+                "node_cpu_ms_per_message": round(1000 * node_cpu / n, 2),
+                "pg_cpu_ms_per_message": round(1000 * pg_cpu / n, 2)}
+    finally:
+        node.stop()
+        sink.stop()
+        dns.stop()
+        await asyncio.to_thread(cluster.stop)
+
+
+def _postmaster_pid(datadir: Path) -> int:
+    return int((datadir / "postmaster.pid").read_text().split()[0])
+
+
+async def _wait_for(sink, count: int, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while len(sink.messages) < count and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--per-session", type=int, default=10)
+    parser.add_argument("--queue", action="store_true")
+    parser.add_argument("--profile")
+    parser.add_argument("--format", default="raw")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-fwd-") as tmp:
+        os.chmod(tmp, 0o755)
+        print(json.dumps(asyncio.run(main(args, Path(tmp)))))
