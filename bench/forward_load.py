@@ -51,6 +51,7 @@ def postgres_pids(postmaster: int) -> list[int]:
 
 async def main(args: argparse.Namespace, workdir: Path) -> dict:
     from bench.inbound import start_postgres
+
     from mta.store.db import Database
     from tests.harness.dns_server import TestDnsServer
     from tests.harness.node import NodeProcess
@@ -84,6 +85,7 @@ async def main(args: argparse.Namespace, workdir: Path) -> dict:
         await run_level(port, 5, 50, args.per_session, raw_file)  # warm-up
         await _wait_for(sink, 50)
         pg_pids = postgres_pids(_postmaster_pid(workdir / "pg" / "data"))
+        stats0 = await _pg_stats(cluster.url())
         before_node, before_pg = cpu_seconds([node.proc.pid]), cpu_seconds(pg_pids)
         delivered0 = len(sink.messages)
         spy = None
@@ -100,6 +102,7 @@ async def main(args: argparse.Namespace, workdir: Path) -> dict:
         seconds = time.perf_counter() - started
         node_cpu = cpu_seconds([node.proc.pid]) - before_node
         pg_cpu = cpu_seconds(postgres_pids(_postmaster_pid(workdir / "pg" / "data"))) - before_pg
+        stats1 = await _pg_stats(cluster.url())
         if spy is not None:
             spy.send_signal(2)
             spy.wait(60)
@@ -109,12 +112,36 @@ async def main(args: argparse.Namespace, workdir: Path) -> dict:
                 "delivered": len(sink.messages) - delivered0,
                 "e2e_per_second": round(result["accepted"] / seconds, 1),
                 "node_cpu_ms_per_message": round(1000 * node_cpu / n, 2),
-                "pg_cpu_ms_per_message": round(1000 * pg_cpu / n, 2)}
+                "pg_cpu_ms_per_message": round(1000 * pg_cpu / n, 2),
+                "commits_per_message": round((stats1[0] - stats0[0]) / n, 2),
+                "wal_bytes_per_message": round((stats1[1] - stats0[1]) / n),
+                "rows_inserted_per_message": round((stats1[2] - stats0[2]) / n, 2),
+                "rows_updated_per_message": round((stats1[3] - stats0[3]) / n, 2)}
     finally:
         node.stop()
         sink.stop()
         dns.stop()
         await asyncio.to_thread(cluster.stop)
+
+
+async def _pg_stats(url: str) -> tuple[int, int, int, int]:
+    """(commits, WAL bytes written, rows inserted, rows updated) of the bench database so
+    far (the statistics collector lags a little: read after the run has settled)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    conn = await asyncpg.connect(host=u.query.get("host"), user=u.username,
+                                 database=u.database)
+    try:
+        await asyncio.sleep(0.6)  # let backends report their counters
+        row = await conn.fetchrow(
+            "SELECT d.xact_commit, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, "
+            "d.tup_inserted, d.tup_updated FROM pg_stat_database d "
+            "WHERE d.datname = current_database()")
+        return tuple(row)
+    finally:
+        await conn.close()
 
 
 def _postmaster_pid(datadir: Path) -> int:
