@@ -4,15 +4,15 @@ A forwarded message is no longer stored twice: the delivery points at the receiv
 message and keeps only what forwarding puts in front of it (DKIM signatures, the ARC
 set, a handler's X- fields), a few hundred bytes.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07 02:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0009'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
