@@ -182,11 +182,19 @@ async def _cmd_cat(args, settings: Settings) -> int:
 
     async with open_database(settings) as db, db.session() as s:
         message, copies = await find_messages(s, args.id)
+        raw = bytes(message.raw)
         if args.copy:
-            if not copies:
+            # A forward is stored as the received message plus what forwarding put in
+            # front of it (deliveries.prefix); only a From-rewritten copy is stored whole.
+            prefix = (await s.execute(select(Delivery.prefix).where(
+                Delivery.message_id == message.id, Delivery.prefix.is_not(None))
+                .order_by(Delivery.id).limit(1))).scalar()
+            if prefix is not None:
+                raw = bytes(prefix) + raw
+            elif copies:
+                raw = bytes(copies[0].raw)
+            else:
                 raise CliError(f"message {message.id.hex} has no forwarded copy")
-            message = copies[0]
-    raw = bytes(message.raw)
     cut = raw.find(b"\r\n\r\n")
     head, body = (raw, b"") if cut < 0 else (raw[:cut + 2], raw[cut + 4:])
     out = head if args.headers else body if args.body else raw
