@@ -28,8 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.inbound import run_level  # noqa: E402
-
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,7 +48,6 @@ def postgres_pids(postmaster: int) -> list[int]:
 
 
 async def main(args: argparse.Namespace, workdir: Path) -> dict:
-    from bench.inbound import start_postgres
 
     from mta.store.db import Database
     from tests.harness.dns_server import TestDnsServer
@@ -74,7 +71,15 @@ async def main(args: argparse.Namespace, workdir: Path) -> dict:
     }
     if args.queue:
         config["routing"] = {"in_session_timeout": "0s"}
-    node = NodeProcess(workdir / "node", config, dns.nameserver).start()
+    node = NodeProcess(workdir / "node", config, dns.nameserver)
+    try:
+        node.start()
+    except BaseException:
+        node.kill()
+        sink.stop()
+        dns.stop()
+        await asyncio.to_thread(cluster.stop)
+        raise
     body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n" * 60
     raw = dkim_sign(make_message("alice@good.test", body=body), "good.test", "sel",
                     keys["good"])
@@ -124,6 +129,60 @@ async def main(args: argparse.Namespace, workdir: Path) -> dict:
         await asyncio.to_thread(cluster.stop)
 
 
+async def run_clients(port: int, concurrency: int, count: int, per_session: int,
+                      raw: bytes) -> dict:
+    """CONCURRENCY aiosmtplib sessions, each sending up to PER_SESSION messages."""
+    import aiosmtplib
+
+    todo, accepted, errors = count, 0, 0
+
+    async def worker() -> None:
+        nonlocal todo, accepted, errors
+        while todo > 0:
+            n = min(per_session, todo)
+            todo -= n
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60,
+                                     local_hostname="client.test")
+            try:
+                await client.connect()
+                for _ in range(n):
+                    try:
+                        await client.sendmail("alice@good.test", ["user@ours.test"], raw)
+                        accepted += 1
+                    except aiosmtplib.SMTPException:
+                        errors += 1
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"accepted": accepted, "errors": errors, "seconds": time.perf_counter() - started}
+
+
+async def run_level(port: int, conc: int, count: int, per_session: int, raw_file: Path) -> dict:
+    """The clients in a process of their own (they must not share the node's CPU count)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", str(port), str(conc), str(count),
+        str(per_session), str(raw_file), stdout=subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def start_postgres(workdir: Path, fsync: bool):
+    from mta.store.embedded import EmbeddedPostgres
+    from mta.store.migrate import upgrade
+
+    extra = ["max_connections = 300", "shared_buffers = 128MB"]
+    if not fsync:
+        extra += ["fsync = off", "synchronous_commit = off"]
+    cluster = EmbeddedPostgres(workdir / "pg", database="bench", extra_settings=tuple(extra))
+    cluster.start()
+    cluster.create_database("bench")
+    upgrade(cluster.url())
+    return cluster
+
+
 async def _pg_stats(url: str) -> tuple[int, int, int, int]:
     """(commits, WAL bytes written, rows inserted, rows updated) of the bench database so
     far (the statistics collector lags a little: read after the run has settled)."""
@@ -155,6 +214,11 @@ async def _wait_for(sink, count: int, timeout: float = 120) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        port, conc, count, per = (int(x) for x in sys.argv[2:6])
+        print(json.dumps(asyncio.run(run_clients(port, conc, count, per,
+                                                 Path(sys.argv[6]).read_bytes()))))
+        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=10)
