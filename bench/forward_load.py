@@ -1,7 +1,7 @@
 """CPU per forwarded message of a real `mta serve` process (node + its PostgreSQL).
 
     .venv/bin/python bench/forward_load.py [--messages 1000] [--concurrency 10]
-                                           [--per-session 10] [--queue] [--profile FILE]
+                                           [--per-session 10] [--profile FILE]
 
 A working tool for the database side of issue 12 (the official benchmarks live in the
 other bench/ scripts): one PostgreSQL cluster (fsync on), the loopback test DNS server,
@@ -9,8 +9,8 @@ a counting sink on 127.0.0.2 reached through `delivery.smart_host`, and `mta ser
 the rule user@ours.test -> dest@inbox.test. Clients (aiosmtplib, in a separate process)
 send DKIM-signed ~3.5 KB messages. The CPU time of the node process and of every
 PostgreSQL process is read from /proc before and after the measured run; with --profile
-py-spy records the node during it. --queue keeps the forward out of the session (queued,
-then drained by the node's workers). Prints one JSON line.
+py-spy records the node during it. Also per message: PostgreSQL commits, WAL bytes, rows
+inserted and updated (pg_stat_database). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -69,8 +69,6 @@ async def main(args: argparse.Namespace, workdir: Path) -> dict:
         "logging": {"level": "info"},
         "delivery": {"smart_host": {"host": "127.0.0.2", "port": sink.port, "tls": "none"}},
     }
-    if args.queue:
-        config["routing"] = {"in_session_timeout": "0s"}
     node = NodeProcess(workdir / "node", config, dns.nameserver)
     try:
         node.start()
@@ -112,7 +110,7 @@ async def main(args: argparse.Namespace, workdir: Path) -> dict:
             spy.send_signal(2)
             spy.wait(60)
         n = max(result["accepted"], 1)
-        return {"concurrency": args.concurrency, "queue": args.queue, **result,
+        return {"concurrency": args.concurrency, **result,
                 "e2e_seconds": round(seconds, 2),
                 "delivered": len(sink.messages) - delivered0,
                 "e2e_per_second": round(result["accepted"] / seconds, 1),
@@ -223,7 +221,6 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--per-session", type=int, default=10)
-    parser.add_argument("--queue", action="store_true")
     parser.add_argument("--profile")
     parser.add_argument("--format", default="raw")
     args = parser.parse_args()

@@ -408,18 +408,8 @@ class DeliveryWorkers:
                 c, v.status, v.attempt_result, started, finished, o.reply, o.detail,
                 o.mx_host, o.ip, o.tls_version, mark_delay_notified=v.dsn == "delayed"))
 
-        async def write(conn: AsyncConnection) -> None:
-            updated = set(await record_outcomes(conn, self.node_id, stored, now=now))
-            live = [(c, o, v) for c, o, v in verdicts if c.id in updated]
-            await record_events(conn, self._events(live, messages, now))
-            if any(v.dsn or v.hard_bounce or (v.soft_bounce and v.status == "expired")
-                   for _, _, v in live):
-                async with AsyncSession(bind=conn) as s:  # rare: DSNs and suppressions
-                    await self._consequences(s, live, messages, now)
-                    await s.flush()
-
         unit = Unit()
-        unit.then(write)
+        unit.merge(self._write_outcomes, (stored, verdicts, messages, now))
         await self.db.commit(unit)  # possibly together with other workers' outcomes
         for c, _o, v in verdicts:
             label = v.status if v.status in ("delivered", "failed", "expired") else "deferred"
@@ -428,6 +418,23 @@ class DeliveryWorkers:
             if v.status != "queued":
                 metrics.DELIVERY_SECONDS.labels(v.status).observe(
                     max((now - c.created_at).total_seconds(), 0.0))
+
+    async def _write_outcomes(self, conn: AsyncConnection, items: list[tuple]) -> None:
+        """The outcomes of every worker committing in this transaction: one INSERT of
+        attempts, one UPDATE of deliveries, one INSERT of events (DSNs and suppressions,
+        rare, through the ORM on the same connection)."""
+        stored = [o for item in items for o in item[0]]
+        verdicts = [v for item in items for v in item[1]]
+        messages = {k: m for item in items for k, m in item[2].items()}
+        now = items[0][3]
+        updated = set(await record_outcomes(conn, self.node_id, stored, now=now))
+        live = [(c, o, v) for c, o, v in verdicts if c.id in updated]
+        await record_events(conn, self._events(live, messages, now))
+        if any(v.dsn or v.hard_bounce or (v.soft_bounce and v.status == "expired")
+               for _, _, v in live):
+            async with AsyncSession(bind=conn) as s:  # rare: DSNs and suppressions
+                await self._consequences(s, live, messages, now)
+                await s.flush()
 
     async def _consequences(self, s, live: list, messages: dict[uuid.UUID, Message],
                             now: datetime) -> None:

@@ -17,7 +17,9 @@ the retry takes a fresh one.
 
 A unit is plain data (rows as dicts, complete and with the same keys per table, as
 `mta.store.rows` builds them) plus optional callables run on the connection after the
-inserts, in the same transaction; their return values come back from `run()`.
+inserts, in the same transaction: its own (`then`) or one shared with the other units of
+the transaction that name the same callable (`merge`: e.g. one UPDATE for many delivery
+outcomes). Their return values come back from `run()`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = ["GroupCommit", "Unit"]
 log = logging.getLogger("mta.store")
 
 Step = Callable[[AsyncConnection], Awaitable[Any]]
+MergedStep = Callable[[AsyncConnection, list[Any]], Awaitable[Any]]
 
 # Parents before children (messages before deliveries before attempts ...).
 _ORDER = {t: i for i, t in enumerate(Base.metadata.sorted_tables)}
@@ -50,12 +53,19 @@ class Unit:
 
     rows: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
+    merged: list[tuple[MergedStep, Any]] = field(default_factory=list)
 
     def insert(self, table: Table, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
         self.rows.setdefault(table, []).extend([rows] if isinstance(rows, dict) else rows)
 
     def then(self, step: Step) -> None:
         self.steps.append(step)
+
+    def merge(self, step: MergedStep, item: Any) -> None:
+        """`step(conn, items)` runs once per shared transaction with the `item` of every
+        unit that named the same step (one UPDATE for the outcomes of many deliveries
+        instead of one each); its return value is this unit's result too."""
+        self.merged.append((step, item))
 
 
 class GroupCommit:
@@ -121,6 +131,13 @@ class GroupCommit:
                 if rows:
                     await conn.execute(table.insert(), rows)
             results = [[await step(conn) for step in u.steps] for u in units]
+            items: dict[MergedStep, list[Any]] = {}
+            for u in units:
+                for step, item in u.merged:
+                    items.setdefault(step, []).append(item)
+            done = {step: await step(conn, batch) for step, batch in items.items()}
+            for u, result in zip(units, results, strict=True):
+                result.extend(done[step] for step, _ in u.merged)
         self.commits += 1
         self.units += len(units)
         return results
