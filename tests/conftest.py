@@ -6,6 +6,8 @@
 - `tls`: a test certificate authority (trustme) issuing server certificates.
 - `smtp_sink` / `make_sink`: recording SMTP servers on 127.0.0.2, 127.0.0.3, ...
 - `make_node`: an `mta serve` process started from a config the test builds.
+- `validating_resolver`: unbound on loopback validating DNSSEC in front of `dns_server`,
+  trusting the keys of the test's signed zones (tests/harness/dnssec.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.harness.dns_server import TestDnsServer
 from tests.harness.node import NodeProcess
 from tests.harness.postgres import TestPostgres
 from tests.harness.smtp_sink import SmtpSink
+from tests.harness.unbound import ValidatingResolver, unbound_available
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CONFORMANCE = SHARED / "conformance"
@@ -135,6 +138,30 @@ def make_sink():
 @pytest.fixture
 def smtp_sink(make_sink) -> SmtpSink:
     return make_sink("127.0.0.2")
+
+
+@pytest.fixture
+def validating_resolver(dns_server):
+    """Start a validating resolver: `validating_resolver(signed=[SignedZone, ...],
+    insecure=["plain.test", ...])`; its `.nameserver` goes into `dns.nameservers`.
+    Every zone it is to answer must be named (it reaches no other server)."""
+    if not unbound_available():
+        pytest.skip("unbound is not installed (scripts/test.sh installs it)")
+    resolvers: list[ValidatingResolver] = []
+    base = Path(tempfile.mkdtemp(prefix="mta-test-unbound-"))
+
+    def factory(signed=(), insecure=()) -> ValidatingResolver:
+        for zone in signed:
+            dns_server.add_signed_zone(zone)
+        resolver = ValidatingResolver(base / str(len(resolvers)), dns_server,
+                                      signed=signed, insecure=insecure)
+        resolvers.append(resolver)
+        return resolver.start()
+
+    yield factory
+    for r in resolvers:
+        r.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

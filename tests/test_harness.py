@@ -62,3 +62,30 @@ async def test_postgres_row_round_trip(db):
     async with db.session() as s:
         names = (await s.scalars(select(Account.name))).all()
     assert names == ["Example"]
+
+
+async def test_validating_resolver_sets_ad_only_for_signed_zones(dns_server,
+                                                                validating_resolver):
+    import dns.flags
+    import dns.rcode
+
+    from tests.harness.dnssec import SignedZone
+
+    signed = SignedZone("signed.test", """
+        signed.test.              300 IN MX 10 mx.signed.test.
+        mx.signed.test.           300 IN A 127.0.0.2
+        _25._tcp.mx.signed.test.  300 IN TLSA 3 1 1 """ + "ab" * 32)
+    forged = SignedZone("forged.test", "mx.forged.test. 300 IN A 127.0.0.3", bogus=True)
+    dns_server.add_zone("mx.plain.test. 300 IN A 127.0.0.4")
+    resolver = validating_resolver(signed=[signed, forged], insecure=["plain.test"])
+
+    def ask(name, rdtype):
+        m = resolver.query(name, rdtype)
+        return dns.rcode.to_text(m.rcode()), bool(m.flags & dns.flags.AD), len(m.answer)
+
+    assert ask("_25._tcp.mx.signed.test", "TLSA") == ("NOERROR", True, 1)
+    assert ask("mx.signed.test", "AAAA") == ("NOERROR", True, 0)  # NSEC-proved NODATA
+    assert ask("nothing.signed.test", "A") == ("NXDOMAIN", True, 0)  # NSEC-proved
+    assert ask("_tcp.mx.signed.test", "A") == ("NOERROR", True, 0)  # empty non-terminal
+    assert ask("mx.plain.test", "A") == ("NOERROR", False, 1)  # insecure: no AD
+    assert ask("mx.forged.test", "A") == ("SERVFAIL", False, 0)  # bogus: refused

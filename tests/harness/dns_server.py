@@ -2,7 +2,8 @@
 
 It answers UDP and TCP on 127.0.0.1 at a free port from records the test gives as
 zone text (A, AAAA, MX, TXT, PTR, CNAME, ... anything dnspython parses), follows
-CNAMEs inside its own data, and can be told to answer SERVFAIL for a name or to
+CNAMEs inside its own data, serves DNSSEC-signed zones (`add_signed_zone`, see
+tests/harness/dnssec.py) for a validating resolver in front of it, and can be told to answer SERVFAIL for a name or to
 stay silent (a timeout). The product's resolver is pointed at it through the
 `dns.nameservers` setting.
 
@@ -34,6 +35,8 @@ import dns.rdatatype
 import dns.rrset
 import dns.zone
 
+from tests.harness.dnssec import SignedZone
+
 __all__ = ["TestDnsServer"]
 
 
@@ -48,6 +51,7 @@ class TestDnsServer:
         self._servfail: set[dns.name.Name] = set()
         self._silent: set[dns.name.Name] = set()
         self.queries: list[tuple[str, str]] = []  # (name, type) in arrival order
+        self._signed: list[SignedZone] = []  # answered with DNSSEC (tests/harness/dnssec.py)
         self._servers: list[socketserver.BaseServer] = []
 
     # -- data -----------------------------------------------------------------------------
@@ -83,6 +87,12 @@ class TestDnsServer:
                           for c in chunks)
         self.add(name, "TXT", quoted, ttl=ttl)
 
+    def add_signed_zone(self, zone: SignedZone) -> None:
+        """Serve a DNSSEC-signed zone: its names are answered from it alone, with RRSIG
+        and NSEC records when the query asks for them (the DO bit)."""
+        with self._lock:
+            self._signed.append(zone)
+
     def remove(self, name: str, rdtype: str | None = None) -> None:
         n = dns.name.from_text(_absolute(name))
         with self._lock:
@@ -96,6 +106,7 @@ class TestDnsServer:
             self._data.clear()
             self._servfail.clear()
             self._silent.clear()
+            self._signed.clear()
             self.queries.clear()
 
     def servfail(self, name: str, on: bool = True) -> None:
@@ -141,6 +152,16 @@ class TestDnsServer:
             if q.name in self._servfail:
                 response.flags &= ~dns.flags.AA
                 response.set_rcode(dns.rcode.SERVFAIL)
+                return response.to_wire()
+            signed = next((z for z in self._signed if z.covers(q.name)), None)
+            if signed is not None:
+                want_dnssec = query.ednsflags & dns.flags.DO
+                rcode, answer, authority = signed.answer(q.name, q.rdtype, bool(want_dnssec))
+                response.set_rcode(rcode)
+                response.answer.extend(answer)
+                response.authority.extend(authority)
+                if want_dnssec:
+                    response.ednsflags |= dns.flags.DO
                 return response.to_wire()
             name = q.name
             for _ in range(16):  # follow CNAME chains inside our data, bounded
