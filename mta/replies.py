@@ -7,7 +7,7 @@ enhanced code and every 5xx a 5.x.x one (RFC 3463 §2: the class digits must agr
 
 References: RFC 5321 §4.2 (basic codes), RFC 3463 and the IANA "SMTP Enhanced Status
 Codes" registry (enhanced codes), RFC 7372 (X.7.2x authentication codes), RFC 6531
-(X.6.7 non-ASCII addresses), RFC 1870 (SIZE), RFC 3207 (STARTTLS).
+(X.6.7 non-ASCII addresses), RFC 1870 (SIZE), RFC 3207 (STARTTLS), RFC 3461 (DSN).
 It imports nothing of ours, so any layer may name a reply; the checks never do (they
 report, `mta.smtp.authcheck.policy_reply` speaks).
 """
@@ -128,6 +128,9 @@ PARAMETER_SYNTAX = Reply.parse("501 5.5.4 Syntax error in parameters or argument
 HELO_SYNTAX = Reply.parse("501 5.5.4 Syntax: {verb} <hostname>")
 BAD_SENDER_SYNTAX = Reply.parse("501 5.1.7 Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply.parse("501 5.1.3 Bad recipient address syntax")
+DUPLICATE_PARAMETER = Reply.parse("501 5.5.4 Duplicate {param} parameter")
+# RFC 3461 §4 (DSN): RET, ENVID, NOTIFY or ORCPT with a value we cannot read.
+DSN_PARAMETER = Reply.parse("501 5.5.4 Bad {param} parameter (RFC 3461): {detail}")
 UNKNOWN_PARAMETER = Reply.parse("555 5.5.4 Parameter not recognized or not implemented: {detail}")
 BDAT_SYNTAX = Reply.parse("501 5.5.4 Syntax: BDAT <size> [LAST]; closing connection")
 DATA_AFTER_BDAT = Reply.parse("503 5.5.1 DATA is not allowed after BDAT in one transaction")

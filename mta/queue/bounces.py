@@ -131,32 +131,37 @@ def suppression_applies(msg: Message) -> bool:
 
 def _dsn_recipient(c: Claimed, o: RecipientOutcome, kind: str, now: datetime,
                    retry: RetryPolicy | None) -> dsn.DsnRecipient:
+    orcpt = c.dsn_orcpt  # RFC 3461 §4.2: echoed as Original-Recipient
     if kind == "expired":
         return dsn.DsnRecipient(c.recipient, "failed", "4.4.7", o.reply, o.mx_host,
+                                original_recipient=orcpt,
                                 last_attempt=now, detail="delivery time expired; last "
                                 "error: " + (str(o.reply) if o.reply else o.detail or "-"))
-    action = "delayed" if kind == "delayed" else "failed"
+    action = {"delayed": "delayed", "relayed": "relayed"}.get(kind, "failed")
     until = None
     if kind == "delayed" and retry is not None:
         until = c.created_at + retry.max_age(c.domain)
     base = dsn.DsnRecipient.from_outcome(o, action, last_attempt=now, will_retry_until=until)
     return dsn.DsnRecipient(c.recipient, base.action, base.status, base.diagnostic,
-                            base.remote_mta, last_attempt=now, will_retry_until=until,
-                            detail=base.detail)
+                            base.remote_mta, original_recipient=orcpt, last_attempt=now,
+                            will_retry_until=until, detail=base.detail)
 
 
 async def queue_dsn(session: AsyncSession, message: Message, kind: str,
                     items: Sequence[tuple[Claimed, RecipientOutcome]], *, now: datetime,
                     reporting_mta: str, retry: RetryPolicy | None = None) -> Message | None:
-    """Queue one DSN of `kind` (failed | expired | delayed) about `items` of `message` to
-    its envelope sender; returns the DSN's message row, or None when none is due."""
+    """Queue one DSN of `kind` (failed | expired | delayed | relayed) about `items` of
+    `message` to its envelope sender; returns the DSN's message row, or None when none
+    is due. Whether the sender asked for this kind (NOTIFY) is the failure policy's
+    question (`delivery.decide`); the message's RET and ENVID shape the DSN here."""
     if not items or message.source == "dsn" or not dsn.dsn_allowed(message.mail_from,
                                                                    message.raw):
         return None
     rcpts = [_dsn_recipient(c, o, kind, now, retry) for c, o in items]
     raw = dsn.compose_dsn(reporting_mta, message.raw, message.mail_from, rcpts,
                           arrival_date=message.received_at or items[0][0].created_at,
-                          postmaster_address=f"MAILER-DAEMON@{reporting_mta}", now=now)
+                          postmaster_address=f"MAILER-DAEMON@{reporting_mta}",
+                          envelope_id=message.dsn_envid, ret=message.dsn_ret, now=now)
     mid = re.search(rb"^Message-ID:\s*(<[^>]+>)", raw, re.IGNORECASE | re.MULTILINE)
     note = Message(direction="outbound", source="dsn", account_id=message.account_id,
                    message_id_header=mid.group(1).decode() if mid else None, mail_from="",

@@ -53,6 +53,7 @@ from mta.config import copy_section
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events
 from mta.queue import bounces, softbounce
+from mta.queue.dsnparams import Dsn, RcptDsn, notify_wants, success_dsn_due
 from mta.queue.outcome import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED, RecipientOutcome
 from mta.queue.queue import (
     Claimed,
@@ -77,7 +78,7 @@ log = logging.getLogger("mta.delivery")
 
 class Transport(Protocol):
     async def deliver(self, domain: str, envelope_from: str, recipients: list[str],
-                      raw: bytes) -> list[RecipientOutcome]: ...
+                      raw: bytes, *, dsn: Dsn | None = None) -> list[RecipientOutcome]: ...
 
 
 @runtime_checkable
@@ -128,7 +129,7 @@ class Verdict:
     status: str  # queued (deferred) | delivered | failed | expired
     attempt_result: str  # delivered | deferred | failed
     event: str  # Delivered | Delivery failed | Deferred
-    dsn: str | None = None  # failed | expired | delayed
+    dsn: str | None = None  # failed | expired | delayed | relayed
     hard_bounce: bool = False
     soft_bounce: bool = False
 
@@ -144,16 +145,21 @@ def is_hard_bounce(outcome: RecipientOutcome, policy: SuppressionPolicy) -> bool
 
 def decide(outcome: RecipientOutcome, c: Claimed, now: datetime, retry: RetryPolicy,
            supp: SuppressionPolicy, delay_warning: float | None) -> Verdict:
+    # RFC 3461 §4.1: the recipient's NOTIFY says which DSNs the sender wants (none
+    # given: failures and delay notices, as before).
     if outcome.result == "delivered":
-        return Verdict("delivered", "delivered", "Delivered")
+        return Verdict("delivered", "delivered", "Delivered",
+                       dsn="relayed" if success_dsn_due(outcome, c.dsn_notify) else None)
+    failure = "failed" if notify_wants(c.dsn_notify, "FAILURE") else None
     if outcome.result == "failed":
-        return Verdict("failed", "failed", "Delivery failed", dsn="failed",
+        return Verdict("failed", "failed", "Delivery failed", dsn=failure,
                        hard_bounce=is_hard_bounce(outcome, supp))
     soft = outcome.reply is not None and 400 <= outcome.reply.code < 500
     if retry.expired(now, c.created_at, c.domain):
-        return Verdict("expired", "deferred", "Delivery failed", dsn="expired",
-                       soft_bounce=soft)
+        return Verdict("expired", "deferred", "Delivery failed",
+                       dsn="expired" if failure else None, soft_bounce=soft)
     delayed = (delay_warning is not None and c.delay_notified_at is None
+               and notify_wants(c.dsn_notify, "DELAY")
                and now - c.created_at >= timedelta(seconds=delay_warning))
     return Verdict("queued", "deferred", "Deferred", dsn="delayed" if delayed else None,
                    soft_bounce=soft)
@@ -348,13 +354,15 @@ class DeliveryWorkers:
                         raise RuntimeError("message row is gone")
                     rcpts = [c.recipient for c in batch]
                     wire = prefix + msg.raw if prefix else msg.raw
+                    dsn = _dsn_request(msg, env_from, batch)
                     if use_session:
                         if session is None:
                             session = await stack.enter_async_context(
                                 self.transport.open_session(domain))
-                        outcomes = await session.send(env_from, rcpts, wire)
+                        outcomes = await session.send(env_from, rcpts, wire, dsn=dsn)
                     else:
-                        outcomes = await self.transport.deliver(domain, env_from, rcpts, wire)
+                        outcomes = await self.transport.deliver(domain, env_from, rcpts, wire,
+                                                                dsn=dsn)
                 except Exception as exc:  # unknown trouble is temporary
                     log.warning("transport error for %s: %s", domain, exc,
                                 extra={"event": "delivery.transport_error",
@@ -487,6 +495,17 @@ class DeliveryWorkers:
                 duration=supp.soft_bounce_duration)
             if entry is not None:
                 metrics.SUPPRESSIONS_ADDED.labels("soft_bounce").inc()
+
+
+def _dsn_request(msg: Message, env_from: str, batch: list[Claimed]) -> Dsn | None:
+    """What to pass on to a next hop that offers DSN (RFC 3461 §5.2.1), or None when
+    its DSNs would not reach the sender: with a VERP return path they come back to
+    us (bounce intake), so the sender's request stays ours to honour (a `relayed`
+    DSN for SUCCESS). A forward's SRS return path does lead back to the sender."""
+    if env_from != msg.mail_from and msg.direction != "inbound":
+        return None
+    return Dsn(msg.dsn_ret, msg.dsn_envid,
+               {c.recipient: RcptDsn(c.dsn_notify, c.dsn_orcpt) for c in batch})
 
 
 def _subject(raw: bytes) -> str | None:

@@ -54,7 +54,7 @@ class DsnRecipient:
     status: str  # RFC 3463, e.g. 5.1.1
     diagnostic: Reply | None = None  # the remote server's reply, when there was one
     remote_mta: str | None = None
-    original_recipient: str | None = None
+    original_recipient: str | None = None  # ORCPT (RFC 3461 §4.2): `addr-type;address`
     last_attempt: datetime | None = None
     will_retry_until: datetime | None = None  # delayed DSNs only
     detail: str | None = None  # local reason, for the human-readable part
@@ -109,11 +109,20 @@ class ArfReport:
 # -- compose ------------------------------------------------------------------------------
 
 
+# RET=FULL (RFC 3461 §4.3) returns the whole message up to this size; a larger one is
+# returned as its header section only (as Postfix's bounce_size_limit does), so that a
+# DSN about a large message does not bounce itself.
+RETURN_FULL_LIMIT = 1024 * 1024
+
+
 def compose_dsn(reporting_mta: str, original_raw: bytes, envelope_from: str,
                 outcomes: Iterable[DsnRecipient], arrival_date: datetime,
                 postmaster_address: str, *, envelope_id: str | None = None,
-                now: datetime | None = None) -> bytes:
-    """An RFC 3464 DSN about `original_raw`, addressed to `envelope_from`."""
+                ret: str | None = None, now: datetime | None = None) -> bytes:
+    """An RFC 3464 DSN about `original_raw`, addressed to `envelope_from`. What it
+    returns of the message follows `ret` (RFC 3461 §4.3): FULL the whole message (up
+    to RETURN_FULL_LIMIT), HDRS or None its header section. `envelope_id` is the
+    sender's ENVID, echoed as Original-Envelope-Id."""
     recipients = list(outcomes)
     if not recipients:
         raise ValueError("a DSN needs at least one recipient")
@@ -146,7 +155,17 @@ def compose_dsn(reporting_mta: str, original_raw: bytes, envelope_from: str,
         status.append(f"Original-Envelope-Id: {_ascii(envelope_id)}")
     status.append(f"Arrival-Date: {email.utils.format_datetime(arrival_date)}")
     blocks = ["\r\n".join(status)] + [_recipient_block(r) for r in recipients]
-    headers_cte = "7bit" if orig_headers.isascii() else "8bit"
+    what = "Undelivered message" if "failed" in actions else "Message"
+    if ret == "FULL" and len(original_raw) <= RETURN_FULL_LIMIT:
+        whole = _crlf(original_raw)
+        whole = whole if whole.endswith(b"\r\n") else whole + b"\r\n"
+        returned = _part(boundary, "message/rfc822\r\nContent-Transfer-Encoding: "
+                         f"{'7bit' if whole.isascii() else '8bit'}\r\nContent-Description: "
+                         f"{what}", whole)
+    else:
+        returned = _part(boundary, "text/rfc822-headers\r\nContent-Transfer-Encoding: "
+                         f"{'7bit' if orig_headers.isascii() else '8bit'}\r\n"
+                         f"Content-Description: {what} headers", orig_headers)
     parts = [
         b"\r\n".join(h.encode() for h in head) + b"\r\n\r\n"
         b"This is a MIME-encapsulated delivery status notification.\r\n",
@@ -154,8 +173,7 @@ def compose_dsn(reporting_mta: str, original_raw: bytes, envelope_from: str,
               "\r\nContent-Description: Notification", human),
         _part(boundary, "message/delivery-status\r\nContent-Description: Delivery report",
               "\r\n\r\n".join(blocks).encode("ascii") + b"\r\n"),
-        _part(boundary, f"text/rfc822-headers\r\nContent-Transfer-Encoding: {headers_cte}"
-              "\r\nContent-Description: Undelivered message headers", orig_headers),
+        returned,
         f"--{boundary}--\r\n".encode(),
     ]
     return b"".join(parts)
@@ -169,7 +187,9 @@ def _part(boundary: str, content_type: str, body: bytes) -> bytes:
 def _recipient_block(r: DsnRecipient) -> str:
     lines = []
     if r.original_recipient:
-        lines.append(f"Original-Recipient: {_addr_type(r.original_recipient)}")
+        addr_type, semi, address = r.original_recipient.partition(";")
+        lines.append(f"Original-Recipient: {addr_type}; {_ascii(address)}" if semi
+                     else f"Original-Recipient: {_addr_type(r.original_recipient)}")
     lines += [f"Final-Recipient: {_addr_type(r.recipient)}", f"Action: {r.action}",
               f"Status: {r.status}"]
     if r.remote_mta:
@@ -211,7 +231,11 @@ def _human_text(reporting_mta: str, recipients: list[DsnRecipient]) -> str:
     groups = [("failed", "Your message could not be delivered to these recipients:"),
               ("delayed", "Delivery to these recipients is delayed; the mail system will "
                           "keep trying and tell you if it gives up:"),
-              ("delivered", "Your message was delivered to these recipients:")]
+              ("delivered", "Your message was delivered to these recipients:"),
+              # RFC 3461 §5.2.2: NOTIFY=SUCCESS, next hop without DSN.
+              ("relayed", "Your message was passed on to these recipients' mail system, "
+                          "which does not send delivery notifications; you will hear no "
+                          "more about it from there:")]
     for action, intro in groups:
         chosen = [r for r in recipients if r.action == action]
         if not chosen:

@@ -40,3 +40,6 @@ class RecipientOutcome:
     ip: str | None = None
     tls_version: str | None = None
     detail: str | None = None  # what went wrong locally (connection refused, MTA-STS ...)
+    # The next hop offers DSN and got the sender's DSN request (RFC 3461 §5.2.1): a
+    # success DSN is then its job, not ours.
+    dsn_passed: bool = False

@@ -154,6 +154,8 @@ class Recipient:
     envelope_from: str | None = None
     verp_domain: str | None = None
     prefix: bytes | None = None  # header fields sent before the message (a forward's)
+    notify: str | None = None  # RFC 3461 NOTIFY and ORCPT (mta/queue/dsnparams.py)
+    orcpt: str | None = None
 
 
 def _domain_of(address: str) -> str:
@@ -174,7 +176,8 @@ def delivery_row(did: int, message_id: uuid.UUID, r: Recipient, *, mail_from: st
     values: dict[str, Any] = dict(
         id=did, message_id=message_id, recipient=r.address, domain=_domain_of(r.address),
         envelope_from=env_from, status="queued", priority=priority, attempts=0,
-        next_attempt_at=now, created_at=now, prefix=r.prefix)
+        next_attempt_at=now, created_at=now, prefix=r.prefix, dsn_notify=r.notify,
+        dsn_orcpt=r.orcpt)
     values.update(state)
     return full_row(DELIVERIES, now, **values)
 
@@ -244,6 +247,17 @@ class Claimed:
     previous_next_attempt_at: datetime
     delay_notified_at: datetime | None
     prefix: bytes | None = None
+    dsn_notify: str | None = None  # RFC 3461 NOTIFY and ORCPT of the recipient
+    dsn_orcpt: str | None = None
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> Claimed:
+        """A delivery row just built (`delivery_row`) seen as claimed, for code that
+        reports on an attempt made before the row existed (an in-session forward)."""
+        return cls(row["id"], row["message_id"], row["recipient"], row["domain"],
+                   row["envelope_from"], row["priority"], row["attempts"], row["created_at"],
+                   row["next_attempt_at"], row["next_attempt_at"], row["delay_notified_at"],
+                   row["prefix"], row["dsn_notify"], row["dsn_orcpt"])
 
 
 def due_filter(now: datetime):
@@ -272,7 +286,7 @@ async def claim(db: Database, node_id: str, *, limit: int, lease_seconds: float,
             select(Delivery.id, Delivery.message_id, Delivery.recipient, Delivery.domain,
                    Delivery.envelope_from, Delivery.priority, Delivery.attempts,
                    Delivery.created_at, Delivery.next_attempt_at, Delivery.delay_notified_at,
-                   Delivery.prefix)
+                   Delivery.prefix, Delivery.dsn_notify, Delivery.dsn_orcpt)
             .where(due_filter(now), Delivery.domain == domain)
             .order_by(Delivery.priority, Delivery.next_attempt_at).limit(limit)
             .with_for_update(skip_locked=True))).all()
@@ -285,7 +299,7 @@ async def claim(db: Database, node_id: str, *, limit: int, lease_seconds: float,
             nxt = policy.next_attempt(now, attempts, r.created_at, r.domain)
             out.append(Claimed(r.id, r.message_id, r.recipient, r.domain, r.envelope_from,
                                r.priority, attempts, r.created_at, nxt, r.next_attempt_at,
-                               r.delay_notified_at, r.prefix))
+                               r.delay_notified_at, r.prefix, r.dsn_notify, r.dsn_orcpt))
         await s.execute(_LEASE, [
             {"b_id": c.id, "b_attempts": c.attempts, "b_next": c.next_attempt_at,
              "b_owner": node_id, "b_until": lease_until} for c in out])

@@ -37,11 +37,12 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mta.dnscache import DnsError, DnsResolver
 from mta.observe import metrics
+from mta.queue.dsnparams import Dsn, mail_params, rcpt_params
 from mta.queue.mtasts import MtaSts, Policy
 from mta.queue.outcome import RecipientOutcome, Reply, Result
 from mta.queue.pool import ConnectionPool
@@ -170,10 +171,11 @@ class RemoteDelivery:
         self.connections_opened = 0  # so tests and callers can see reuse
 
     async def deliver(self, domain: str, envelope_from: str, recipients: list[str],
-                      raw: bytes) -> list[RecipientOutcome]:
-        """Deliver one message to `recipients` (all at `domain`); one outcome each."""
+                      raw: bytes, *, dsn: Dsn | None = None) -> list[RecipientOutcome]:
+        """Deliver one message to `recipients` (all at `domain`); one outcome each.
+        `dsn`: the sender's DSN request, passed on when the next hop offers DSN."""
         async with self.open_session(domain) as session:
-            return await session.send(envelope_from, recipients, raw)
+            return await session.send(envelope_from, recipients, raw, dsn=dsn)
 
     @contextlib.asynccontextmanager
     async def open_session(self, domain: str) -> AsyncIterator[DeliverySession]:
@@ -375,7 +377,7 @@ class DeliverySession:
         self.connections = 0  # sessions opened, so callers and tests can see reuse
 
     async def send(self, envelope_from: str, recipients: list[str],
-                   raw: bytes) -> list[RecipientOutcome]:
+                   raw: bytes, *, dsn: Dsn | None = None) -> list[RecipientOutcome]:
         unique = list(dict.fromkeys(recipients))
         if self._route.failure is not None:
             result, reply, detail = self._route.failure
@@ -394,7 +396,8 @@ class DeliverySession:
                     break
             conn = self._conn
             try:
-                settled.update(await self._transaction(conn, envelope_from, pending, raw))
+                settled.update(await self._transaction(conn, envelope_from, pending, raw,
+                                                       dsn))
                 pending = []
             except _Stale:
                 self._drop()
@@ -469,7 +472,8 @@ class DeliverySession:
         raise last or _ConnectError("no MX host could be reached")
 
     async def _transaction(self, conn: _Connection, envelope_from: str,
-                           recipients: list[str], raw: bytes) -> dict[str, RecipientOutcome]:
+                           recipients: list[str], raw: bytes,
+                           dsn: Dsn | None = None) -> dict[str, RecipientOutcome]:
         """One mail transaction. With PIPELINING, RSET (when the previous transaction was
         left open), MAIL, every RCPT and DATA go out in one write and their replies
         are read in order; without it, one command at a time, stopping early."""
@@ -477,8 +481,12 @@ class DeliverySession:
         notes = self._route.notes
         out: dict[str, RecipientOutcome] = {}
 
+        # RFC 3461 §5.2.1: a next hop that offers DSN gets the sender's request and,
+        # on success, its responsibility (§5.2.2 otherwise: see dsnparams.success_dsn_due).
+        passed = dsn is not None and client.supports("DSN")
+
         def outcome(rcpt: str, result: Result, reply: Reply | None) -> RecipientOutcome:
-            return conn.outcome(rcpt, result, reply, notes)
+            return replace(conn.outcome(rcpt, result, reply, notes), dsn_passed=passed)
 
         utf8 = not all(a.isascii() for a in [envelope_from, *recipients])
         if utf8 and not client.supports("SMTPUTF8"):
@@ -490,8 +498,11 @@ class DeliverySession:
         if not raw.isascii() and client.supports("8BITMIME"):
             options.append(b"BODY=8BITMIME")
         enc = "utf-8" if utf8 else "ascii"
+        if passed:
+            options += mail_params(dsn)
         mail = b" ".join([b"MAIL FROM:<" + envelope_from.encode(enc) + b">", *options])
-        rcpts = [b"RCPT TO:<" + r.encode(enc) + b">" for r in recipients]
+        rcpts = [b" ".join([b"RCPT TO:<" + r.encode(enc) + b">",
+                            *(rcpt_params(dsn, r) if passed else [])]) for r in recipients]
         reused = conn.uses > 0
         rset = conn.dirty
         conn.uses += 1

@@ -54,10 +54,12 @@ from mta.dnscache import DnsResolver
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events, record_events_now
 from mta.queue import bounces
+from mta.queue.dsnparams import Dsn, RcptDsn, orcpt_for, success_dsn_due
 from mta.queue.outcome import RecipientOutcome
 from mta.queue.queue import (
     PRIORITY_INTERACTIVE,
     PRIORITY_RETRY_BAND,
+    Claimed,
     Recipient,
     RetryPolicy,
     attempt_row,
@@ -161,6 +163,15 @@ class _Plan:
     workers: list[Any] = field(default_factory=list)
     stages: list[Callable[[AsyncSession, Message], Any]] = field(default_factory=list)
     bounces: list[str] = field(default_factory=list)  # issue 4: VERP/feedback recipients
+    dsn: Dsn = field(default_factory=Dsn)  # RFC 3461: what the sender asked of DSNs
+
+    def target_dsn(self, t: Target) -> RcptDsn:
+        """NOTIFY and ORCPT of a forward: those of the (first) recipient leading to it;
+        the recipient is rewritten, so ORCPT names it when the sender gave none
+        (RFC 3461 §4.2, §5.2.7.2)."""
+        first = t.recipients[0]
+        asked = self.dsn.rcpt(first)
+        return RcptDsn(asked.notify, asked.orcpt or orcpt_for(first))
 
     def event(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any]):
         self.events.append((status, rcpt, cols, details))
@@ -304,10 +315,12 @@ class InboundRouter:
 
     async def route(self, *, mail_from: str, recipients: Sequence[RecipientVerdict],
                     raw: bytes, auth: AuthResults, subject: str | None = None,
-                    session_id: str | None = None) -> Routed:
+                    session_id: str | None = None, dsn: Dsn | None = None) -> Routed:
         """Decide, build and (for one destination) deliver; see the module docstring.
-        `raw` is the message as it will be stored (our trace fields on top)."""
+        `raw` is the message as it will be stored (our trace fields on top); `dsn` what
+        the sender asked of DSNs (RFC 3461), passed on with each forward."""
         plan = self._plan(recipients)
+        plan.dsn = dsn or Dsn()
         ctx = _EventContext(mail_from, subject, _auth_summary(auth), session_id)
         if plan.workers and self.handlers is not None:  # issue 7: run them in-session
             refused = await self.handlers.run(plan, ctx, mail_from=mail_from, raw=raw,
@@ -353,7 +366,7 @@ class InboundRouter:
         if (len(plan.targets) == 1 and not plan.handlers
                 and self.settings.routing.in_session_forward):
             target = next(iter(plan.targets.values()))
-            attempt = await self._in_session(target, copies[target.destination])
+            attempt = await self._in_session(target, copies[target.destination], plan)
             if attempt.outcome.result == "failed":
                 return await self._upstream_refused(plan, ctx, target, attempt)
         return Routed(None, self._stager(plan, ctx, copies, attempt),
@@ -377,13 +390,14 @@ class InboundRouter:
             out[dest] = by_domain[key]
         return out
 
-    async def _in_session(self, target: Target, copy: ForwardCopy) -> _Attempt:
+    async def _in_session(self, target: Target, copy: ForwardCopy, plan: _Plan) -> _Attempt:
         started = self.clock()
         domain = target.destination.rpartition("@")[2]
+        dsn = Dsn(plan.dsn.ret, plan.dsn.envid, {target.destination: plan.target_dsn(target)})
         try:
             outcomes = await asyncio.wait_for(
                 self.transport.deliver(domain, copy.envelope_from, [target.destination],
-                                       copy.raw), self.timeout)
+                                       copy.raw, dsn=dsn), self.timeout)
             outcome = next((o for o in outcomes if o.recipient == target.destination),
                            RecipientOutcome(target.destination, "deferred",
                                             detail="transport gave no outcome"))
@@ -450,10 +464,15 @@ class InboundRouter:
                     held[id(copy)] = row["id"]
                 holder = message["id"] if prefix is not None else held[id(copy)]
                 state = self._attempt_state(attempt, now, dest) if attempt else {}
-                unit.insert(DELIVERIES, delivery_row(
-                    did, holder, Recipient(dest, copy.envelope_from, prefix=prefix),
+                asked = plan.target_dsn(t)
+                row = delivery_row(
+                    did, holder, Recipient(dest, copy.envelope_from, prefix=prefix,
+                                           notify=asked.notify, orcpt=asked.orcpt),
                     mail_from=message["mail_from"], now=now,
-                    **{"priority": PRIORITY_INTERACTIVE, **state}))
+                    **{"priority": PRIORITY_INTERACTIVE, **state})
+                unit.insert(DELIVERIES, row)
+                if attempt is not None and success_dsn_due(attempt.outcome, asked.notify):
+                    unit.then(self._success_dsn(message, row, attempt.outcome, now))
                 if attempt is not None:
                     o = attempt.outcome
                     unit.insert(ATTEMPTS, attempt_row(
@@ -510,6 +529,20 @@ class InboundRouter:
                                 or plan.unconfigured):
                 await conn.execute(update(MESSAGES).where(MESSAGES.c.id == message["id"])
                                    .values(status="bounce_processed"))
+        return step
+
+    def _success_dsn(self, message: dict[str, Any], row: dict[str, Any],
+                     outcome: RecipientOutcome, now: datetime):
+        """RFC 3461 §5.2.2: the in-session forward asked for NOTIFY=SUCCESS went to a
+        next hop without DSN: we report it `relayed`, in the message's transaction."""
+        async def step(conn: AsyncConnection) -> None:
+            delivered = Message(**message)  # transient: read by the DSN, never added
+            claimed = Claimed.of_row(row)
+            async with AsyncSession(bind=conn) as session:
+                if await bounces.queue_dsn(session, delivered, "relayed", [(claimed, outcome)],
+                                           now=now, reporting_mta=self.settings.node.hostname):
+                    metrics.DSN_QUEUED.labels("relayed").inc()
+                await session.flush()
         return step
 
     def _attempt_state(self, attempt: _Attempt, now: datetime, dest: str

@@ -51,6 +51,7 @@ from sqlalchemy import func, select
 from mta.errors import MtaError
 from mta.observe.events import event_rows, record_events_now
 from mta.queue import bounces
+from mta.queue.dsnparams import Dsn, RcptDsn
 from mta.queue.queue import Claimed, Recipient, delivery_row
 from mta.sending import limits as rate
 from mta.sending.compose import compose_message, fold_header, new_message_id
@@ -116,6 +117,7 @@ class _Outgoing:
     subject: str | None
     payload_size: int  # a lower bound of the final size, for an early refusal
     render: Callable[[str, datetime, str], bytes]  # (message_id, now, feedback_id) -> raw
+    dsn: Dsn | None = None  # RFC 3461 parameters of an SMTP submission
 
 
 @dataclass
@@ -186,10 +188,12 @@ class SendingService:
             render=render), source)
 
     async def send_raw(self, account_id: str, mail_from: str, recipients: Sequence[str],
-                       raw: bytes | str, *, source: str = "api") -> SendResult:
+                       raw: bytes | str, *, source: str = "api",
+                       dsn: Dsn | None = None) -> SendResult:
         """Send a whole RFC 5322 message. The header section goes through the same
         allowlist as `headers` of send() (mime=True); Date and Message-ID are replaced
-        by ours, Bcc, trace and old signature fields are dropped."""
+        by ours, Bcc, trace and old signature fields are dropped. `dsn`: what an SMTP
+        submitter asked of DSNs (RFC 3461), kept with the message and its deliveries."""
         sender = normalize_address(no_line_breaks(mail_from, "from").strip().strip("<>"),
                                    "from")
         if not recipients:
@@ -199,6 +203,7 @@ class SendingService:
             raise MtaError("E_TOO_MANY_RECIPIENTS", f"{len(recipients)} recipients, maximum "
                            f"is {self.limits.max_recipients}.", field="recipients")
         rcpts: dict[str, str] = {}
+        asked: dict[str, RcptDsn] = {}  # NOTIFY, ORCPT by recipient as normalised
         for i, r in enumerate(recipients):
             if not isinstance(r, str):
                 raise MtaError("E_VALIDATION_ERROR", "Recipients must be strings.",
@@ -206,6 +211,8 @@ class SendingService:
             no_line_breaks(r, f"recipients[{i}]")
             a = normalize_address(r.strip().strip("<>"), f"recipients[{i}]")
             rcpts.setdefault(a.lower(), a)
+            if dsn is not None and a not in asked:
+                asked[a] = dsn.rcpt(r)
         data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
         check_message_size(len(data), self.limits.max_message_size_verified)
         fields, body = _split_message(data)
@@ -226,7 +233,8 @@ class SendingService:
 
         return await self._submit(account_id, _Outgoing(
             sender=sender, domains=domains, recipients=tuple(rcpts.values()),
-            subject=subject, payload_size=len(data), render=render), source)
+            subject=subject, payload_size=len(data), render=render,
+            dsn=Dsn(dsn.ret, dsn.envid, asked) if dsn is not None else None), source)
 
     # -- the pipeline --------------------------------------------------------------------------
 
@@ -365,12 +373,13 @@ class SendingService:
         opts, retry = self.workers.options, self.workers.retry
         db = self.ctx.db
         msg_id = uuid.uuid4()
+        dsn = out.dsn or Dsn()
         unit = Unit()
         unit.insert(MESSAGES, full_row(
             MESSAGES, now, id=msg_id, direction="outbound", source=source,
             account_id=account_id, message_id_header=message_id, mail_from=out.sender,
             rcpt_to=list(accepted), raw=raw, size=len(raw), received_at=now,
-            status="queued"))
+            status="queued", dsn_ret=dsn.ret, dsn_envid=dsn.envid))
         claimed: list[Claimed] = []
         for did, r in zip(await db.delivery_ids(len(accepted)), accepted, strict=True):
             state: dict[str, Any] = {}
@@ -380,13 +389,16 @@ class SendingService:
                 state = {"attempts": 1, "next_attempt_at": nxt,
                          "lease_owner": self.ctx.node_id,
                          "lease_expires_at": now + timedelta(seconds=opts.lease_seconds)}
+            asked = dsn.rcpt(r)
             row = delivery_row(did, msg_id, Recipient(r, verp_domain=return_path if verp
-                                                      else None),
+                                                      else None, notify=asked.notify,
+                                                      orcpt=asked.orcpt),
                                mail_from=out.sender, now=now,
                                verp_key=self._verp_key if verp else None, **state)
             unit.insert(DELIVERIES, row)
             claimed.append(Claimed(did, msg_id, r, row["domain"], row["envelope_from"],
-                                   row["priority"], row["attempts"], now, nxt, now, None))
+                                   row["priority"], row["attempts"], now, nxt, now, None,
+                                   dsn_notify=asked.notify, dsn_orcpt=asked.orcpt))
         extra = {r: {"account_id": account_id, "zone_id": facts.zone_id} for r in accepted}
         unit.insert(EVENTS, event_rows(
             direction="outbound", status="Sent", recipients=accepted, ts=now,

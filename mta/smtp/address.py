@@ -36,7 +36,7 @@ _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?\Z"
 class PathError(ValueError):
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(detail or kind)
-        self.kind = kind  # syntax | non_ascii_local | bad_parameter
+        self.kind = kind  # syntax | non_ascii_local | bad_parameter | duplicate_parameter
         self.detail = detail
 
 
@@ -113,7 +113,10 @@ def parse_path(arg: str | None, keyword: str, *, null_ok: bool, utf8: bool = Fal
         m = _PARAM.match(token)
         if not m:
             raise PathError("bad_parameter", token[:64])
-        params[m.group(1).upper()] = m.group(2)
+        key = m.group(1).upper()
+        if key in params:  # e.g. RFC 3461 §4: each DSN parameter at most once
+            raise PathError("duplicate_parameter", key[:64])
+        params[key] = m.group(2)
     if inner == "":
         if not null_ok:
             raise PathError("syntax", "the null address is not a recipient")

@@ -34,6 +34,7 @@ from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events_now
+from mta.queue.dsnparams import Dsn
 from mta.replies import Reply
 from mta.routing.recipients import RecipientDirectory, RecipientVerdict
 from mta.smtp.authcheck import Reverse, from_header, judge, run_checks, verdicts_of
@@ -68,6 +69,8 @@ class Transaction:
     policy: EffectivePolicy | None = None
     rcpt_commands: int = 0  # every RCPT of the transaction, repeats and refusals included
     smtputf8: bool = False  # MAIL ... SMTPUTF8 (RFC 6531): UTF-8 addresses and headers
+    # RFC 3461 (DSN): MAIL's RET and ENVID, each accepted recipient's NOTIFY and ORCPT.
+    dsn: Dsn = field(default_factory=Dsn)
 
     def cancel(self) -> None:
         if self.spf_task is not None and not self.spf_task.done():
@@ -204,7 +207,8 @@ class Intake:
             mail_from=txn.mail_from, rcpt_to=rcpts, raw=raw, size=len(raw),
             session_id=client.session_id, client_ip=client.ip,
             client_ptr=client.reverse.ptr if client.reverse else None, helo=client.helo,
-            tls=client.tls, auth_results=auth_json, status="received")
+            tls=client.tls, auth_results=auth_json, status="received",
+            dsn_ret=txn.dsn.ret, dsn_envid=txn.dsn.envid)
         unit = Unit()
         unit.insert(EVENTS, event_rows(
             direction="inbound", status="Received", recipients=rcpts, mail_from=txn.mail_from,
@@ -218,7 +222,7 @@ class Intake:
             try:
                 routed = await self.router.route(
                     mail_from=txn.mail_from, recipients=txn.recipients, raw=raw, auth=results,
-                    subject=subject, session_id=client.session_id)
+                    subject=subject, session_id=client.session_id, dsn=txn.dsn)
             except Exception:
                 log.exception("routing failed for session %s", client.session_id)
                 metrics.INBOUND_MESSAGES.labels("error").inc()

@@ -28,6 +28,15 @@ from typing import Protocol
 from mta import replies
 from mta.checks.rbl import RblResult
 from mta.config import Settings
+from mta.queue.dsnparams import (
+    Dsn,
+    DsnParamError,
+    RcptDsn,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+    parse_ret,
+)
 from mta.replies import Reply
 from mta.smtp import chunking
 from mta.smtp.address import Path, PathError, parse_path
@@ -237,6 +246,8 @@ class SmtpSession:
             return replies.NON_ASCII_ADDRESS
         if exc.kind == "bad_parameter":
             return replies.PARAMETER_SYNTAX.format(detail=exc.detail)
+        if exc.kind == "duplicate_parameter":
+            return replies.DUPLICATE_PARAMETER.format(param=exc.detail)
         return syntax
 
     @staticmethod
@@ -289,18 +300,40 @@ class SmtpSession:
                 return False
         return True
 
-    async def _rcpt_path(self, arg: str | None, utf8: bool = False) -> Path | None:
-        """RCPT's forward-path (it takes no parameters), or None when the refusal has
-        been sent. `utf8`: the transaction asked for SMTPUTF8."""
+    async def _mail_dsn(self, params: dict[str, str | None]
+                        ) -> tuple[str | None, str | None] | None:
+        """MAIL's RET and ENVID (RFC 3461 §4.3, §4.4) in their stored forms, or None when
+        one was refused (the reply has been sent). `_mail_params_ok` has already refused
+        them where DSN is not offered (after HELO)."""
+        try:
+            ret = parse_ret(params["RET"]) if "RET" in params else None
+            envid = parse_envid(params["ENVID"]) if "ENVID" in params else None
+        except DsnParamError as exc:
+            await self.reply(replies.DSN_PARAMETER.format(param=exc.param, detail=exc.detail))
+            return None
+        return ret, envid
+
+    async def _rcpt_path(self, arg: str | None, utf8: bool = False
+                         ) -> tuple[Path, RcptDsn] | None:
+        """RCPT's forward-path and its DSN parameters (NOTIFY, ORCPT: RFC 3461 §4.1,
+        §4.2; after EHLO only, like every parameter), or None when the refusal has been
+        sent. `utf8`: the transaction asked for SMTPUTF8."""
         try:
             path = parse_path(arg, "TO", null_ok=False, utf8=utf8)
         except PathError as exc:
             await self.reply(self._path_error(exc, replies.BAD_RECIPIENT_SYNTAX))
             return None
-        if path.params:
-            await self.reply(replies.UNKNOWN_PARAMETER.format(detail=next(iter(path.params))))
+        unknown = [k for k in path.params if k not in ("NOTIFY", "ORCPT") or not self.extended]
+        if unknown:
+            await self.reply(replies.UNKNOWN_PARAMETER.format(detail=unknown[0]))
             return None
-        return path
+        try:
+            notify = parse_notify(path.params["NOTIFY"]) if "NOTIFY" in path.params else None
+            orcpt = parse_orcpt(path.params["ORCPT"]) if "ORCPT" in path.params else None
+        except DsnParamError as exc:
+            await self.reply(replies.DSN_PARAMETER.format(param=exc.param, detail=exc.detail))
+            return None
+        return path, RcptDsn(notify, orcpt)
 
 
 class MxSession(SmtpSession):
@@ -319,7 +352,7 @@ class MxSession(SmtpSession):
 
     def extensions(self) -> list[str]:
         extensions = ["PIPELINING", f"SIZE {self.intake.size_limit}", "8BITMIME",
-                      "ENHANCEDSTATUSCODES", "CHUNKING", "SMTPUTF8"]
+                      "ENHANCEDSTATUSCODES", "CHUNKING", "SMTPUTF8", "DSN"]
         if self.conn.tls_available and not self.conn.tls_active:
             extensions.append("STARTTLS")
         return extensions
@@ -386,7 +419,10 @@ class MxSession(SmtpSession):
             await self.reply(replies.MESSAGE_TOO_BIG.format(limit=self.intake.size_limit))
 
         if not await self._mail_params_ok(path.params, self.intake.size_limit, too_big,
-                                          also_known=("SMTPUTF8",)):
+                                          also_known=("SMTPUTF8", "RET", "ENVID")):
+            return
+        dsn = await self._mail_dsn(path.params)
+        if dsn is None:
             return
         assert self._rbl is not None
         listed = await self._rbl
@@ -397,16 +433,17 @@ class MxSession(SmtpSession):
             return await self.reply(reply)
         self.txn = Transaction(mail_from=path.address, spf_task=start_spf(
             self.intake.resolver, self.client.ip, path.address, self.client.helo,
-            self.hostname), smtputf8="SMTPUTF8" in path.params)
+            self.hostname), smtputf8="SMTPUTF8" in path.params, dsn=Dsn(*dsn))
         await self.reply(replies.SENDER_OK)
 
     async def rcpt(self, arg: str | None) -> None:
         txn = self.txn
         if txn is None:
             return await self.reply(replies.NEED_MAIL)
-        path = await self._rcpt_path(arg, utf8=txn.smtputf8)
-        if path is None:
+        parsed = await self._rcpt_path(arg, utf8=txn.smtputf8)
+        if parsed is None:
             return
+        path, dsn = parsed
         # Every RCPT counts, repeats and refusals included: the limit bounds the work
         # (look-ups) a transaction can cause, not only the recipients it ends with.
         txn.rcpt_commands += 1
@@ -435,6 +472,7 @@ class MxSession(SmtpSession):
             return await self.reply(replies.RECIPIENT_NEEDS_OWN_TRANSACTION)
         txn.policy = policy
         txn.recipients.append(verdict)
+        txn.dsn.recipients[verdict.address] = dsn
         await self.reply(replies.RECIPIENT_OK)
 
     async def data(self, arg: str | None) -> None:

@@ -37,6 +37,7 @@ from mta import replies
 from mta.config import Settings
 from mta.errors import ERRORS, MtaError
 from mta.observe import metrics
+from mta.queue.dsnparams import Dsn
 from mta.replies import Reply
 from mta.smtp.intake import ClientInfo
 from mta.smtp.session import Connection, SmtpSession
@@ -82,6 +83,7 @@ class SubmissionSession(SmtpSession):
         self.submitter: Submitter | None = None
         self.mail_from: str | None = None
         self.recipients: list[str] = []
+        self.dsn = Dsn()  # RFC 3461: RET, ENVID and each recipient's NOTIFY, ORCPT
         self.session_recipients = 0
         self._commands.update({"AUTH": self.auth, "MAIL": self.mail, "RCPT": self.rcpt,
                                "DATA": self.data})
@@ -90,7 +92,7 @@ class SubmissionSession(SmtpSession):
 
     def extensions(self) -> list[str]:
         common = [f"SIZE {self.size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING",
-                  "CHUNKING"]
+                  "CHUNKING", "DSN"]
         if not self.conn.tls_active:
             return [*common, "STARTTLS"] if self.conn.tls_available else common
         return ["AUTH PLAIN LOGIN", *common]
@@ -101,6 +103,7 @@ class SubmissionSession(SmtpSession):
     def _reset(self) -> None:
         self.mail_from = None
         self.recipients = []
+        self.dsn = Dsn()
         self.chunks = None
 
     # -- what BDAT needs (chunking.py) ----------------------------------------------------
@@ -263,7 +266,10 @@ class SubmissionSession(SmtpSession):
 
         # AUTH= (RFC 4954 §5) names the original submitter; we know who submits.
         if not await self._mail_params_ok(path.params, self.size_limit, too_big,
-                                          also_known=("AUTH",)):
+                                          also_known=("AUTH", "RET", "ENVID")):
+            return
+        dsn = await self._mail_dsn(path.params)
+        if dsn is None:
             return
         try:
             await self.gate.check_sender(self.submitter.account_id, path.address)
@@ -274,6 +280,7 @@ class SubmissionSession(SmtpSession):
                 "event": "submission.error", "session_id": self.client.session_id})
             return await self.reply(replies.LOCAL_ERROR)
         self.mail_from = path.address
+        self.dsn = Dsn(ret=dsn[0], envid=dsn[1])
         await self.reply(replies.SUBMISSION_SENDER_OK)
 
     async def rcpt(self, arg: str | None) -> None:
@@ -281,9 +288,10 @@ class SubmissionSession(SmtpSession):
             return
         if self.mail_from is None:
             return await self.reply(replies.NEED_MAIL)
-        path = await self._rcpt_path(arg)
-        if path is None:
+        parsed = await self._rcpt_path(arg)
+        if parsed is None:
             return
+        path, rcpt_dsn = parsed
         # Repeats count too: the limit bounds what a session can make us do.
         if self.session_recipients >= RECIPIENTS_PER_SESSION:
             return await self.refuse(error_reply(MtaError(
@@ -292,6 +300,7 @@ class SubmissionSession(SmtpSession):
         self.session_recipients += 1
         if not any(r.lower() == path.address.lower() for r in self.recipients):
             self.recipients.append(path.address)  # a repeat is delivered once
+            self.dsn.recipients[path.address] = rcpt_dsn
         await self.reply(replies.SUBMISSION_RECIPIENT_OK)
 
     async def data(self, arg: str | None) -> None:
@@ -320,7 +329,7 @@ class SubmissionSession(SmtpSession):
     async def _end_of_data(self, result: DataResult) -> None:
         """The message of the transaction has been read (DATA or BDAT LAST)."""
         assert self.submitter is not None and self.mail_from is not None
-        mail_from, recipients = self.mail_from, list(self.recipients)
+        mail_from, recipients, dsn = self.mail_from, list(self.recipients), self.dsn
         self._reset()  # the transaction ends here whatever the outcome
         if result.too_big:
             metrics.SUBMISSION_MESSAGES.labels("rejected").inc()
@@ -333,7 +342,7 @@ class SubmissionSession(SmtpSession):
         try:
             sent = await self.sending.send_raw(self.submitter.account_id, mail_from,
                                                recipients, result.content,
-                                               source="submission")
+                                               source="submission", dsn=dsn)
         except MtaError as err:
             metrics.SUBMISSION_MESSAGES.labels(
                 "tempfailed" if err.spec.temporary else "rejected").inc()

@@ -262,6 +262,10 @@ class Message(Base):
     # A forwarded copy's original (the message whose id the sender got in the 250
     # reply), so that one id finds the copies, their deliveries and their events.
     origin_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # What the sender asked of our DSNs at MAIL (RFC 3461; mta/queue/dsnparams.py):
+    # RET (FULL | HDRS) and ENVID (decoded); NULL when not given.
+    dsn_ret: Mapped[str | None] = mapped_column(String(4))
+    dsn_envid: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_messages_received_at", "received_at"),
                       Index("ix_messages_origin_id", "origin_id",
@@ -302,6 +306,11 @@ class Delivery(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     last_reply: Mapped[str | None] = mapped_column(Text)
     delay_notified_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # RFC 3461 RCPT parameters, stored forms of mta/queue/dsnparams.py: NOTIFY (NEVER or
+    # a list of SUCCESS,FAILURE,DELAY; NULL = not given) and ORCPT (addr-type;address,
+    # for a forward the address it was sent to when the sender gave none).
+    dsn_notify: Mapped[str | None] = mapped_column(String(32))
+    dsn_orcpt: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_deliveries_due", "next_attempt_at", "priority",

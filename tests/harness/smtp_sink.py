@@ -1,7 +1,8 @@
 """A real SMTP server on a loopback address that records what it receives.
 
 It runs aiosmtpd in its own thread, so tests in any event loop (or none) can use it.
-Replies can be scripted per recipient or for DATA (`sink.rcpt_replies["a@x"] = "550 5.1.1 no"`,
+Each message keeps the MAIL and RCPT arguments as sent (`mail_command`,
+`rcpt_commands`). Replies can be scripted per recipient or for DATA (`sink.rcpt_replies["a@x"] = "550 5.1.1 no"`,
 `sink.data_replies.append("451 4.3.0 try later")`), and STARTTLS is offered when a
 certificate is given (see `tls_context_for` in conftest). It offers PIPELINING unless
 told not to, and closes a connection idle for `idle_timeout` seconds (421 first).
@@ -33,6 +34,9 @@ class ReceivedMessage:
     helo: str | None
     received_at: float = field(default_factory=time.time)
     smtputf8: bool = False  # MAIL FROM carried SMTPUTF8 (RFC 6531)
+    # The MAIL and RCPT arguments as sent (parameters included, case kept), in order.
+    mail_command: str = ""
+    rcpt_commands: list[str] = field(default_factory=list)
 
 
 class _Handler:
@@ -44,6 +48,8 @@ class _Handler:
         session.host_name = hostname
         if self.sink.pipelining:  # aiosmtpd reads pipelined commands in order anyway
             responses.insert(1, "250-PIPELINING")
+        if self.sink.dsn:
+            responses.insert(1, "250-DSN")
         return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
@@ -67,11 +73,38 @@ class _Handler:
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             data=envelope.original_content or envelope.content,
             tls=session.ssl is not None, peer=session.peer, helo=session.host_name,
-            smtputf8="SMTPUTF8" in [o.upper() for o in envelope.mail_options])
+            smtputf8="SMTPUTF8" in [o.upper() for o in envelope.mail_options],
+            mail_command=getattr(envelope, "raw_mail", ""),
+            rcpt_commands=list(getattr(envelope, "raw_rcpts", [])))
         with self.sink._lock:
             self.sink.messages.append(msg)
             self.sink._arrived.notify_all()
         return scripted or "250 2.0.0 queued as sink"
+
+
+_DSN_PARAMS = ("RET=", "ENVID=", "NOTIFY=", "ORCPT=")
+
+
+class _RecordingSmtp(SMTP):
+    """aiosmtpd's server, keeping the raw MAIL and RCPT arguments on the envelope; with
+    the sink's `dsn` on, it takes the RFC 3461 parameters (which aiosmtpd refuses) by
+    recording them and handing aiosmtpd the command without them."""
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(self._dsn_stripped(arg))
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            self.envelope.raw_mail = arg or ""
+            self.envelope.raw_rcpts = []
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if self.envelope is not None and hasattr(self.envelope, "raw_rcpts"):
+            self.envelope.raw_rcpts.append(arg or "")
+        await super().smtp_RCPT(self._dsn_stripped(arg))
+
+    def _dsn_stripped(self, arg: str | None) -> str | None:
+        if arg is None or not self.event_handler.sink.dsn:
+            return arg
+        return " ".join(w for w in arg.split(" ") if not w.upper().startswith(_DSN_PARAMS))
 
 
 class _Controller(Controller):
@@ -80,7 +113,7 @@ class _Controller(Controller):
         super().__init__(_Handler(sink), **kw)
 
     def factory(self) -> SMTP:
-        return SMTP(self.handler, hostname=self._sink.hostname, decode_data=False,
+        return _RecordingSmtp(self.handler, hostname=self._sink.hostname, decode_data=False,
                     tls_context=self._sink.tls_context,
                     require_starttls=self._sink.require_starttls,
                     enable_SMTPUTF8=self._sink.smtputf8, data_size_limit=self._sink.size_limit,
@@ -110,6 +143,7 @@ class SmtpSink:
         self.pipelining = pipelining  # offer PIPELINING (RFC 2920) in the EHLO reply
         self.idle_timeout = idle_timeout  # seconds of silence before it says 421 and closes
         self.smtputf8 = True  # offer SMTPUTF8 (RFC 6531); read per connection
+        self.dsn = False  # offer DSN (RFC 3461) and take its parameters; per connection
         self.messages: list[ReceivedMessage] = []
         # Scripted replies: per recipient (lower-cased) a queue of replies used one per RCPT.
         self.rcpt_replies: dict[str, deque[str] | str] = {}
