@@ -18,6 +18,10 @@ The failure policy (`decide`):
   was a 4xx is a soft bounce; `soft_bounce_threshold` of them within `soft_bounce_window`
   suppress the address (mta/queue/softbounce.py; deferrals that later succeed never count).
   Once a delivery has waited `retry.delay_warning`, one delay DSN goes out (None disables).
+- The recipient's NOTIFY (RFC 3461, `dsnparams.py`) filters these DSNs: NEVER none,
+  failure DSNs only with FAILURE, delay DSNs only with DELAY (no NOTIFY: both, as
+  before); with SUCCESS a delivered recipient gets a `relayed` DSN when the next hop
+  did not take the request on (it lacks DSN; `dsnparams.success_dsn_due`).
 - DSNs go through this same queue with the null sender; never to the null sender, never
   about a DSN (see `bounces.queue_dsn`).
 

@@ -352,7 +352,7 @@ class MxSession(SmtpSession):
 
     def extensions(self) -> list[str]:
         extensions = ["PIPELINING", f"SIZE {self.intake.size_limit}", "8BITMIME",
-                      "ENHANCEDSTATUSCODES", "CHUNKING", "SMTPUTF8", "DSN"]
+                      "ENHANCEDSTATUSCODES", "CHUNKING", "DSN", "SMTPUTF8"]
         if self.conn.tls_available and not self.conn.tls_active:
             extensions.append("STARTTLS")
         return extensions
