@@ -118,6 +118,9 @@ class DnsSettings:
     cache_size: int = 10000
     min_ttl: Duration = Duration(0)
     max_ttl: Duration = Duration(86400)
+    # off | trust_ad: believe the AD bit of `nameservers`, a validating resolver on this
+    # host (loopback only), so DANE can use DNSSEC-authenticated TLSA records.
+    dnssec: str = "off"
 
 
 @dataclass
@@ -230,6 +233,26 @@ class SoftBounceSettings:
 
 
 @dataclass
+class DaneDestination:
+    """The DANE mode for one destination domain (overrides `delivery.dane.mode`)."""
+
+    domain: str = ""
+    mode: str = "required"  # off | opportunistic | required
+
+
+@dataclass
+class DaneSettings:
+    """DANE for outbound delivery (RFC 7672, mta/queue/dane.py). Needs
+    dns.dnssec: trust_ad (a validating resolver on this host)."""
+
+    # off | opportunistic; null = opportunistic when dns.dnssec is trust_ad, else off.
+    # opportunistic: DNSSEC-authenticated TLSA records are enforced where published.
+    mode: str | None = None
+    # required for a domain: only MX hosts with authenticated, matching TLSA records.
+    destinations: list[DaneDestination] = field(default_factory=list)
+
+
+@dataclass
 class DeliverySettings:
     """Outbound SMTP (queue workers, sending, in-session forwards)."""
 
@@ -241,6 +264,7 @@ class DeliverySettings:
     poll_interval: Duration = Duration(1)  # how often idle workers look for due mail
     smart_host: SmartHostSettings = field(default_factory=lambda: SmartHostSettings())
     soft_bounce: SoftBounceSettings = field(default_factory=lambda: SoftBounceSettings())
+    dane: DaneSettings = field(default_factory=lambda: DaneSettings())
 
 
 @dataclass
@@ -464,6 +488,63 @@ def _check_semantics(s: Settings) -> None:
         raise ConfigError("srs.max_age_days", "must be between 1 and 1023 (days)", source=src)
     if s.dns.min_ttl > s.dns.max_ttl:
         raise ConfigError("dns.min_ttl", "must not be above dns.max_ttl", source=src)
+    _check_dnssec(s, src)
+
+
+def _off(value: str | None) -> str | None:
+    """YAML 1.1 reads a bare `off` as false, which a string setting receives as "False"."""
+    return "off" if value == "False" else value
+
+
+def _check_dnssec(s: Settings, src: str) -> None:
+    import ipaddress
+
+    s.dns.dnssec = _off(s.dns.dnssec)
+    s.delivery.dane.mode = _off(s.delivery.dane.mode)
+    for d in s.delivery.dane.destinations:
+        d.mode = _off(d.mode)
+    if s.dns.dnssec not in ("off", "trust_ad"):
+        raise ConfigError("dns.dnssec", "must be off or trust_ad", source=src)
+    if s.dns.dnssec == "trust_ad":
+        # The AD bit crosses the network unauthenticated: only a resolver on this host
+        # can be believed (as Postfix and RFC 6698 §4 advise).
+        if not s.dns.nameservers:
+            raise ConfigError("dns.nameservers", "dns.dnssec: trust_ad needs the validating "
+                              "resolver named here (e.g. address: 127.0.0.1)", source=src)
+        for i, ns in enumerate(s.dns.nameservers):
+            try:
+                loopback = ipaddress.ip_address(ns.address).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ConfigError(f"dns.nameservers[{i}].address", "dns.dnssec: trust_ad "
+                                  "believes the resolver's AD bit, so it must be a validating "
+                                  "resolver on this host (a loopback address)", source=src)
+    dane = s.delivery.dane
+    if dane.mode not in (None, "off", "opportunistic"):
+        raise ConfigError("delivery.dane.mode", "must be off or opportunistic (required is "
+                          "set per domain in delivery.dane.destinations)", source=src)
+    seen: set[str] = set()
+    for i, d in enumerate(dane.destinations):
+        name = d.domain.strip().lower().rstrip(".")
+        if not name:
+            raise ConfigError(f"delivery.dane.destinations[{i}].domain", "is required",
+                              source=src)
+        if name in seen:
+            raise ConfigError(f"delivery.dane.destinations[{i}].domain",
+                              f"{name} is given twice", source=src)
+        seen.add(name)
+        if d.mode not in ("off", "opportunistic", "required"):
+            raise ConfigError(f"delivery.dane.destinations[{i}].mode",
+                              "must be off, opportunistic or required", source=src)
+    if s.delivery.smart_host.host and any(d.mode == "required" for d in dane.destinations):
+        raise ConfigError("delivery.dane.destinations", "DANE cannot be required through "
+                          "delivery.smart_host: the relay makes the last hop", source=src)
+    wants = dane.mode == "opportunistic" or any(d.mode != "off" for d in dane.destinations)
+    if wants and s.dns.dnssec != "trust_ad":
+        raise ConfigError("delivery.dane", "DANE needs DNSSEC-authenticated answers: set "
+                          "dns.dnssec: trust_ad with a validating resolver on loopback in "
+                          "dns.nameservers", source=src)
 
 
 def _check_proxy_protocol(name: str, pp: ProxyProtocolSettings | None, src: str) -> None:

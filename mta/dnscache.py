@@ -4,6 +4,12 @@ The one distinction every caller needs is kept explicit: a name that does not ex
 or has no records of the type asked (an empty answer) is not an error, while SERVFAIL,
 a timeout or no reachable server is `DnsTempError` — which checks must turn into a
 temporary failure (4xx), never into "no record".
+
+DNSSEC: we do not validate signatures ourselves. With `trust_ad` (`dns.dnssec: trust_ad`)
+the configured nameservers are a validating resolver on this host that the operator
+trusts: queries ask for the AD bit (RFC 6840 §5.7) and `authenticated()` reports it, so
+DANE (mta/queue/dane.py) can tell records the resolver proved from ones it merely
+passed on. Without `trust_ad` nothing counts as authenticated.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -60,7 +67,8 @@ class _BoundedTtlCache(dns.resolver.LRUCache):
 class DnsResolver:
     def __init__(self, nameservers: Sequence[NameserverAddress] | Sequence[dict] = (),
                  timeout: float = 5.0, cache_size: int = 10000, min_ttl: float = 0,
-                 max_ttl: float = 86400) -> None:
+                 max_ttl: float = 86400, trust_ad: bool = False) -> None:
+        self.trust_ad = trust_ad
         if nameservers:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = [
@@ -72,6 +80,8 @@ class DnsResolver:
         r.lifetime = timeout
         r.timeout = min(timeout, max(timeout / 2, 0.5))
         r.retry_servfail = False
+        if trust_ad:
+            r.flags = dns.flags.RD | dns.flags.AD
         r.cache = (_BoundedTtlCache(cache_size, min_ttl, max_ttl) if cache_size > 0
                    else None)
         self._resolver = r
@@ -86,7 +96,8 @@ class DnsResolver:
     def from_settings(cls, dns_settings) -> DnsResolver:
         return cls([{"address": ns.address, "port": ns.port} for ns in dns_settings.nameservers],
                    timeout=dns_settings.timeout, cache_size=dns_settings.cache_size,
-                   min_ttl=dns_settings.min_ttl, max_ttl=dns_settings.max_ttl)
+                   min_ttl=dns_settings.min_ttl, max_ttl=dns_settings.max_ttl,
+                   trust_ad=dns_settings.dnssec == "trust_ad")
 
     async def query(self, name: str, rdtype: str | int) -> dns.resolver.Answer | None:
         """The answer, or None when the name or the record type does not exist."""
@@ -115,6 +126,15 @@ class DnsResolver:
                 del front[next(iter(front))]  # the oldest entry
             front[(name, rdtype)] = answer
         return answer
+
+    async def authenticated(self, name: str, rdtype: str | int
+                            ) -> tuple[dns.resolver.Answer | None, bool]:
+        """The answer (None when there is no such record) and whether the validating
+        resolver authenticated it (its AD bit, believed only with `trust_ad`)."""
+        answer = await self.query(name, rdtype)
+        secure = (self.trust_ad and answer is not None
+                  and bool(answer.response.flags & dns.flags.AD))
+        return answer, secure
 
     async def txt(self, name: str) -> list[str]:
         """TXT records, each one's strings joined (RFC 7208 §3.3)."""

@@ -107,8 +107,22 @@ BOUNCES_RECEIVED = Counter(
     "Reports received at VERP addresses by kind (dsn | arf | fallback | unparsed | forged)",
     ["kind"])
 
+# DANE (mta/queue/dane.py, remote.py): what the TLSA look-ups found per MX host, and what
+# became of the connections and deliveries DANE governed.
+DANE_TLSA_LOOKUPS = Counter(
+    "mta_dane_tlsa_lookups_total",
+    "TLSA look-ups for MX hosts by state (dane: usable authenticated records | unusable | "
+    "none | insecure: not authenticated | error: look-up failed, host not used)",
+    ["state"])
+DANE_OUTCOMES = Counter(
+    "mta_dane_outcomes_total",
+    "DANE outcomes (verified: the certificate matched | mismatch | no_starttls | "
+    "tls_failed | encrypted: TLS with unusable records | required_unmet: deferred, no "
+    "host with usable records | lookup_failed: deferred, every look-up failed)",
+    ["outcome"])
+
 __all__ += [
-    "BOUNCES_RECEIVED", "DELIVERY_ATTEMPTS", "DELIVERY_ATTEMPT_SECONDS", "DELIVERY_SECONDS",
+    "BOUNCES_RECEIVED", "DANE_OUTCOMES", "DANE_TLSA_LOOKUPS", "DELIVERY_ATTEMPTS", "DELIVERY_ATTEMPT_SECONDS", "DELIVERY_SECONDS",
     "DSN_QUEUED", "OUTBOUND_CONNECTIONS", "QUEUE_DEPTH", "QUEUE_OLDEST_DUE_SECONDS",
     "SUPPRESSIONS_ADDED",
 ]

@@ -2,15 +2,18 @@
 
 Job: find where mail for a domain goes (MX with implicit-MX fallback, null MX per
 RFC 7505, or a configured smart host), connect (IPv6 addresses of a host first, then
-IPv4), negotiate TLS (STARTTLS whenever offered; MTA-STS per RFC 8461 when the domain
-publishes a policy), and run the SMTP transaction (`smtpclient.SmtpClient`: MAIL, RCPT and
+IPv4), negotiate TLS (STARTTLS whenever offered; DANE per RFC 7672 where an MX host
+publishes DNSSEC-authenticated TLSA records — `dane.py` looks them up and matches them —
+and then MTA-STS is not consulted, RFC 8461 §2; otherwise MTA-STS per RFC 8461 when the
+domain publishes a policy), and run the SMTP transaction (`smtpclient.SmtpClient`: MAIL, RCPT and
 DATA pipelined when the server offers PIPELINING). The result is a
 `RecipientOutcome` per recipient: 2xx delivered, 4xx / connection trouble / timeouts
 deferred, 5xx failed. Side effects: network only. This module never touches the database
 and never decides about retries or bounces; `delivery.py` applies the failure policy.
 
 When to try the next MX host or address: the connection could not be made, the greeting
-or EHLO was refused, TLS required by an enforce policy failed, or the session was lost
+or EHLO was refused, TLS required by DANE or an enforce policy failed (a certificate
+that matches no TLSA record included), or the session was lost
 (421, disconnect, timeout) before the message body was sent. A recipient refused with
 4xx/5xx at RCPT is settled by that server, as is a reply to the end of DATA.
 
@@ -23,7 +26,8 @@ noticed when it is taken (or at the first reply) and replaced without blaming th
 Settings read (constructor arguments): EHLO name, port (the same for every MX, so tests
 can use loopback sinks), connect / command / data timeouts, the TLS context that verifies
 certificates under MTA-STS (and for a smart host), whether to use IPv6, an MtaSts
-instance, a SmartHost, and a cap on connection attempts per delivery.
+instance, a DanePolicy (mode per destination domain; None = no DANE), a SmartHost, and a
+cap on connection attempts per delivery.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from typing import Literal
 
 from mta.dnscache import DnsError, DnsResolver
 from mta.observe import metrics
+from mta.queue import dane
+from mta.queue.dane import DanePolicy, HostTlsa
 from mta.queue.dsnparams import Dsn, mail_params, rcpt_params
 from mta.queue.mtasts import MtaSts, Policy
 from mta.queue.outcome import RecipientOutcome, Reply, Result
@@ -104,6 +110,7 @@ class _Route:
     policy: Policy | None = None
     notes: list[str] = field(default_factory=list)  # MTA-STS testing findings
     failure: tuple[Result, Reply | None, str] | None = None
+    dane: dict[str, HostTlsa] = field(default_factory=dict)  # per MX host, when DANE is on
 
 
 @dataclass(eq=False)  # pooled by identity
@@ -149,7 +156,8 @@ class RemoteDelivery:
                  data_timeout: float = 600.0, verify_context: ssl.SSLContext | None = None,
                  ca_bundle: str | None = None, mtasts: MtaSts | None = None,
                  smart_host: SmartHost | None = None, ipv6: bool = True,
-                 max_connect_attempts: int = 10, pool: ConnectionPool | None = None) -> None:
+                 max_connect_attempts: int = 10, pool: ConnectionPool | None = None,
+                 dane: DanePolicy | None = None) -> None:
         self._resolver = resolver
         self._ehlo = ehlo_name
         self._port = port
@@ -164,6 +172,7 @@ class RemoteDelivery:
         self._opportunistic.check_hostname = False
         self._opportunistic.verify_mode = ssl.CERT_NONE
         self.mtasts = mtasts
+        self.dane = dane
         self.smart_host = smart_host
         self._ipv6 = ipv6
         self._max_attempts = max_connect_attempts
@@ -190,10 +199,12 @@ class RemoteDelivery:
         """Close the idle connections (node shutdown)."""
         self.pool.close()
 
-    def _pool_key(self, host: str, policy: Policy | None) -> tuple:
+    def _pool_key(self, host: str, policy: Policy | None, tlsa: HostTlsa | None = None) -> tuple:
         relay = self.smart_host
-        return (host, relay.port if relay else self._port, tuple(self._levels(policy)),
-                relay.username if relay else None)
+        # A connection checked against TLSA records serves only while they are the same.
+        pinned = tlsa.records if tlsa is not None and tlsa.enforced else ()
+        return (host, relay.port if relay else self._port, tuple(self._levels(policy, tlsa)),
+                relay.username if relay else None, pinned)
 
     # -- where to connect ------------------------------------------------------------------
 
@@ -226,6 +237,13 @@ class RemoteDelivery:
                                            f"{domain} publishes a null MX (RFC 7505)"))
             hosts = _order(real)
         route = _Route(hosts=hosts)
+        mode = self.dane.mode_for(domain) if self.dane is not None else "off"
+        if mode != "off":
+            failure = await self._dane_route(route, domain, mode)
+            if failure is not None:
+                return failure
+            if any(t.state == "dane" for t in route.dane.values()):
+                return route  # RFC 8461 §2: DANE takes precedence, MTA-STS is not consulted
         policy = await self.mtasts.policy(domain) if self.mtasts is not None else None
         if policy is None or policy.mode == "none":
             return route
@@ -242,6 +260,34 @@ class RemoteDelivery:
             route.notes.append(f"MTA-STS testing: MX {', '.join(skipped)} not in policy")
         return route
 
+    async def _dane_route(self, route: _Route, domain: str, mode: str) -> _Route | None:
+        """Look up every MX host's TLSA records; drop the hosts DANE forbids now (a failed
+        look-up; in required mode any host without usable authenticated records). A
+        route that fails when no host is left, else None."""
+        found = await asyncio.gather(*(dane.lookup(self._resolver, h, self._port, self._ipv6)
+                                       for h in route.hosts))
+        route.dane = {t.host: t for t in found}
+        for t in found:
+            metrics.DANE_TLSA_LOOKUPS.labels(t.state).inc()
+        allowed = [t for t in found if t.state != "error"
+                   and (mode != "required" or t.state == "dane")]
+        if not allowed:
+            why = "; ".join(f"{t.host}: {t.detail}" for t in found)
+            if mode == "required":
+                metrics.DANE_OUTCOMES.labels("required_unmet").inc()
+                detail = (f"DANE required for {domain}, but no MX host has usable "
+                          f"DNSSEC-authenticated TLSA records ({why})")
+            else:
+                metrics.DANE_OUTCOMES.labels("lookup_failed").inc()
+                detail = f"DANE: no MX host of {domain} can be used now ({why})"
+            return _Route([], failure=("deferred", None, detail))
+        skipped = [t for t in found if t not in allowed]
+        if skipped:
+            route.notes.append("DANE: skipped " + "; ".join(f"{t.host} ({t.detail})"
+                                                           for t in skipped))
+        route.hosts = [t.host for t in allowed]
+        return None
+
     async def _addresses(self, host: str) -> list[str]:
         try:
             return [str(ipaddress.ip_address(host))]
@@ -253,13 +299,13 @@ class RemoteDelivery:
     # -- connecting --------------------------------------------------------------------
 
     async def _establish(self, host: str, ip: str, policy: Policy | None,
-                       notes: list[str]) -> _Connection:
+                         notes: list[str], tlsa: HostTlsa | None = None) -> _Connection:
         """A ready session (greeted, EHLO done, TLS as required, AUTH for a smart host)."""
-        levels = self._levels(policy)
+        levels = self._levels(policy, tlsa)
         for i, level in enumerate(levels):
             try:
-                conn = await self._open(host, ip, level, policy, notes)
-                conn.key = self._pool_key(host, policy)
+                conn = await self._open(host, ip, level, policy, notes, tlsa)
+                conn.key = self._pool_key(host, policy, tlsa)
                 self.connections_opened += 1
                 return conn
             except _ConnectError as exc:
@@ -270,20 +316,24 @@ class RemoteDelivery:
                 notes.append(f"{level} TLS to {host} failed ({exc}), retried weaker")
         raise AssertionError("unreachable")
 
-    def _levels(self, policy: Policy | None) -> list[str]:
+    def _levels(self, policy: Policy | None, tlsa: HostTlsa | None = None) -> list[str]:
         """TLS levels to try, strongest first."""
         relay = self.smart_host
         if relay is not None:
             return ["none"] if relay.tls == "none" else [
                 "verify" if relay.verify else "opportunistic"]
+        if tlsa is not None and tlsa.state == "dane":
+            return ["dane"]  # RFC 7672 §2.2: TLS, and a chain that matches the TLSA records
         if policy is not None and policy.mode == "enforce":
             return ["verify"]  # RFC 8461 §5.1: never in clear, never unverified
+        if tlsa is not None and tlsa.state == "unusable":
+            return ["encrypt"]  # RFC 7672 §3.1.3: TLS is still mandatory
         if policy is not None:
             return ["verify", "opportunistic", "none"]
         return ["opportunistic", "none"]
 
     async def _open(self, host: str, ip: str, level: str, policy: Policy | None,
-                    notes: list[str]) -> _Connection:
+                    notes: list[str], tlsa: HostTlsa | None = None) -> _Connection:
         relay = self.smart_host
         port = relay.port if relay is not None else self._port
         implicit = relay is not None and relay.tls == "implicit"
@@ -312,7 +362,7 @@ class RemoteDelivery:
                                     f"{greeting.message}")
             await self._ehlo_or_helo(client, host, ip)
             if not implicit:
-                await self._starttls(client, host, level, policy, notes, timeout)
+                await self._starttls(client, host, level, policy, notes, timeout, tlsa)
             if relay is not None and relay.username:
                 if relay.tls != "none" and not client.encrypted:
                     raise _ConnectError(f"smart host {host} without TLS: AUTH refused")
@@ -339,27 +389,52 @@ class RemoteDelivery:
         raise _ConnectError(f"{host} [{ip}] refused the session: {r.code} {r.message}")
 
     async def _starttls(self, client: SmtpClient, host: str, level: str,
-                        policy: Policy | None, notes: list[str], timeout: float) -> None:
+                        policy: Policy | None, notes: list[str], timeout: float,
+                        tlsa: HostTlsa | None = None) -> None:
         enforce = policy is not None and policy.mode == "enforce"
-        required = enforce or (self.smart_host is not None and self.smart_host.tls == "starttls")
+        by_dane = level in ("dane", "encrypt")
+        required = (enforce or by_dane
+                    or (self.smart_host is not None and self.smart_host.tls == "starttls"))
         if level == "none":
             return
+        why = (f"DANE (TLSA records at {tlsa.owner})" if by_dane and tlsa is not None
+               else "MTA-STS enforce" if enforce else "the relay")
         if not client.supports("STARTTLS"):
+            if by_dane:
+                metrics.DANE_OUTCOMES.labels("no_starttls").inc()
             if required:
-                raise _ConnectError(f"{host} does not offer STARTTLS, which "
-                                    f"{'MTA-STS enforce' if enforce else 'the relay'} requires")
+                raise _ConnectError(f"{host} does not offer STARTTLS, which {why} requires")
             if policy is not None:
                 notes.append(f"MTA-STS testing: {host} does not offer STARTTLS")
             return
+        # DANE checks the chain itself after the handshake, so it takes any certificate.
         context = self._verify if level == "verify" else self._opportunistic
         try:
             r = await client.starttls(context, timeout)
         except SmtpClientError as exc:
+            if by_dane:
+                metrics.DANE_OUTCOMES.labels("tls_failed").inc()
             # A certificate that fails verification lands here too.
-            raise _ConnectError(f"TLS with {host} failed: {exc}", tls=not required) from None
+            raise _ConnectError(f"TLS with {host} failed ({why} requires it): {exc}"
+                                if by_dane else f"TLS with {host} failed: {exc}",
+                                tls=not required) from None
         if r.code != 220:
+            if by_dane:
+                metrics.DANE_OUTCOMES.labels("tls_failed").inc()
             raise _ConnectError(f"STARTTLS refused by {host}: {r.code} {r.message}",
                                 tls=not required)
+        if level == "dane" and tlsa is not None:
+            verdict = dane.verify(tlsa.records, client.peer_chain, [host])
+            if not verdict.ok:
+                metrics.DANE_OUTCOMES.labels("mismatch").inc()
+                raise _ConnectError(f"DANE: the certificate of {host} does not match the "
+                                    f"TLSA records at {tlsa.owner}: {verdict.reason}")
+            metrics.DANE_OUTCOMES.labels("verified").inc()
+            notes.append(f"DANE: {verdict.reason} of {host}")
+        elif level == "encrypt":
+            metrics.DANE_OUTCOMES.labels("encrypted").inc()
+            notes.append(f"DANE: {tlsa.detail if tlsa else 'no usable TLSA record'}, "
+                         f"TLS without authentication")
         r = await client.ehlo(self._ehlo)  # RFC 3207 §4.2: forget what was said before TLS
         if r.code != 250:
             raise _ConnectError(f"{host} refused EHLO after STARTTLS: {r.code} {r.message}")
@@ -430,7 +505,7 @@ class DeliverySession:
         """An idle connection to the most preferred host that has one."""
         engine, route = self._engine, self._route
         for host in route.hosts:
-            conn = engine.pool.take(engine._pool_key(host, route.policy))
+            conn = engine.pool.take(engine._pool_key(host, route.policy, route.dane.get(host)))
             if conn is not None:
                 if (conn.host, conn.ip) in self._bad:
                     conn.client.close()
@@ -460,7 +535,8 @@ class DeliverySession:
                     raise last or _ConnectError("connection attempt limit reached")
                 attempts += 1
                 try:
-                    conn = await engine._establish(host, ip, route.policy, [])
+                    conn = await engine._establish(host, ip, route.policy, [],
+                                                   route.dane.get(host))
                 except _ConnectError as exc:
                     errors.append(str(exc))
                     self._bad.add((host, ip))
@@ -612,5 +688,23 @@ def remote_delivery_from_settings(settings, resolver, **overrides) -> RemoteDeli
         smart_host = SmartHost(relay.host, relay.port, relay.tls, relay.username,
                                relay.password, relay.verify)
     kwargs = {"port": settings.delivery.port, "mtasts": MtaSts(resolver),
-              "smart_host": smart_host, **overrides}
+              "smart_host": smart_host, "dane": dane_policy_from_settings(settings),
+              **overrides}
     return RemoteDelivery(resolver, settings.node.hostname, **kwargs)
+
+
+def dane_policy_from_settings(settings) -> DanePolicy | None:
+    """`delivery.dane` as a DanePolicy; None when DANE is off for every destination."""
+    conf = settings.delivery.dane
+    default = conf.mode or ("opportunistic" if settings.dns.dnssec == "trust_ad" else "off")
+    domains = {}
+    for d in conf.destinations:
+        name = d.domain.strip().rstrip(".").lower()
+        try:
+            name = name.encode("idna").decode("ascii")  # routes compare A-labels
+        except UnicodeError:
+            pass
+        domains[name] = d.mode
+    if default == "off" and all(m == "off" for m in domains.values()):
+        return None
+    return DanePolicy(default, domains)

@@ -16,6 +16,7 @@ makes the connection unusable (`reusable`), never the answer to a later command.
 
 from __future__ import annotations
 
+import _ssl  # ENCODING_DER for the certificate chain on Python < 3.13 (peer_chain)
 import asyncio
 import base64
 import re
@@ -182,6 +183,20 @@ class SmtpClient:
         t = self._p.transport
         obj = t.get_extra_info("ssl_object") if t is not None else None
         return obj.version() if obj is not None else None
+
+    @property
+    def peer_chain(self) -> list[bytes]:
+        """The certificates the server sent, as sent (DER, its own first), unverified:
+        what DANE matches TLSA records against. Python < 3.13 has no public call for
+        it; its SSL object's `get_unverified_chain` has been there since 3.10."""
+        t = self._p.transport
+        obj = t.get_extra_info("ssl_object") if t is not None else None
+        if obj is None:
+            return []
+        chain = (obj.get_unverified_chain() if hasattr(obj, "get_unverified_chain")
+                 else obj._sslobj.get_unverified_chain())
+        return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER)
+                for c in chain or []]
 
     @property
     def encrypted(self) -> bool:
