@@ -111,3 +111,21 @@ async def test_postfix_relays_smtputf8_to_us(mx, postfix) -> None:
     assert stored.mail_from == "josé@good.test"
     assert "¡hola!".encode() in stored.raw and b"with UTF8SMTP id" in stored.raw
     await asyncio.to_thread(postfix.wait_log, "status=sent")
+
+
+async def test_postfix_passes_its_clients_dsn_request_to_us(mx, postfix) -> None:
+    """RFC 3461 from Postfix's side: we offer DSN, so Postfix relays RET/ENVID and
+    NOTIFY/ORCPT instead of answering the request itself; we accept and keep them."""
+    raw = make_message("alice@good.test")
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=20) as s:
+            s.sendmail("alice@good.test", ["user@ours.test"], raw,
+                       mail_options=["RET=HDRS", "ENVID=pf+2B1"],
+                       rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;old@ours.test"])
+
+    await asyncio.to_thread(send)
+    [stored] = await wait_for_messages(mx, 1)
+    assert (stored.dsn_ret, stored.dsn_envid) == ("HDRS", "pf+1")
+    log = await asyncio.to_thread(postfix.wait_log, "status=sent")
+    assert "relay=127.0.0.1" in log
