@@ -337,6 +337,22 @@ class ObserveSettings:
     retention_enabled: bool = True
 
 
+@dataclass
+class WebhookSettings:
+    """Delivery-event webhooks (mta/webhooks/, docs/webhooks.md): the sender that POSTs
+    the outbox to the accounts' endpoints, one per node, apart from the mail paths."""
+
+    enabled: bool = True  # run the sender on this node (the outbox fills regardless)
+    concurrency: int = 8  # POSTs in flight per node
+    timeout: Duration = Duration(10)  # connect + answer, per POST
+    poll_interval: Duration = Duration(1)  # how often an idle sender looks for due events
+    lease_seconds: Duration = Duration(60)  # a claim not finished by then is any node's
+    max_attempts: int = 12  # then the event is marked failed
+    first_retry: Duration = Duration(10)  # backoff: doubles per attempt ...
+    max_backoff: Duration = Duration(3600)  # ... up to this
+    log_retention: Duration = Duration(7 * 86400)  # finished outbox rows older are deleted
+
+
 # --- handlers (issue 7) -------------------------------------------------------------
 
 
@@ -410,6 +426,7 @@ class Settings:
     mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
     observe: ObserveSettings = field(default_factory=ObserveSettings)
     handlers: HandlersSettings = field(default_factory=HandlersSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
     source: str = field(default="", metadata={"internal": True})
 

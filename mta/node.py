@@ -186,6 +186,10 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
     services.append(DatabaseProbe(ctx))  # mta_database_up, and the log says when it changes
     if node_jobs:
         services.append(RetentionJob(ctx))  # activity/message retention (observe.*)
+        # One webhook sender per node, a task of its own beside the mail paths.
+        from mta.webhooks.sender import WebhookSender
+
+        services.append(WebhookSender(ctx))
     # One pool of outbound SMTP connections for the queue and in-session forwards.
     pool = ConnectionPool()
     workers = DeliveryWorkers(

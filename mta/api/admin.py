@@ -9,6 +9,7 @@ node's Starlette app. Resources, one module each:
 - addresses.py: accounts/{account_id}/email/routing/addresses
 - sending_subdomains.py: zones/{zone_id}/email/sending/subdomains (+ dns)
 - suppressions.py: accounts/{account_id}/email/sending/suppressions (+ bulk)
+- webhooks.py: accounts/{account_id}/email/webhooks (+ test, deliveries), an extension
 - activity.py: accounts/{account_id}/email/activity (+ groups); audit.py: .../audit_logs
 - openapi.py: openapi.json, the document of every route
 """
@@ -27,6 +28,7 @@ from mta.api import (
     rules,
     sending_subdomains,
     suppressions,
+    webhooks,
 )
 from mta.api.envelope import API_PREFIX, install_error_handlers
 
@@ -35,7 +37,7 @@ __all__ = ["install"]
 
 def install(app: Starlette) -> None:
     routes = [*routing_settings.routes(), *rules.routes(), *addresses.routes(),
-              *sending_subdomains.routes(), *suppressions.routes(),
+              *sending_subdomains.routes(), *suppressions.routes(), *webhooks.routes(),
               *activity.routes(), *audit.routes(), *openapi.routes()]
     # Plain routes with the prefix rather than one Mount: a Mount would claim every path
     # under /client/v4 and hide routes other modules (sending) add there.

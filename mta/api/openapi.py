@@ -132,6 +132,24 @@ SCHEMAS: dict[str, S] = {
         "actor": _obj({"id": _STR, "type": _STR}, ("id", "type")), "interface": _NSTR,
         "owner": _obj({"id": _NSTR}), "resource": _obj({"id": _NSTR, "type": _STR}),
         "oldValueJson": {}, "newValueJson": {}}, ("id", "when", "action", "actor", "resource")),
+    "Webhook": _obj({
+        "id": _STR, "account_id": _STR, "url": _STR, "event_types": _arr(_STR),
+        "description": _NSTR, "enabled": _BOOL, "created_at": _NSTR,
+        "secret": _STR, "deliveries": _obj({
+            "pending": _INT, "delivered": _INT, "failed": _INT,
+            "last_status_code": {"type": ["integer", "null"]}, "last_error": _NSTR})},
+        ("id", "url", "event_types", "enabled")),
+    "WebhookInput": _obj({"url": _STR, "event_types": _arr(_STR), "description": _NSTR},
+                         ("url",)),
+    "WebhookTest": _obj({"id": _STR, "ok": _BOOL, "status_code": {"type": ["integer", "null"]},
+                         "error": _NSTR, "duration_ms": {"type": "number"}},
+                        ("id", "ok", "status_code")),
+    "WebhookDelivery": _obj({
+        "id": _INT, "event_id": _STR, "type": _STR, "message_id": _NSTR, "recipient": _NSTR,
+        "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": _INT,
+        "last_status_code": {"type": ["integer", "null"]}, "last_error": _NSTR,
+        "created_at": _NSTR, "next_attempt_at": _NSTR, "finished_at": _NSTR},
+        ("id", "event_id", "type", "status", "attempts")),
 }
 
 
@@ -306,6 +324,26 @@ def _paths() -> dict[str, S]:
                        query=[*_ACTIVITY_QUERY, _q(
                            "dimensions", _STR, "comma separated: " + ", ".join(DIMENSIONS)),
                            _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000})])},
+        f"{a}/webhooks": {
+            "get": _op("List webhook endpoints (an extension)", "Webhooks",
+                       _arr(_ref("Webhook")), info=_PAGE_INFO),
+            "post": _op("Create a webhook endpoint; the answer holds its secret, once",
+                        "Webhooks", _ref("Webhook"), body=_ref("WebhookInput"),
+                        body_required=True)},
+        f"{a}/webhooks/{{webhook_id}}": {
+            "get": _op("Get a webhook endpoint", "Webhooks", _ref("Webhook")),
+            "delete": _op("Delete a webhook endpoint, its log and undelivered events",
+                          "Webhooks", _obj({"id": _STR}, ("id",)))},
+        f"{a}/webhooks/{{webhook_id}}/test": {
+            "post": _op("Send a test event to a webhook endpoint now", "Webhooks",
+                        _ref("WebhookTest"))},
+        f"{a}/webhooks/{{webhook_id}}/deliveries": {
+            "get": _op("A webhook endpoint's delivery log, newest first", "Webhooks",
+                       _arr(_ref("WebhookDelivery")), info=_PAGE_INFO, query=[
+                           _q("status", {"enum": ["pending", "delivered", "failed"]}),
+                           _q("page", _PAGE),
+                           _q("per_page", {"type": "integer", "minimum": 1,
+                                           "maximum": 1000})])},
         "/accounts/{account_id}/audit_logs": {
             "get": _op("Audit log of configuration changes", "Observability",
                        _arr(_ref("AuditEntry")), info=_PAGE_INFO, query=[

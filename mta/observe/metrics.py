@@ -127,6 +127,29 @@ __all__ += [
     "SUPPRESSIONS_ADDED",
 ]
 
+# --- delivery-event webhooks (mta/webhooks/sender.py) ----------------------------------
+
+WEBHOOK_EVENTS = Counter(
+    "mta_webhook_events_total",
+    "Webhook events finished, by result (delivered: answered 2xx | failed: gave up after "
+    "webhooks.max_attempts)",
+    ["result"])
+WEBHOOK_ATTEMPTS = Counter(
+    "mta_webhook_attempts_total",
+    "Webhook POSTs by result (ok: 2xx | http_error: another status | network_error: "
+    "no answer, timeout, refused connection)",
+    ["result"])
+WEBHOOK_PENDING = Gauge(
+    "mta_webhook_pending",
+    "Webhook events not yet delivered nor given up (every node's outbox), sampled "
+    "periodically by each node's sender",
+    multiprocess_mode="livemostrecent")
+WEBHOOK_SECONDS = Histogram(
+    "mta_webhook_post_seconds", "Duration of one webhook POST, answered or not",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+__all__ += ["WEBHOOK_ATTEMPTS", "WEBHOOK_EVENTS", "WEBHOOK_PENDING", "WEBHOOK_SECONDS"]
+
 # --- dependencies (mta/observe/dbhealth.py) ---------------------------------------------
 
 # livemin: with several worker processes the node counts as up only if every one of

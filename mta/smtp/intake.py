@@ -132,8 +132,11 @@ class Intake:
 
     async def refused(self, client: ClientInfo, reason: str, reply: Reply, *,
                       mail_from: str | None = None, recipients: list[str] | None = None,
-                      auth: AuthResults | None = None, extra: dict | None = None) -> None:
-        """Count and log a refusal as an activity event (best effort, never raises)."""
+                      auth: AuthResults | None = None, extra: dict | None = None,
+                      per_recipient: dict[str, dict] | None = None) -> None:
+        """Count and log a refusal as an activity event (best effort, never raises).
+        `per_recipient`: the accounts and zones of recipients already resolved, so the
+        event reaches their activity logs and webhooks."""
         metrics.INBOUND_REJECTIONS.labels(reason).inc()
         details = {"reason": reason, "reply": reply.line(), "client_ip": client.ip,
                    "helo": client.helo, "session_id": client.session_id,
@@ -142,7 +145,8 @@ class Intake:
             details["auth_results"] = auth.to_json()
         details.update(extra or {})
         rows = event_rows(direction="inbound", status="Rejected", recipients=recipients or [],
-                          mail_from=mail_from, auth=_auth_summary(auth), details=details)
+                          mail_from=mail_from, auth=_auth_summary(auth), details=details,
+                          per_recipient=per_recipient)
         await record_events_now(self.db, rows)
 
     # -- end of DATA ---------------------------------------------------------------------
@@ -162,7 +166,8 @@ class Intake:
             log.exception("authentication checks failed for session %s", client.session_id)
             metrics.INBOUND_MESSAGES.labels("error").inc()
             await self.refused(client, "check_error", replies.LOCAL_ERROR,
-                               mail_from=txn.mail_from, recipients=rcpts)
+                               mail_from=txn.mail_from, recipients=rcpts,
+                               per_recipient=_per_rcpt(txn))
             return replies.LOCAL_ERROR
         policy = txn.policy or self.policy_for(rcpts[0].rpartition("@")[2])
         decision, reply = judge(verdicts_of(results, author), policy, results)
@@ -173,7 +178,8 @@ class Intake:
                 "tempfailed" if decision.verdict == "tempfail" else "rejected").inc()
             await self.refused(client, decision.reason, reply, mail_from=txn.mail_from,
                                recipients=rcpts, auth=results,
-                               extra={"subject": header_value(content, "Subject")})
+                               extra={"subject": header_value(content, "Subject")},
+                               per_recipient=_per_rcpt(txn))
             return reply
         return await self._store(client, txn, content, results, decision)
 
@@ -194,11 +200,7 @@ class Intake:
                                "would_be": decision.would_be}
         first = txn.recipients[0].routing
         subject = header_value(content, "Subject")
-        per_rcpt = {
-            r.address: {"zone_id": r.routing.zone_id if r.routing else None,
-                        "account_id": r.routing.account_id if r.routing else None,
-                        "rule_id": r.match.rule.id if r.match else None}
-            for r in txn.recipients}
+        per_rcpt = _per_rcpt(txn)
         message = full_row(
             MESSAGES, None,
             id=message_id, direction="inbound", source="mx",
@@ -274,3 +276,11 @@ def _count_auth(results: AuthResults) -> None:
         metrics.AUTH_RESULTS.labels("dkim", "none").inc()
     metrics.AUTH_RESULTS.labels("dmarc", results.dmarc_result).inc()
     metrics.AUTH_RESULTS.labels("arc", results.arc_result).inc()
+
+
+def _per_rcpt(txn: Transaction) -> dict[str, dict]:
+    """The event columns of each recipient resolved at RCPT: zone, account, rule."""
+    return {r.address: {"zone_id": r.routing.zone_id if r.routing else None,
+                        "account_id": r.routing.account_id if r.routing else None,
+                        "rule_id": r.match.rule.id if r.match else None}
+            for r in txn.recipients}

@@ -405,6 +405,62 @@ class Event(Base):
     __table_args__ = (Index("ix_events_ts", "ts"), Index("ix_events_status_ts", "status", "ts"))
 
 
+class WebhookEndpoint(Base):
+    """An HTTPS endpoint of an account that receives its delivery events as signed JSON
+    POSTs (mta/webhooks/). `secret` keys the HMAC; it is shown once, at creation.
+    `event_types` empty = every type."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    secret: Mapped[str] = mapped_column(Text, nullable=False)
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False,
+                                                   server_default="{}")
+    description: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                          server_default=text("true"))
+    created_at: Mapped[datetime] = created_col()
+    modified_at: Mapped[datetime] = modified_col()
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event owed to one endpoint. Rows are written by the database
+    trigger on `events` (migration 0011), in the transaction that records the event, so
+    a row exists iff its event happened. Senders claim due rows with SKIP LOCKED and a
+    lease, as the delivery queue does; the row is also the endpoint's delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False)
+    event_id: Mapped[int] = mapped_column(BigInteger, nullable=False)  # events.id
+    message_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    event: Mapped[dict] = mapped_column(JSONB, nullable=False)  # the events row as it was
+    status: Mapped[str] = mapped_column(String(16), nullable=False,
+                                        server_default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False,
+                                                      server_default=func.now())
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_col()
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_chain", "endpoint_id", "message_id", "id",
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_webhook_deliveries_finished_at", "finished_at"),
+    )
+
+
 class AuditEntry(Base):
     """Who changed which configuration, when, from what to what."""
 

@@ -18,13 +18,14 @@ import pytest
 from starlette.routing import Route
 
 from mta.api.openapi import document
+from tests.harness.node import free_port
 
 schemathesis = pytest.importorskip("schemathesis")
 validate = pytest.importorskip("openapi_spec_validator").validate
 
 MAX_EXAMPLES = int(os.environ.get("MTA_SCHEMATHESIS_EXAMPLES", "25"))
 ALL = ("email_routing:read", "email_routing:edit", "email_sending:send",
-       "email_sending:edit", "analytics:read")
+       "email_sending:edit", "analytics:read", "account:admin")
 
 
 def test_the_document_is_served_and_valid(admin):
@@ -89,8 +90,11 @@ def _resources(admin) -> dict[str, str]:
         "actions": [{"type": "forward", "value": ["ops@dest.test"]}]})
     suppression = post(f"{acct}/sending/suppressions", {"email": "gone@dest.test"})
     subdomain = post(f"{zone}/sending/subdomains", {"name": "send.example.test"})
+    # A loopback port nobody listens on: `test` is refused at once, never waits.
+    webhook = post(f"{acct}/webhooks", {"url": f"http://127.0.0.1:{free_port()}/hook"})
     return {"address_id": address["id"], "rule_id": rule["id"],
-            "suppression_id": suppression["id"], "tag": subdomain["tag"]}
+            "suppression_id": suppression["id"], "tag": subdomain["tag"],
+            "webhook_id": webhook["id"]}
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(admin):
