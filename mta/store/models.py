@@ -427,7 +427,7 @@ class WebhookEndpoint(Base):
 
 class WebhookDelivery(Base):
     """The outbox: one event owed to one endpoint. Rows are written by the database
-    trigger on `events` (migration 0011), in the transaction that records the event, so
+    trigger on `events` (migration 0012), in the transaction that records the event, so
     a row exists iff its event happened. Senders claim due rows with SKIP LOCKED and a
     lease, as the delivery queue does; the row is also the endpoint's delivery log."""
 

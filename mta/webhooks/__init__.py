@@ -3,7 +3,7 @@
 rejected) as signed JSON POSTs.
 
 - The outbox is the table `webhook_deliveries`, filled by a trigger on `events` in the
-  transaction that records each event (migration 0011): nothing here is on a mail path.
+  transaction that records each event (migration 0012): nothing here is on a mail path.
 - endpoints.py: creating, listing and deleting endpoints, their log and figures (used by
   the admin API and the CLI).
 - outbox.py: claiming due events with SKIP LOCKED and a lease, recording each result,

@@ -1,6 +1,6 @@
 """The webhook outbox (`webhook_deliveries`): claim, record, back off, prune.
 
-Rows are written by the trigger on `events` (migration 0011). A sender claims due rows
+Rows are written by the trigger on `events` (migration 0012). A sender claims due rows
 with FOR UPDATE SKIP LOCKED and leases them by moving `next_attempt_at` past the lease:
 a node that dies mid-POST leaves its rows due again when the lease runs out, and any
 node takes them (at least once; receivers drop duplicates by event id).

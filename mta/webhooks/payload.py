@@ -18,7 +18,7 @@ from typing import Any
 
 __all__ = ["EVENT_TYPES", "body", "event_body", "test_body"]
 
-# What `webhook_event_type()` (migration 0011) yields; an endpoint subscribes to some
+# What `webhook_event_type()` (migration 0012) yields; an endpoint subscribes to some
 # or (by default) all of them.
 EVENT_TYPES = ("sent", "delivered", "deferred", "bounced", "complained", "suppressed",
                "inbound.forwarded", "inbound.rejected")

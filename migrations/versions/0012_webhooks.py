@@ -10,16 +10,16 @@ endpoint at all the trigger returns after one index probe.
 `webhook_event_type()` is the one table from activity statuses to webhook event types
 (docs/webhooks.md lists them); NULL means "not a webhook event".
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-07 05:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0011'
-down_revision = '0010'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
