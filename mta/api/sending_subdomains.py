@@ -41,6 +41,8 @@ from mta.sending.domains import (
     dkim_selector,
     onboard_sending_domain,
 )
+from mta.store import dkimkeys
+from mta.store.dkimkeys import SENDING
 from mta.store.models import DkimKey, SendingDomain, Zone
 
 __all__ = ["AUDIT_FIELDS", "RETURN_PATH_LABEL", "routes", "subdomain_body", "subdomain_name"]
@@ -113,6 +115,7 @@ async def create_subdomain(request: Request) -> JSONResponse:
         now = ctx.clock()
         # A key left behind under this month's selector is replaced, not reused.
         await s.execute(delete(DkimKey).where(DkimKey.domain == name,
+                                              DkimKey.purpose == SENDING,
                                               DkimKey.selector == dkim_selector(now)))
         try:
             row = await onboard_sending_domain(s, ctx.settings, name, zone_id=zone.id, now=now)
@@ -156,8 +159,10 @@ async def delete_subdomain(request: Request) -> JSONResponse:
         row = await _subdomain(s, zone, request.path_params["tag"], for_update=True)
         audit.record_row(s, p.actor, "delete", "sending_subdomain", row, AUDIT_FIELDS,
                          account_id=zone.account_id)
+        # Every sending key, rotated ones included; the forwarding key of a routing
+        # domain of the same name stays.
         await s.execute(delete(DkimKey).where(DkimKey.domain == row.name,
-                                              DkimKey.selector == row.dkim_selector))
+                                              DkimKey.purpose == SENDING))
         await s.delete(row)
     return JSONResponse({"success": True, "errors": [], "messages": []})
 
@@ -168,9 +173,7 @@ async def subdomain_dns(request: Request) -> JSONResponse:
     async with ctx.db.session() as s:
         zone = await zone_of(s, p, request.path_params["zone_id"])
         row = await _subdomain(s, zone, request.path_params["tag"])
-        keys = (await s.execute(select(DkimKey).where(
-            DkimKey.domain == row.name, DkimKey.active.is_(True))
-            .order_by(DkimKey.selector, DkimKey.algorithm))).scalars()
+        keys = await dkimkeys.published(s, row.name, SENDING, ctx.clock())
         dkim = [(k.selector, f"v=DKIM1; k={k.algorithm}; p={k.public_key}") for k in keys]
     records = sending_records(ctx.settings, row.name, row.return_path_domain, dkim)
     return ok_all(records)

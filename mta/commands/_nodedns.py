@@ -13,6 +13,8 @@ deploy/install.sh prints these at the end of an installation.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from mta.api.wellknown import mta_sts_records
 from mta.commands._common import open_database
 from mta.config import Settings
@@ -28,7 +30,7 @@ def routing_domain_records(settings: Settings, domain: str) -> list[dict]:
 async def forwarding_records(settings: Settings, domain: str) -> list[dict] | str:
     """The records `domain` needs as SRS and/or forwarding DKIM domain, or why none."""
     from mta.routing.forward import KeyStore, forwarding_domain
-    from mta.signing.keys import public_key_b64
+    from mta.store import dkimkeys
 
     domain = domain.strip().rstrip(".").lower()
     srs = (settings.srs.domain or "").lower()
@@ -37,10 +39,12 @@ async def forwarding_records(settings: Settings, domain: str) -> list[dict] | st
         if not settings.secret_key:
             return "secret_key (MTA_SECRET_KEY) is not set: no forwarding key can be stored"
         async with open_database(settings) as db:
-            key = await KeyStore(db, settings).key_for(domain, generate=True)
-        if key is not None:
-            records.append({"type": "TXT", "name": key.dns_name, "ttl": 1,
-                            "content": f"v=DKIM1; k=rsa; p={public_key_b64(key.private_key)}"})
+            await KeyStore(db, settings).key_for(domain, generate=True)
+            async with db.session() as s:  # during a rotation: the new key and the old
+                keys = await dkimkeys.published(s, domain, dkimkeys.FORWARDING,
+                                                datetime.now(UTC))
+        records += [{"type": "TXT", "name": f"{k.selector}._domainkey.{domain}", "ttl": 1,
+                     "content": f"v=DKIM1; k={k.algorithm}; p={k.public_key}"} for k in keys]
     if not records:
         return (f"{domain} is neither srs.domain ({srs or 'unset'}) nor the forwarding "
                 f"domain ({forwarding_domain(settings) or 'unset'})")

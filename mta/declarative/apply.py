@@ -16,6 +16,7 @@ from the same before/after snapshots. A dry run does all of it, then rolls back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -31,8 +32,10 @@ from mta.errors import MtaError
 from mta.observe import audit
 from mta.routing import destinations
 from mta.sending.domains import DomainError, onboard_sending_domain
+from mta.store import dkimkeys
 from mta.store.accounts import resolve_account
 from mta.store.db import Database
+from mta.store.dkimkeys import SENDING
 from mta.store.models import (
     Account,
     DestinationAddress,
@@ -302,9 +305,8 @@ class Reconciler(RuleReconciler):
     # --- sending domains --------------------------------------------------------------
 
     async def _sending_snapshot(self, row: SendingDomain) -> dict[str, Any]:
-        ed = (await self.s.execute(select(DkimKey.id).where(
-            DkimKey.domain == row.name, DkimKey.algorithm == "ed25519",
-            DkimKey.active.is_(True)))).first() is not None
+        ed = any(k.algorithm == "ed25519" for k in await dkimkeys.published(
+            self.s, row.name, SENDING, datetime.now(UTC)))
         return audit.snapshot(_Sending(row, ed), SENDING_FIELDS)
 
     async def _sending_domains(self, zone: Zone, spec: ZoneSpec, path: str) -> None:
@@ -327,8 +329,7 @@ class Reconciler(RuleReconciler):
                 self.record("delete", "sending_subdomain", f"sending domain {name}", row.id,
                             zone.account_id, await self._sending_snapshot(row), None)
                 await self.s.execute(delete(DkimKey).where(
-                    DkimKey.domain == name,
-                    DkimKey.selector.in_([row.dkim_selector, f"{row.dkim_selector}ed"])))
+                    DkimKey.domain == name, DkimKey.purpose == SENDING))
                 await self.s.delete(row)
             await self.s.flush()
         for name, k in wanted.items():

@@ -11,16 +11,18 @@ Destination-address verification is the owner's to give and is not exported.
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mta.store import dkimkeys
+from mta.store.dkimkeys import SENDING
 from mta.store.models import (
     Account,
     DestinationAddress,
-    DkimKey,
     RoutingDomain,
     RoutingRule,
     SendingDomain,
@@ -86,9 +88,9 @@ async def _zone(session: AsyncSession, zone: Zone) -> dict[str, Any]:
     out["rules"] = [_rule(r, not r.name or names[r.name] > 1) for r in plain]
     sending = (await session.execute(select(SendingDomain).where(
         SendingDomain.zone_id == zone.id).order_by(SendingDomain.name))).scalars().all()
-    ed = set((await session.execute(select(DkimKey.domain).where(
-        DkimKey.algorithm == "ed25519", DkimKey.active.is_(True),
-        DkimKey.domain.in_([d.name for d in sending])))).scalars())
+    now = datetime.now(UTC)
+    ed = {d.name for d in sending if any(k.algorithm == "ed25519" for k in
+                                         await dkimkeys.published(session, d.name, SENDING, now))}
     out["sending_domains"] = [
         {"name": d.name, "enabled": d.enabled, "ed25519": d.name in ed,
          "drop_suppressed_recipients": d.drop_suppressed_recipients,

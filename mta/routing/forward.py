@@ -20,9 +20,11 @@ signing and relaying require.
 Loop protection (`loop_problem`): more than `routing.max_received` Received fields or
 `routing.max_arc_instances` ARC sets -> 554 5.4.6.
 
-Keys (`KeyStore`): the active RSA key of a domain in `dkim_keys` (decrypted with
-`secret_key`); for the forwarding domain one is generated on first use and the TXT record
-to publish is logged. Signing runs in a thread (RSA through OpenSSL, three signatures).
+Keys (`KeyStore`): the RSA key of a domain in `dkim_keys` that signs at that moment
+(decrypted with `secret_key`; a rotation's new key only from its `not_before`, see
+mta/store/dkimkeys.py); for the forwarding domain one is generated at start (or on first
+use) and the TXT record to publish is logged. Signing runs in a thread (RSA through
+OpenSSL, three signatures).
 
 Settings read: `srs.*`, `routing.*`, `secret_key`, `inbound.authserv_id`, `node.hostname`.
 """
@@ -33,15 +35,17 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import formataddr, parseaddr
 
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from mta.checks.results import AuthResults
 from mta.config import Settings
 from mta.cpuwork import run_cpu
+from mta.queue.queue import utcnow
 from mta.signing.arc import ArcSealError, existing_instances, seal_arc
 from mta.signing.dkim import (
     DkimSignError,
@@ -52,7 +56,9 @@ from mta.signing.dkim import (
 )
 from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
 from mta.signing.srs import Srs
+from mta.store import dkimkeys
 from mta.store.db import Database
+from mta.store.dkimkeys import FORWARDING, SENDING, Schedule
 from mta.store.models import DkimKey
 
 __all__ = [
@@ -221,47 +227,58 @@ def make_srs(settings: Settings, clock=time.time) -> Srs | None:
 # -- keys ---------------------------------------------------------------------------------------
 
 
-class KeyStore:
-    """Active RSA signing keys per domain from `dkim_keys`, decrypted once and cached."""
+_Family = list[tuple[Schedule, SigningKey]]
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+
+class KeyStore:
+    """RSA signing keys per domain from `dkim_keys`, decrypted once and cached with
+    their schedules: the key that signs is chosen at each use, so a rotation switches
+    at its `not_before` (a rotation made after the cache was filled is seen within
+    `_KEY_TTL`; the old key stays published for its grace period meanwhile).
+
+    A domain's forwarding keys are used when it has any, else its sending keys (a
+    routing domain that is also a sending domain, for `routing.sign_routing_domain`)."""
+
+    def __init__(self, db: Database, settings: Settings,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.settings = settings
+        self.clock = clock
         self._vault = KeyVault(settings.secret_key) if settings.secret_key else None
-        self._cache: dict[str, tuple[float, SigningKey | None]] = {}
+        self._cache: dict[str, tuple[float, _Family]] = {}
         self._lock = asyncio.Lock()
 
     async def key_for(self, domain: str, *, generate: bool = False) -> SigningKey | None:
         domain = domain.lower()
+        now = self.clock()
         hit = self._cache.get(domain)
         if hit is not None and hit[0] > time.monotonic() and (hit[1] or not generate):
-            return hit[1]
+            return _signer(hit[1], now)
         async with self._lock:
-            key = await self._load(domain)
-            if key is None and generate:
-                key = await self._generate(domain)
-            self._cache[domain] = (time.monotonic() + _KEY_TTL, key)
-            return key
+            keys = await self._load(domain, now)
+            if not keys and generate:
+                keys = await self._generate(domain, now)
+            self._cache[domain] = (time.monotonic() + _KEY_TTL, keys)
+            return _signer(keys, now)
 
     def _ad(self, domain: str, selector: str) -> bytes:
         return f"{domain}/{selector}".encode()  # as mta.sending.domains.key_associated_data
 
-    async def _load(self, domain: str) -> SigningKey | None:
-        selector = self.settings.routing.dkim_selector
+    async def _load(self, domain: str, now: datetime) -> _Family:
         async with self.db.session() as s:
-            rows = (await s.execute(select(DkimKey).where(
-                DkimKey.domain == domain, DkimKey.active.is_(True), DkimKey.algorithm == "rsa")
-                .order_by((DkimKey.selector == selector).desc(), DkimKey.id))).scalars().all()
+            rows = [r for r in await dkimkeys.family(s, domain, algorithm="rsa")
+                    if dkimkeys.schedule(r).published(now)]
+        rows = [r for r in rows if r.purpose == FORWARDING] or [
+            r for r in rows if r.purpose == SENDING]
         if not rows:
-            return None
+            return []
         if self._vault is None:
             raise ForwardError(f"secret_key is not set: the DKIM key of {domain} cannot be "
                                "decrypted")
-        row = rows[0]
-        private = self._vault.decrypt(row.private_key_encrypted, self._ad(domain, row.selector))
-        return SigningKey(domain, row.selector, private)
+        return [(dkimkeys.schedule(r), SigningKey(domain, r.selector, self._vault.decrypt(
+            r.private_key_encrypted, self._ad(domain, r.selector)))) for r in rows]
 
-    async def _generate(self, domain: str) -> SigningKey | None:
+    async def _generate(self, domain: str, now: datetime) -> _Family:
         if self._vault is None:
             raise ForwardError("secret_key is not set: no DKIM key can be stored for "
                                f"{domain}")
@@ -269,18 +286,24 @@ class KeyStore:
         private = await asyncio.to_thread(generate_private_key, "rsa-sha256")
         async with self.db.session() as s:
             await s.execute(insert(DkimKey).values(
-                domain=domain, selector=selector, algorithm="rsa",
+                domain=domain, selector=selector, algorithm="rsa", purpose=FORWARDING,
                 private_key_encrypted=self._vault.encrypt(private, self._ad(domain, selector)),
                 public_key=public_key_b64(private), active=True,
             ).on_conflict_do_nothing())
-        key = await self._load(domain)  # another node may have won the race: use its key
+        keys = await self._load(domain, now)  # another node may have won the race
+        key = _signer(keys, now)
         if key is not None:
             log.warning("generated the DKIM key for forwarded mail; publish %s TXT "
                         "\"v=DKIM1; k=rsa; p=%s\"", key.dns_name,
                         public_key_b64(key.private_key),
                         extra={"event": "routing.key_generated", "domain": domain,
                                "selector": key.selector})
-        return key
+        return keys
+
+
+def _signer(keys: _Family, now: datetime) -> SigningKey | None:
+    chosen = dkimkeys.signers(keys, now)
+    return chosen[0] if chosen else None
 
 
 # -- the forwarder ------------------------------------------------------------------------------
@@ -295,9 +318,10 @@ class ForwardCopy:
 
 
 class Forwarder:
-    def __init__(self, settings: Settings, db: Database, srs: Srs | None = None) -> None:
+    def __init__(self, settings: Settings, db: Database, srs: Srs | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
-        self.keys = KeyStore(db, settings)
+        self.keys = KeyStore(db, settings, clock)
         self.srs = srs if srs is not None else make_srs(settings)
         self.authserv_id = settings.inbound.authserv_id or settings.node.hostname
         self.domain = forwarding_domain(settings)

@@ -202,7 +202,7 @@ class InboundRouter:
         self.settings = settings
         self.db = db
         self.clock = clock
-        self.forwarder = Forwarder(settings, db)
+        self.forwarder = Forwarder(settings, db, clock=clock)
         self.retry = RetryPolicy(settings.retry)
         self.timeout = float(settings.routing.in_session_timeout)
         if transport is None:

@@ -14,6 +14,8 @@ creates
 
 Private-key blobs are bound to their row with the associated data `b"<domain>/<selector>"`
 (`key_associated_data`), so a blob copied onto another domain's row does not decrypt.
+Keys are rotated (`mta keys rotate|import`, mta/store/dkimkeys.py): mail is signed with
+the key of each algorithm that signs at that moment, and every published key is listed.
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ from mta.dnscache import DnsResolver
 from mta.dnsrecords import RecordCheck, check_records, sending_records, summarize
 from mta.errors import MtaError
 from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
+from mta.store import dkimkeys
+from mta.store.dkimkeys import SENDING, Schedule
 from mta.store.models import DkimKey, RoutingDomain, SendingDomain, Zone
 from mta.store.zones import zone_domain_count
 
 __all__ = [
     "RETURN_PATH_LABEL", "DomainError", "DomainCheck", "check_domain", "check_sender",
     "dkim_selector", "dkim_txt",
-    "domain_records", "find_zone", "key_associated_data", "load_signing_keys",
+    "domain_records", "find_zone", "key_associated_data", "load_key_schedule",
+    "load_signing_keys",
     "normalize_domain", "onboard_sending_domain", "sending_domain_for",
 ]
 
@@ -151,52 +156,54 @@ async def onboard_sending_domain(session: AsyncSession, settings: Any, name: str
     wanted = [("rsa", row.dkim_selector)]
     if ed25519:
         wanted.append(("ed25519", f"{row.dkim_selector}ed"))
-    # Only keys under the domain's own selectors count: another key of the same name
-    # (the forwarding key of a routing domain, say) is not this sending domain's.
-    keys = (await session.execute(select(DkimKey).where(
-        DkimKey.domain == domain, DkimKey.active.is_(True),
-        DkimKey.selector.in_([selector for _, selector in wanted])))).scalars().all()
-    have = {(k.algorithm, k.selector) for k in keys}
+    # Only sending keys count (the forwarding key of a routing domain of the same name
+    # is not this sending domain's), under whatever selector a rotation gave them.
+    have = {k.algorithm for k in await dkimkeys.published(session, domain, SENDING, now)}
     vault = KeyVault(settings.secret_key)
     for algorithm, selector in wanted:
-        if (algorithm, selector) in have:
+        if algorithm in have:
             continue
         key = await asyncio.to_thread(generate_private_key, _ALGORITHMS[algorithm])
         session.add(DkimKey(
-            domain=domain, selector=selector, algorithm=algorithm,
+            domain=domain, selector=selector, algorithm=algorithm, purpose=SENDING,
             private_key_encrypted=vault.encrypt(key, key_associated_data(domain, selector)),
             public_key=public_key_b64(key), active=True))
     await session.flush()
     return row
 
 
-async def load_signing_keys(session: AsyncSession, vault: KeyVault,
-                            domain: str) -> list[SigningKey]:
-    """The active keys of `domain`, RSA first (the signature every verifier knows)."""
-    rows = (await session.execute(select(DkimKey).where(
-        DkimKey.domain == domain, DkimKey.active.is_(True))
-        .order_by(DkimKey.algorithm.desc(), DkimKey.id))).scalars().all()
-    return [SigningKey(domain, r.selector, vault.decrypt(
-        r.private_key_encrypted, key_associated_data(r.domain, r.selector))) for r in rows]
+async def load_key_schedule(session: AsyncSession, vault: KeyVault, domain: str,
+                            now: datetime) -> list[tuple[Schedule, SigningKey]]:
+    """Every published sending key of `domain`, decrypted, with when it signs
+    (`dkimkeys.signers` picks the ones for a given moment)."""
+    return [(dkimkeys.schedule(r), SigningKey(domain, r.selector, vault.decrypt(
+        r.private_key_encrypted, key_associated_data(r.domain, r.selector))))
+        for r in await dkimkeys.published(session, domain, SENDING, now)]
+
+
+async def load_signing_keys(session: AsyncSession, vault: KeyVault, domain: str,
+                            now: datetime | None = None) -> list[SigningKey]:
+    """The keys `domain` signs with at `now`: one per algorithm, RSA first."""
+    now = now or datetime.now(UTC)
+    return dkimkeys.signers(await load_key_schedule(session, vault, domain, now), now)
 
 
 def dkim_txt(key: DkimKey) -> str:
     return f"v=DKIM1; k={key.algorithm}; p={key.public_key}"
 
 
-async def domain_records(session: AsyncSession, settings: Any,
-                         domain: str) -> tuple[SendingDomain, list[dict]]:
+async def domain_records(session: AsyncSession, settings: Any, domain: str,
+                         now: datetime | None = None) -> tuple[SendingDomain, list[dict]]:
     """The sending domain and every record it needs: bounce-subdomain MX and SPF, one
-    DKIM TXT per active key, DMARC."""
+    DKIM TXT per published key (during a rotation the new and the old one), DMARC."""
     domain = normalize_domain(domain)
     row = (await session.execute(select(SendingDomain).where(
         SendingDomain.name == domain))).scalar_one_or_none()
     if row is None:
         raise DomainError(f"{domain} is not a sending domain (mta domains onboard "
                           f"{domain} --sending)")
-    keys = (await session.execute(select(DkimKey).where(
-        DkimKey.domain == domain, DkimKey.active.is_(True))
-        .order_by(DkimKey.algorithm.desc(), DkimKey.id))).scalars().all()
+    keys = await dkimkeys.published(session, domain, SENDING, now or datetime.now(UTC))
+    keys.sort(key=lambda k: k.algorithm, reverse=True)  # RSA first, then by start
     return row, sending_records(settings, domain, row.return_path_domain,
                                 [(k.selector, dkim_txt(k)) for k in keys])
 

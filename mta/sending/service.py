@@ -55,7 +55,7 @@ from mta.queue.dsnparams import Dsn, RcptDsn
 from mta.queue.queue import Claimed, Recipient, delivery_row
 from mta.sending import limits as rate
 from mta.sending.compose import compose_message, fold_header, new_message_id
-from mta.sending.domains import check_sender, load_signing_keys
+from mta.sending.domains import check_sender, load_key_schedule
 from mta.sending.headers import MIME_REPLACED_HEADERS, validate_custom_headers
 from mta.sending.validate import (
     DEFAULT_LIMITS,
@@ -69,8 +69,9 @@ from mta.sending.validate import (
 )
 from mta.signing.dkim import sign_message
 from mta.signing.keys import KeyVault, SigningKey
-from mta.store import suppression
+from mta.store import dkimkeys, suppression
 from mta.store.db import Unit, is_unavailable
+from mta.store.dkimkeys import Schedule
 from mta.store.models import DestinationAddress, SendingDomain
 from mta.store.rows import DELIVERIES, EVENTS, MESSAGES, full_row
 
@@ -148,7 +149,7 @@ class SendingService:
         self.workers = workers or self._private_workers(transport)
         self._vault = KeyVault(settings.secret_key) if settings.secret_key else None
         self._verp_key = bounces.verp_key_or_none(settings)
-        self._keys: dict[str, tuple[float, list[SigningKey]]] = {}
+        self._keys: dict[str, tuple[float, list[tuple[Schedule, SigningKey]]]] = {}
         self._background: set[asyncio.Task] = set()
 
     def _private_workers(self, transport: Any) -> Any:
@@ -330,19 +331,23 @@ class SendingService:
                                    "domain to send to anyone.", field="to")
             blocked = await suppression.suppressed_among(s, account_id, lowered,
                                                          out.domains[0], now)
-            keys = await self._signing_keys(s, out.domains[0])
+            keys = await self._signing_keys(s, out.domains[0], now)
         if sending is not None and not keys:
             raise MtaError("E_SENDER_NOT_VERIFIED", f"{out.domains[0]} has no active DKIM "
                            "key; onboard it again.", field="from")
         return _Facts(sending, zone_id, routing, verified, blocked, keys)
 
-    async def _signing_keys(self, session: Any, domain: str) -> list[SigningKey]:
+    async def _signing_keys(self, session: Any, domain: str,
+                            now: datetime) -> list[SigningKey]:
+        # The cache holds every published key with its schedule, so a rotation's
+        # switch happens at its announced time, not when the cache expires.
         cached = self._keys.get(domain)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        keys = await load_signing_keys(session, self._vault, domain) if self._vault else []
-        self._keys[domain] = (time.monotonic() + KEY_CACHE_SECONDS, keys)
-        return keys
+        if cached is None or cached[0] <= time.monotonic():
+            keys = (await load_key_schedule(session, self._vault, domain, now)
+                    if self._vault else [])
+            cached = (time.monotonic() + KEY_CACHE_SECONDS, keys)
+            self._keys[domain] = cached
+        return dkimkeys.signers(cached[1], now)
 
     async def _render_and_sign(self, out: _Outgoing, message_id: str, now: datetime,
                                feedback_id: str, keys: list[SigningKey]) -> bytes:

@@ -154,7 +154,7 @@ class SigningKey:
 
 
 def private_key_to_pem(key: PrivateKey) -> bytes:
-    """Unencrypted PKCS#8 PEM, for `mta keys export` and tests; store with
+    """Unencrypted PKCS#8 PEM (what `mta keys import` reads), for tests; store with
     `encrypt_private_key` instead."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())

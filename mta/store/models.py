@@ -202,7 +202,13 @@ class SendingDomain(Base):
 
 class DkimKey(Base):
     """A DKIM key pair for a domain. The private key (PKCS#8 DER) is encrypted at rest
-    with the node's secret key; `public_key` is the base64 `p=` value."""
+    with the node's secret key; `public_key` is the base64 `p=` value.
+
+    `purpose`: `sending` (a sending domain's keys) or `forwarding` (what forwarded mail,
+    replies and verification mail are signed with). Rotation (mta/store/dkimkeys.py):
+    a key signs from `not_before` (NULL: from `created_at`) until a newer key of its
+    domain, purpose and algorithm starts; it stays published, so that mail it signed
+    still verifies, until `retired_at` (NULL: no end set)."""
 
     __tablename__ = "dkim_keys"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -211,12 +217,15 @@ class DkimKey(Base):
     algorithm: Mapped[str] = mapped_column(String(16), nullable=False)  # rsa | ed25519
     private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     public_key: Mapped[str] = mapped_column(Text, nullable=False)
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[datetime] = created_col()
+    not_before: Mapped[datetime | None] = mapped_column(Timestamp)
     retired_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (UniqueConstraint("domain", "selector", "algorithm"),
-                      CheckConstraint("algorithm in ('rsa', 'ed25519')", name="algorithm"))
+                      CheckConstraint("algorithm in ('rsa', 'ed25519')", name="algorithm"),
+                      CheckConstraint("purpose in ('sending', 'forwarding')", name="purpose"))
 
 
 class SendCounter(Base):
