@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEEDBACK_LOCAL_PARTS", "BounceResult", "bounce_recipient", "handle_inbound_bounce",
-    "is_bounce_address", "is_bounce_domain", "parse_verp", "queue_dsn",
+    "is_bounce_address", "is_bounce_domain", "parse_verp", "queue_dsn", "queue_expanded_dsn",
     "suppression_applies", "verp_key", "verp_key_or_none",
 ]
 
@@ -158,8 +158,32 @@ async def queue_dsn(session: AsyncSession, message: Message, kind: str,
                                                                    message.raw):
         return None
     rcpts = [_dsn_recipient(c, o, kind, now, retry) for c, o in items]
+    return await _queue_report(session, message, rcpts, now=now, reporting_mta=reporting_mta,
+                               arrival=message.received_at or items[0][0].created_at)
+
+
+async def queue_expanded_dsn(session: AsyncSession, message: Message,
+                             recipients: Sequence[tuple[str, str | None]], *, now: datetime,
+                             reporting_mta: str) -> Message | None:
+    """RFC 3461 §5.2.7.3: an `expanded` DSN for `recipients` ((address, ORCPT)) of an
+    accepted message that we forward to several destinations; None when none is due."""
+    if not recipients or not dsn.dsn_allowed(message.mail_from, message.raw):
+        return None
+    rcpts = [dsn.DsnRecipient(r, "expanded", "2.0.0", original_recipient=orcpt,
+                              detail="forwarded to several addresses; no further "
+                                     "success notices will follow")
+             for r, orcpt in recipients]
+    return await _queue_report(session, message, rcpts, now=now, reporting_mta=reporting_mta,
+                               arrival=message.received_at or now)
+
+
+async def _queue_report(session: AsyncSession, message: Message,
+                        rcpts: list[dsn.DsnRecipient], *, now: datetime, reporting_mta: str,
+                        arrival: datetime) -> Message:
+    """Compose the DSN (the message's RET and ENVID shape it) and queue it to the
+    message's envelope sender with the null reverse-path."""
     raw = dsn.compose_dsn(reporting_mta, message.raw, message.mail_from, rcpts,
-                          arrival_date=message.received_at or items[0][0].created_at,
+                          arrival_date=arrival,
                           postmaster_address=f"MAILER-DAEMON@{reporting_mta}",
                           envelope_id=message.dsn_envid, ret=message.dsn_ret, now=now)
     mid = re.search(rb"^Message-ID:\s*(<[^>]+>)", raw, re.IGNORECASE | re.MULTILINE)

@@ -233,6 +233,8 @@ def _human_text(reporting_mta: str, recipients: list[DsnRecipient]) -> str:
                           "keep trying and tell you if it gives up:"),
               ("delivered", "Your message was delivered to these recipients:"),
               # RFC 3461 §5.2.2: NOTIFY=SUCCESS, next hop without DSN.
+              ("expanded", "Your message was forwarded from these addresses to several "
+                           "others:"),
               ("relayed", "Your message was passed on to these recipients' mail system, "
                           "which does not send delivery notifications; you will hear no "
                           "more about it from there:")]

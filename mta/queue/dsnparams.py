@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = ["ENVID_MAX", "ORCPT_MAX", "Dsn", "DsnParamError", "RcptDsn", "mail_params", "notify_wants",
-           "orcpt_for", "orcpt_param", "parse_envid", "parse_notify", "parse_orcpt", "parse_ret", "rcpt_params", "success_dsn_due", "xtext_decode",
-           "xtext_encode"]
+           "orcpt_for", "orcpt_param", "parse_envid", "parse_notify", "parse_orcpt", "parse_ret", "rcpt_params", "success_dsn_due", "without_success",
+           "xtext_decode", "xtext_encode"]
 
 ENVID_MAX = 100  # RFC 3461 §4.4
 ORCPT_MAX = 500  # RFC 3461 §4.2
@@ -139,6 +139,14 @@ def notify_wants(notify: str | None, event: str) -> bool:
     if notify is None:
         return event in ("FAILURE", "DELAY")
     return event in notify.split(",")
+
+
+def without_success(notify: str | None) -> str | None:
+    """NOTIFY with SUCCESS taken out (NEVER when nothing is left): what the new
+    recipients of a multiple-recipient alias get (RFC 3461 §5.2.7.3)."""
+    if notify is None or "SUCCESS" not in notify.split(","):
+        return notify
+    return ",".join(w for w in notify.split(",") if w != "SUCCESS") or "NEVER"
 
 
 def orcpt_for(address: str) -> str:

@@ -54,7 +54,14 @@ from mta.dnscache import DnsResolver
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events, record_events_now
 from mta.queue import bounces
-from mta.queue.dsnparams import Dsn, RcptDsn, orcpt_for, success_dsn_due
+from mta.queue.dsnparams import (
+    Dsn,
+    RcptDsn,
+    notify_wants,
+    orcpt_for,
+    success_dsn_due,
+    without_success,
+)
 from mta.queue.outcome import RecipientOutcome
 from mta.queue.queue import (
     PRIORITY_INTERACTIVE,
@@ -168,10 +175,25 @@ class _Plan:
     def target_dsn(self, t: Target) -> RcptDsn:
         """NOTIFY and ORCPT of a forward: those of the (first) recipient leading to it;
         the recipient is rewritten, so ORCPT names it when the sender gave none
-        (RFC 3461 §4.2, §5.2.7.2)."""
+        (RFC 3461 §4.2, §5.2.7.2). A recipient forwarded to several destinations is a
+        multiple-recipient alias (§5.2.7.3): its SUCCESS request is answered by one
+        `expanded` DSN (`expanded()`), not passed on to every destination."""
         first = t.recipients[0]
         asked = self.dsn.rcpt(first)
-        return RcptDsn(asked.notify, asked.orcpt or orcpt_for(first))
+        notify = asked.notify
+        if first in self.expanded():
+            notify = without_success(notify)
+        return RcptDsn(notify, asked.orcpt or orcpt_for(first))
+
+    def expanded(self) -> list[str]:
+        """The recipients forwarded to more than one destination that asked
+        NOTIFY=SUCCESS: each gets an `expanded` DSN when the message is accepted."""
+        fanout: dict[str, int] = {}
+        for t in self.targets.values():
+            for rcpt in t.recipients:
+                fanout[rcpt] = fanout.get(rcpt, 0) + 1
+        return [r for r, n in fanout.items()
+                if n > 1 and notify_wants(self.dsn.rcpt(r).notify, "SUCCESS")]
 
     def event(self, status: str, rcpt: str, cols: dict[str, Any], details: dict[str, Any]):
         self.events.append((status, rcpt, cols, details))
@@ -495,6 +517,8 @@ class InboundRouter:
             for row in rows:
                 row["message_id"] = message["id"]
             unit.insert(EVENTS, rows)
+            if plan.expanded():
+                unit.then(self._expanded_dsn(plan, message, now))
             if plan.bounces or plan.stages:  # issue 4 / issue 7: ORM work, rare
                 unit.then(self._orm_stages(plan, ctx, message, now))
             message["status"] = ("handler_pending" if plan.handlers
@@ -542,6 +566,20 @@ class InboundRouter:
                 if await bounces.queue_dsn(session, delivered, "relayed", [(claimed, outcome)],
                                            now=now, reporting_mta=self.settings.node.hostname):
                     metrics.DSN_QUEUED.labels("relayed").inc()
+                await session.flush()
+        return step
+
+    def _expanded_dsn(self, plan: _Plan, message: dict[str, Any], now: datetime):
+        """RFC 3461 §5.2.7.3: one `expanded` DSN for the recipients forwarded to several
+        destinations that asked for SUCCESS, in the message's transaction."""
+        async def step(conn: AsyncConnection) -> None:
+            accepted = Message(**message)  # transient: read by the DSN, never added
+            rcpts = [(r, plan.dsn.rcpt(r).orcpt) for r in plan.expanded()]
+            async with AsyncSession(bind=conn) as session:
+                if await bounces.queue_expanded_dsn(
+                        session, accepted, rcpts, now=now,
+                        reporting_mta=self.settings.node.hostname):
+                    metrics.DSN_QUEUED.labels("expanded").inc()
                 await session.flush()
         return step
 

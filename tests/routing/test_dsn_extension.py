@@ -134,3 +134,22 @@ async def test_delay_notices_only_when_asked(world, notify, expect_delay_dsn):
     if expect_delay_dsn:
         _, rcpt, _ = report(rows[0].raw)
         assert rcpt["Action"] == "delayed"
+
+
+async def test_forward_to_several_destinations_is_an_expanded_alias(world):
+    """RFC 3461 §5.2.7.3: one `expanded` DSN from us; the destinations get the request
+    without SUCCESS, so the sender is not sent a success DSN by each of them."""
+    w = world
+    w.inbox.dsn = True
+    await send(w.a, signed(w), ["ENVID=many"], ["NOTIFY=SUCCESS,FAILURE"],
+               rcpts=("multi@ours.test",))
+    await w.workers(w.a).run_once()  # the forwards and our DSN go through the queue
+    got = w.inbox.wait_for(1)  # one transaction carries both (same copy, same domain)
+    assert sorted(c for m in got for c in m.rcpt_commands) == [
+        "TO:<dest@inbox.test> NOTIFY=FAILURE ORCPT=rfc822;multi@ours.test",
+        "TO:<other@inbox.test> NOTIFY=FAILURE ORCPT=rfc822;multi@ours.test"]
+    [dsn] = await asyncio.to_thread(w.sender_mx.wait_for, 1)
+    head, rcpt, _ = report(dsn.data)
+    assert head["Original-Envelope-Id"] == "many"
+    assert (rcpt["Action"], rcpt["Final-Recipient"]) == ("expanded", "rfc822; multi@ours.test")
+    assert len(await dsn_rows(w)) == 1
