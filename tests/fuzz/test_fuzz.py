@@ -22,6 +22,15 @@ from hypothesis import strategies as st
 
 from mta.errors import MtaError
 from mta.queue.dsn import parse_arf, parse_bounce, parse_dsn
+from mta.queue.dsnparams import (
+    DsnParamError,
+    orcpt_param,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+    parse_ret,
+    xtext_encode,
+)
 from mta.sending.compose import compose_message
 from mta.sending.validate import parse_send_request, validate_send
 from mta.signing.srs import Srs, SrsError
@@ -89,7 +98,8 @@ def test_path_parser(arg: str, keyword: str) -> None:
         path = parse_path(f"{keyword}:{arg}" if not arg.upper().startswith(keyword) else arg,
                           keyword, null_ok=keyword == "FROM")
     except PathError as exc:
-        assert exc.kind in ("syntax", "non_ascii_local", "bad_parameter")
+        assert exc.kind in ("syntax", "non_ascii_local", "bad_parameter",
+                            "duplicate_parameter")
         return
     if not path.address:
         return
@@ -98,6 +108,33 @@ def test_path_parser(arg: str, keyword: str) -> None:
     assert not any(ord(c) < 0x20 or c == "\x7f" for c in path.address)
     assert parse_path(f"{keyword}:<{path.address}>", keyword, null_ok=True).address == \
         path.address
+
+
+_PARAM_VALUES = _ADDRESS_PARTS | st.lists(
+    st.sampled_from(["+", "+2B", "+0A", "+7", "=", ";", ",", "rfc822", "utf-8", "NEVER",
+                     "SUCCESS", "FAILURE", "DELAY", "FULL", "HDRS", "a@b.test", "\\x{E9}"]),
+    max_size=12).map("".join)
+
+
+@given(_PARAM_VALUES)
+@example("rfc822;a+2Bb+3Dc@x.test")
+@example("NEVER,SUCCESS")
+def test_dsn_parameters(value: str) -> None:
+    """RFC 3461 parameters: refused only with DsnParamError; what is accepted is
+    printable ASCII (it goes into our DSNs' header fields) and survives being passed on
+    to a next hop (encoded again) unchanged."""
+    for parse in (parse_ret, parse_envid, parse_notify, parse_orcpt):
+        try:
+            got = parse(value)
+        except DsnParamError:
+            continue
+        assert all(" " <= c <= "~" for c in got), (parse.__name__, got)
+        if parse is parse_envid:
+            assert parse_envid(xtext_encode(got)) == got
+        elif parse is parse_orcpt:
+            assert parse_orcpt(orcpt_param(got)) == got
+        elif parse is parse_notify:
+            assert parse_notify(got) == got
 
 
 # -- DATA and BDAT decoders -----------------------------------------------------------------
