@@ -69,6 +69,13 @@ def _cmd_serve(args, settings: Settings) -> int:
 
 
 def _cmd_config_check(args, settings: Settings) -> int:
+    from mta.commands._startcheck import startup_problems
+
+    problems = startup_problems(settings, args.path)
+    for problem in problems[1:]:
+        print(f"mta: configuration error: {problem}", file=sys.stderr)
+    if problems:
+        raise CliError(f"configuration error: {problems[0]}")
     print(f"{args.path}: ok")
     return 0
 

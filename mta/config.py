@@ -41,6 +41,7 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "parse_size",
+    "with_line",
 ]
 
 
@@ -639,18 +640,22 @@ def settings_from_text(text: str, source: str = "<string>",
         _apply_environment(settings, os.environ if env is None else env)
         _check_semantics(settings)
     except ConfigError as exc:
-        if exc.line is not None or root is None:
-            raise
-        # A check of values (not of the YAML's shape) names the key; the file's line of
-        # that key (or of its nearest enclosing one) makes it findable.
-        lines = _key_lines(root)
-        key = exc.key_path
-        while key and key not in lines:
-            key = key[:key.rindex("[")] if key.endswith("]") else key.rpartition(".")[0]
-        if not key:
-            raise
-        raise ConfigError(exc.key_path, exc.message, lines[key], source) from None
+        raise with_line(exc, root, source) from None
     return settings
+
+
+def with_line(exc: ConfigError, root: yaml.Node | None, source: str) -> ConfigError:
+    """`exc` naming the file's line of its key (or of its nearest enclosing one): a
+    check of values (not of the YAML's shape) knows only the key."""
+    if exc.line is not None or root is None:
+        return exc
+    lines = _key_lines(root)
+    key = exc.key_path
+    while key and key not in lines:
+        key = key[:key.rindex("[")] if key.endswith("]") else key.rpartition(".")[0]
+    if not key:
+        return exc
+    return ConfigError(exc.key_path, exc.message, lines[key], source)
 
 
 def _key_lines(node: yaml.Node, path: str = "") -> dict[str, int]:

@@ -126,3 +126,31 @@ def test_documented_node_keys_are_read():
     from mta.dnsrecords import mx_hosts, spf_include
 
     assert mx_hosts(s) == ["mx1.a.test", "mx2.a.test"] and spf_include(s) == "_spf.a.test"
+
+
+def test_check_refuses_what_would_fail_at_start(tmp_path, tls):
+    """Certificates that do not load and handlers that do not import pass the loader but
+    stop `mta serve`: `mta config check` tries them as the node does, with file:line."""
+    cert, key = tls.write_server_files(tmp_path, "mx.a.test")
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other_key = tls.write_server_files(other_dir, "mx.b.test")
+    good = tmp_path / "good.yaml"
+    good.write_text(f"listeners:\n  mx:\n    tls_cert: {cert}\n    tls_key: {key}\n")
+    assert run_check(good).returncode == 0, run_check(good).stderr
+    cases = [
+        (f"listeners:\n  mx:\n    tls_cert: {tmp_path}/none.pem\n    tls_key: {key}\n",
+         "listeners.mx.tls_cert", 3, "does not load"),
+        (f"listeners:\n  http:\n    port: 8080\n    tls_cert: {cert}\n"
+         f"    tls_key: {other_key}\n", "listeners.http.tls_cert", 4, "does not load"),
+        ("handlers:\n  registry:\n    - name: x\n      target: no_such_module_here:email\n",
+         "handlers.registry[0].target", 4, "no_such_module_here"),
+    ]
+    for text, key_path, line, words in cases:
+        cfg = tmp_path / "mta.yaml"
+        cfg.write_text(text)
+        result = run_check(cfg)
+        assert result.returncode == 1 and result.stdout == "", result.stdout
+        assert f"{cfg}:{line}: {key_path}: " in result.stderr and words in result.stderr, \
+            result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
