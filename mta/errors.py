@@ -183,6 +183,11 @@ ERRORS: dict[str, ErrorSpec] = _table(
     ErrorSpec("E_REPLY_RECIPIENT_MISMATCH", "The reply recipient must be the sender of the incoming email", INVALID_REQUEST, POLICY_REFUSED),
     ErrorSpec("E_REPLY_SENDER_DOMAIN_MISMATCH", "The reply sender domain must be the domain that received the email", INVALID_REQUEST, POLICY_REFUSED),
     ErrorSpec("E_REPLY_TOO_MANY_REFERENCES", "The incoming email has more than 100 References entries", INVALID_REQUEST, POLICY_REFUSED),
+    # --- pattern rules (issue 14, ours): refused at creation, so REST only; 10001 like
+    # every other request-shape problem, and the string code says which limit.
+    ErrorSpec("E_PATTERN_INVALID", "Pattern is not a valid wildcard or RE2 regular expression", INVALID_REQUEST, CONTENT_INVALID),
+    ErrorSpec("E_PATTERN_TOO_LONG", "Pattern is longer than the limit", INVALID_REQUEST, CONTENT_INVALID),
+    ErrorSpec("E_PATTERN_TOO_COMPLEX", "Pattern compiles to a program larger than the limit", INVALID_REQUEST, CONTENT_INVALID),
     # forward() goes to verified destination addresses only ([Workers API > Forward]).
     ErrorSpec("E_FORWARD_DESTINATION_NOT_VERIFIED", "Forward destination is not a verified destination address", FORBIDDEN, DESTINATION_NOT_VERIFIED),
 )

@@ -187,6 +187,44 @@ async def test_export_then_apply_is_a_no_op(db, config, tmp_path):
     assert ok(config, "export") == exported  # one account: the same document
 
 
+PATTERNS = ROUTING.replace("""          - name: hooks
+""", """          - name: sales
+            wildcard: Sales-*@Example.test
+            forward: [ops@dest.test]
+            priority: 5
+          - name: tickets
+            regex: 'ticket-[0-9]{1,8}@(lists\\.)?example\\.test'
+            worker: [tickets]
+            priority: 7
+          - name: hooks
+""")
+
+
+async def test_pattern_rules_apply_and_export_round_trip(db, config, tmp_path):
+    out = ok(config, "apply", str(write(tmp_path, PATTERNS)))
+    assert "create routing_rule: zone example.test rule sales" in out, out
+    async with db.session() as s:
+        rows = {r.name: r for r in (await s.execute(select(RoutingRule))).scalars()}
+    assert (rows["sales"].pattern_type, rows["sales"].pattern, rows["sales"].matchers) == (
+        "wildcard", "sales-*@example.test", [])
+    assert rows["tickets"].pattern == r"ticket-[0-9]{1,8}@(lists\.)?example\.test"
+    exported = ok(config, "export", "--account", "acme")
+    rules = {r["name"]: r for r in yaml.safe_load(exported)["accounts"][0]["zones"][0]["rules"]}
+    assert rules["sales"] == {"name": "sales", "wildcard": "sales-*@example.test",
+                              "forward": ["ops@dest.test"], "priority": 5, "enabled": True}
+    assert rules["tickets"]["regex"] == r"ticket-[0-9]{1,8}@(lists\.)?example\.test"
+    assert "to" not in rules["tickets"] and "matchers" not in rules["tickets"]
+    path = write(tmp_path, exported, "exported.yaml")
+    assert ok(config, "apply", str(path)).strip() == "no changes"
+    assert ok(config, "apply", str(write(tmp_path, PATTERNS))).strip() == "no changes"
+    assert ok(config, "export") == exported
+    # A changed pattern is an update of the same rule, shown in the diff.
+    changed = PATTERNS.replace("Sales-*@", "sales-?-*@")
+    out = ok(config, "apply", str(write(tmp_path, changed, "changed.yaml")))
+    assert "update routing_rule: zone example.test rule sales" in out
+    assert "sales-?-*@example.test" in out, out
+
+
 def line_of(text: str, needle: str, nth: int = 1) -> int:
     hits = [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
     return hits[nth - 1]
@@ -206,6 +244,15 @@ def line_of(text: str, needle: str, nth: int = 1) -> int:
      "accounts[0].zones[0].rules[1]", "exactly one of forward, worker, drop or actions", 1),
     ("- name: example.test", "- name: example.test\n      - name: example.test",
      "accounts[0].zones[1].name", "zone example.test is declared twice", 2),
+    # pattern rules (issue 14): refused with the API's reasons, at the key and line
+    ("to: noreply@lists.example.test", "regex: '(a+)\\1@example\\.test'",
+     "accounts[0].zones[0].rules[1].regex", "not a supported regular expression", 1),
+    ("to: noreply@lists.example.test", f"regex: '{'x' * 300}'",
+     "accounts[0].zones[0].rules[1].regex", "the limit is 256", 1),
+    ("to: noreply@lists.example.test", "wildcard: 'no-*@elsewhere.test'",
+     "accounts[0].zones[0].rules[1].wildcard", "not a domain of zone example.test", 1),
+    ("- name: noreply", "- name: noreply\n            wildcard: 'b-*@example.test'",
+     "accounts[0].zones[0].rules[1]", "exactly one of to, matchers, wildcard or regex", 1),
 ])
 async def test_validation_errors_name_the_key_and_line(db, config, tmp_path, old, new, key,
                                                        words, nth):

@@ -52,6 +52,11 @@ _DNS_RECORD = _obj({"type": _STR, "name": _STR, "content": _STR, "priority": _IN
                     "ttl": _INT}, ("type", "name", "content"))
 _MATCHER = _obj({"type": {"type": "string", "enum": ["literal", "all"]},
                  "field": {"type": "string", "enum": ["to"]}, "value": _STR}, ("type",))
+# Ours (issue 14): a pattern rule's extension key; null on a literal rule.
+_PATTERN = {"anyOf": [{"type": "null"}, _obj({
+    "type": {"type": "string", "enum": ["wildcard", "regex"]},
+    "field": {"type": "string", "enum": ["to"]},
+    "value": {"type": "string", "maxLength": 256}}, ("type", "value"))]}
 _ACTION = _obj({"type": {"type": "string", "enum": ["forward", "worker", "drop"]},
                 "value": _arr(_STR)}, ("type",))
 _ADDRESS_LIST = {"anyOf": [_STR, _arr(_STR)]}
@@ -78,11 +83,12 @@ SCHEMAS: dict[str, S] = {
     "Action": _ACTION,
     "Rule": _obj({"id": _STR, "tag": _STR, "name": _STR, "enabled": _BOOL,
                   "priority": _INT, "matchers": _arr(_MATCHER), "actions": _arr(_ACTION),
-                  "source": _STR, "zone": _obj({"name": _STR, "tag": _STR})},
+                  "source": _STR, "zone": _obj({"name": _STR, "tag": _STR}),
+                  "pattern": _PATTERN},
                  ("id", "name", "enabled", "matchers", "actions")),
     "RuleInput": _obj({"matchers": _arr(_MATCHER), "actions": _arr(_ACTION), "name": _STR,
                        "enabled": _BOOL, "priority": {"type": "number", "minimum": 0},
-                       "source": _STR}, ("matchers", "actions")),
+                       "source": _STR, "pattern": _PATTERN}, ("matchers", "actions")),
     "Address": _obj({"id": _STR, "tag": _STR, "email": _STR, "created": _NSTR,
                      "modified": _NSTR, "verified": _NSTR}, ("id", "email", "verified")),
     "SendingSubdomain": _obj({

@@ -14,6 +14,14 @@ is not part of the rules list, and `catch_all` is never a rule id (ids are 32 he
 its path cannot be mistaken for a rule's.
 
 `source` is always `api`: rules managed by a Worker's wrangler file do not exist here.
+
+Pattern rules (ours, beyond the reference): a rule may carry `pattern: {type: wildcard |
+regex, field: to, value}` instead of literal matchers (mta/routing/patterns.py). It is an
+extra key of the rule object, so the reference's clients keep working: the official SDK
+keeps unknown keys and sends them with `extra_body`, and such a rule shows `matchers: []`
+(a `matchers` entry of a type it does not know would fail its strict validation). Every
+rule body carries `pattern`, null for a literal rule. Refused patterns answer 400 with
+`error_code` E_PATTERN_INVALID, E_PATTERN_TOO_LONG or E_PATTERN_TOO_COMPLEX.
 """
 
 from __future__ import annotations
@@ -42,13 +50,15 @@ from mta.api.envelope import (
     query_bool,
 )
 from mta.observe import audit
+from mta.routing.patterns import Pattern, PatternError
 from mta.store.models import DestinationAddress, RoutingRule, Zone
 
-__all__ = ["AUDIT_FIELDS", "actions", "ensure_catch_all", "matchers", "routes", "rule_body"]
+__all__ = ["AUDIT_FIELDS", "actions", "ensure_catch_all", "matchers", "pattern", "routes",
+           "rule_body"]
 
 READ, EDIT = "email_routing:read", "email_routing:edit"
 AUDIT_FIELDS = ("zone_id", "name", "priority", "enabled", "is_catch_all", "matchers",
-                 "actions")
+                 "pattern_type", "pattern", "actions")
 ACTION_TYPES = ("forward", "worker", "drop")
 
 
@@ -58,6 +68,8 @@ def rule_body(rule: RoutingRule, zone: Zone | None = None) -> dict[str, Any]:
         "matchers": rule.matchers, "actions": rule.actions, "source": "api"}
     if not rule.is_catch_all:
         body["priority"] = rule.priority
+        body["pattern"] = None if rule.pattern_type is None else {
+            "type": rule.pattern_type, "field": "to", "value": rule.pattern}
     if zone is not None:
         body["zone"] = {"name": zone.name, "tag": zone.id}
     return body
@@ -108,6 +120,25 @@ def matchers(zone: Zone, raw: list, *, catch_all: bool) -> list[dict]:
                             field=f"{where}.value")
         out.append({"type": "literal", "field": "to", "value": value.strip()})
     return out
+
+
+def pattern(zone: Zone, raw: Any) -> Pattern:
+    """A rule's pattern, validated (api_error when invalid or beyond the limits)."""
+    if not isinstance(raw, dict):
+        raise api_error("E_PATTERN_INVALID", "pattern is an object {type, value}",
+                        field="pattern")
+    if raw.get("field", "to") != "to":
+        raise api_error("E_VALIDATION_ERROR", "pattern field must be to", field="pattern.field")
+    try:
+        parsed = Pattern.parse(raw.get("type"), raw.get("value"))
+    except PatternError as exc:
+        where = "pattern.type" if raw.get("type") not in ("wildcard", "regex") else \
+            "pattern.value"
+        raise api_error(exc.code, exc.message, field=where) from None
+    if parsed.domain is not None and not _in_zone(zone, parsed.domain):
+        raise api_error("E_VALIDATION_ERROR", f"{parsed.domain} is not a domain of zone "
+                        f"{zone.name}", field="pattern.value")
+    return parsed
 
 
 async def actions(session: AsyncSession, account_id: str, raw: list) -> list[dict]:
@@ -176,9 +207,11 @@ async def _fields(request: Request, s: AsyncSession, p: Principal, zone: Zone,
                   catch_all: bool) -> dict[str, Any]:
     body = await json_body(request)
     _source(body)
-    fields: dict[str, Any] = {
-        "matchers": matchers(zone, body_list(body, "matchers", required=True) or [],
-                              catch_all=catch_all),
+    raw_pattern = body.get("pattern")
+    if raw_pattern is not None and catch_all:
+        raise api_error("E_VALIDATION_ERROR", "the catch-all has no pattern", field="pattern")
+    fields: dict[str, Any] = _match_fields(zone, body, catch_all)
+    fields |= {
         "actions": await actions(s, p.account_id,
                                   body_list(body, "actions", required=True) or []),
         "name": body_str(body, "name", default="", max_len=256),
@@ -187,6 +220,20 @@ async def _fields(request: Request, s: AsyncSession, p: Principal, zone: Zone,
     if not catch_all:
         fields["priority"] = body_int(body, "priority", default=0)
     return fields
+
+
+def _match_fields(zone: Zone, body: dict, catch_all: bool) -> dict[str, Any]:
+    """`matchers`, or a pattern with `matchers: []` (given empty or left out)."""
+    raw_pattern = body.get("pattern")
+    if raw_pattern is None:
+        return {"matchers": matchers(zone, body_list(body, "matchers", required=True) or [],
+                                     catch_all=catch_all),
+                "pattern_type": None, "pattern": None}
+    if body_list(body, "matchers"):
+        raise api_error("E_VALIDATION_ERROR", "a rule has either matchers or a pattern; "
+                        "give matchers: [] with a pattern", field="matchers")
+    parsed = pattern(zone, raw_pattern)
+    return {"matchers": [], "pattern_type": parsed.kind, "pattern": parsed.value}
 
 
 async def list_rules(request: Request) -> JSONResponse:

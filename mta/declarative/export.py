@@ -4,7 +4,8 @@ The output is what `mta apply` reads, chosen so that applying it changes nothing
 every managed collection is written (so `--prune` keeps exactly what exists), rules in
 the order the matcher sees them, a rule's `id` only when its name cannot identify it
 (empty, or shared with another rule of the zone), and the shorthand forms (`to`,
-`forward`, `worker`, `drop`) whenever a rule's matchers and actions fit them.
+`forward`, `worker`, `drop`) whenever a rule's matchers and actions fit them, and
+`wildcard:` / `regex:` for a pattern rule.
 Destination-address verification is the owner's to give and is not exported.
 """
 
@@ -52,7 +53,9 @@ def _rule(row: RoutingRule, needs_id: bool) -> dict[str, Any]:
     if needs_id:
         out["id"] = row.id
     m = row.matchers
-    if (len(m) == 1 and m[0].get("type") == "literal" and m[0].get("field", "to") == "to"
+    if row.pattern_type is not None:
+        out[row.pattern_type] = row.pattern
+    elif (len(m) == 1 and m[0].get("type") == "literal" and m[0].get("field", "to") == "to"
             and set(m[0]) <= {"type", "field", "value"}):
         out["to"] = m[0]["value"]
     else:

@@ -3,7 +3,8 @@
 A rule is identified by its name within the zone, or by `id:` when names cannot say
 which one; its matchers and actions go through the admin API's own validation
 (mta/api/rules.py), and the shorthand keys (`to`, `forward`, `worker`, `drop`) are
-only another spelling of the API's `matchers` / `actions`.
+only another spelling of the API's `matchers` / `actions`; `wildcard` and `regex` are the
+API's `pattern` ({type: wildcard|regex, value}).
 """
 
 from __future__ import annotations
@@ -100,8 +101,11 @@ class RuleReconciler:
                     audit.snapshot(rule, RULE_FIELDS))
 
     def _raw_matchers(self, spec: RuleSpec, path: str) -> tuple[list, str | None]:
-        if (spec.to is None) == (spec.matchers is None):
-            raise self.err(path, "give exactly one of to or matchers")
+        given = [k for k in ("to", "matchers", "wildcard", "regex")
+                 if getattr(spec, k) is not None]
+        if len(given) != 1:
+            raise self.err(path, "give exactly one of to, matchers, wildcard or regex"
+                           + (f" (got {', '.join(given)})" if given else ""))
         if spec.to is not None:
             return [{"type": "literal", "field": "to", "value": spec.to}], "to"
         return [{k: v for k, v in vars(m).items() if v is not None}
@@ -112,12 +116,21 @@ class RuleReconciler:
         if len(spec.name) > 256:
             raise self.err(f"{path}.name", "at most 256 characters")
         raw, shorthand = self._raw_matchers(spec, path)
+        kind = "wildcard" if spec.wildcard is not None else \
+            "regex" if spec.regex is not None else None
         try:
-            matchers = api_rules.matchers(zone, raw, catch_all=False)
+            if kind is not None:
+                pattern = api_rules.pattern(zone, {"type": kind, "value": getattr(spec, kind)})
+                match: dict[str, Any] = {"matchers": [], "pattern_type": pattern.kind,
+                                         "pattern": pattern.value}
+            else:
+                match = {"matchers": api_rules.matchers(zone, raw, catch_all=False),
+                         "pattern_type": None, "pattern": None}
         except MtaError as exc:
-            raise self._api(exc, path, {"matchers": shorthand} if shorthand else None) from None
+            moved = {"matchers": shorthand} if shorthand else {"pattern": kind} if kind else None
+            raise self._api(exc, path, moved) from None
         return {"name": spec.name, "priority": spec.priority, "enabled": spec.enabled,
-                "matchers": matchers,
+                **match,
                 "actions": await self._actions(zone, spec, path, targets)}
 
     async def _rules(self, zone: Zone, specs: list[RuleSpec], path: str,

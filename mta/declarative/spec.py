@@ -69,6 +69,9 @@ class RuleSpec:
     enabled: bool = True
     to: str | None = None  # shorthand for matchers: [{type: literal, field: to, value}]
     matchers: list[MatcherSpec] | None = None
+    # Or a pattern instead of matchers (mta/routing/patterns.py): one of these two.
+    wildcard: str | None = None  # sales-*@example.com
+    regex: str | None = None  # RE2, matched against the whole address
     forward: list[str] | None = None
     worker: list[str] | None = None
     drop: bool | None = None

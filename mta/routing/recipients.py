@@ -10,7 +10,9 @@ asks the one matcher (`mta.routing.rules.match_rule`). The answer is a value:
   acceptance, with the same function, so both agree).
 
 A domain's routing data is cached for `inbound.recipient_cache_ttl` seconds (0 turns
-the cache off): a busy MX would otherwise read the same rules for every RCPT. Several
+the cache off): a busy MX would otherwise read the same rules for every RCPT. Pattern
+rules are compiled once per pattern text in a process (mta.routing.patterns.compiled), not
+at each reload. Several
 nodes share the database, so the TTL bounds how stale a node can be.
 """
 
@@ -108,13 +110,19 @@ class RecipientDirectory:
                     DestinationAddress.account_id == account_id,
                     DestinationAddress.verified_at.is_not(None))
             )).scalars().all()
-        # Rules of a zone may name any of its routing domains: keep this domain's ones.
+        # Rules of a zone may name any of its routing domains: keep this domain's ones
+        # (a regex may match any of them, so it stays for each).
         rules = tuple(r for r in (Rule.from_row(x) for x in rule_rows)
-                      if r.catch_all or any(t.rpartition("@")[2] == domain
-                                            for t in r.literal_targets()))
+                      if r.catch_all or _for_domain(r, domain))
         return DomainRouting(domain=domain, zone_id=zone_id, account_id=account_id,
                              subaddressing=subaddressing, rules=rules,
                              verified=frozenset(normalize_address(e) for e in emails))
+
+
+def _for_domain(rule: Rule, domain: str) -> bool:
+    if rule.pattern is not None:
+        return rule.pattern.domain in (None, domain)
+    return any(t.rpartition("@")[2] == domain for t in rule.literal_targets())
 
 
 def _name_forms(domain: str) -> list[str]:

@@ -5,12 +5,18 @@ time and by the routing pipeline after acceptance, so both always agree.
 
 Semantics (MISSION R4, docs "Email routing rules and addresses"):
 - a rule has matchers (`{"type": "literal", "field": "to", "value": addr}` or
-  `{"type": "all"}`), actions (`forward` with destination addresses, `worker`, `drop`),
-  `enabled`, `priority` (lower first; ties keep the order given) and `name`;
+  `{"type": "all"}`) or, instead, a pattern (`wildcard` or `regex`, mta/routing/patterns.py),
+  actions (`forward` with destination addresses, `worker`, `drop`), `enabled`,
+  `priority` (lower first; ties keep the order given) and `name`;
+- literal and pattern rules are one list in priority order: the first that matches the
+  recipient wins, whichever its kind (a literal rule of higher priority beats a pattern
+  that also matches, and the other way round). Each costs one comparison or one
+  linear-time match of a program compiled once, so a look-up is O(rules);
 - matching is case-insensitive; `.` is an ordinary character (no Gmail-style folding);
 - subaddressing (RFC 5233, per domain): with it on, `user+detail@d` falls back to the
   rule for `user@d`; a rule for exactly `user+detail@d` wins. The recipient itself keeps
-  its `+detail` (the match reports both);
+  its `+detail` (the match reports both). Patterns take part in both steps: a
+  pattern that matches `user+detail@d` itself is an exact match;
 - the catch-all (a rule with `is_catch_all`, or whose matcher is `all`) applies only when
   no other rule matches, and only when enabled;
 - a rule is inactive when disabled, or when it forwards and none of its destinations
@@ -23,6 +29,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mta.routing.address import normalize_address, normalize_domain
+from mta.routing.patterns import Pattern
+
 __all__ = [
     "Action",
     "Rule",
@@ -33,7 +42,7 @@ __all__ = [
     "rule_is_active",
 ]
 
-MatchKind = Literal["exact", "subaddress", "catch_all"]
+MatchKind = Literal["exact", "pattern", "subaddress", "catch_all"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Rule:
     actions: tuple[Action, ...] = ()
     is_catch_all: bool = False
     zone_id: str | None = field(default=None, compare=False)
+    pattern: Pattern | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Rule:
@@ -61,7 +71,9 @@ class Rule:
             matchers=tuple(dict(m) for m in (row.matchers or ())),
             actions=tuple(Action(str(a.get("type", "")), _values(a.get("value")))
                           for a in (row.actions or ())),
-            is_catch_all=row.is_catch_all, zone_id=getattr(row, "zone_id", None))
+            is_catch_all=row.is_catch_all, zone_id=getattr(row, "zone_id", None),
+            pattern=Pattern(row.pattern_type, row.pattern) if getattr(
+                row, "pattern_type", None) else None)
 
     @property
     def catch_all(self) -> bool:
@@ -88,31 +100,6 @@ def _values(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     return tuple(str(v) for v in value)
-
-
-def normalize_domain(domain: str) -> str:
-    """Lower-case A-label form, so `Piñata.ES` and `xn--piata-o0a.es` compare equal.
-    A domain that is not valid IDNA is only lower-cased (it then matches nothing real)."""
-    d = domain.strip().rstrip(".")
-    if d.isascii():
-        return d.lower()
-    try:
-        import idna
-
-        return idna.encode(d, uts46=True).decode("ascii").lower()
-    except (ImportError, UnicodeError, ValueError):
-        try:
-            return d.encode("idna").decode("ascii").lower()
-        except UnicodeError:
-            return d.lower()
-
-
-def normalize_address(address: str) -> str:
-    """Case-folded address with an A-label domain; `.` and `+` are left alone."""
-    local, sep, domain = address.strip().rpartition("@")
-    if not sep:
-        return address.strip().lower()
-    return f"{local.lower()}@{normalize_domain(domain)}"
 
 
 def rule_is_active(rule: Rule, verified: Collection[str]) -> bool:
@@ -146,6 +133,10 @@ def match_rule(rules: Sequence[Rule], address: str, *, subaddressing: bool,
 
     def first_for(target: str) -> Rule | None:
         for rule in literal:
+            if rule.pattern is not None:
+                if rule.pattern.matches(target):
+                    return rule
+                continue
             targets = rule.literal_targets()
             if targets and all(t == target for t in targets):
                 return rule
@@ -153,7 +144,7 @@ def match_rule(rules: Sequence[Rule], address: str, *, subaddressing: bool,
 
     rule = first_for(addr)
     if rule is not None:
-        return RuleMatch(rule, addr, addr, "exact")
+        return RuleMatch(rule, addr, addr, "exact" if rule.pattern is None else "pattern")
     local, _, domain = addr.rpartition("@")
     if subaddressing and "+" in local:
         base_local = local.split("+", 1)[0]

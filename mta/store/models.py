@@ -135,7 +135,8 @@ class RoutingDomain(Base):
 class RoutingRule(Base):
     """A rule: matchers [{type: literal, field: to, value}] or [{type: all}], actions
     [{type: forward|worker|drop, value: [...]}]. The catch-all is the one rule per zone
-    with `is_catch_all`."""
+    with `is_catch_all`. A pattern rule (mta/routing/patterns.py) has `pattern_type`
+    (wildcard | regex) and `pattern` instead of matchers (its `matchers` is [])."""
 
     __tablename__ = "routing_rules"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
@@ -147,12 +148,16 @@ class RoutingRule(Base):
                                                server_default=text("false"))
     matchers: Mapped[list[dict]] = mapped_column(JSONB, nullable=False)
     actions: Mapped[list[dict]] = mapped_column(JSONB, nullable=False)
+    pattern_type: Mapped[str | None] = mapped_column(String(16))
+    pattern: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = created_col()
     modified_at: Mapped[datetime] = modified_col()
 
     __table_args__ = (
         Index("uq_routing_rules_catch_all", "zone_id", unique=True,
               postgresql_where=text("is_catch_all")),
+        CheckConstraint("(pattern_type IS NULL) = (pattern IS NULL) AND (pattern_type IS NULL "
+                        "OR pattern_type IN ('wildcard', 'regex'))", name="pattern"),
     )
 
 
