@@ -5,6 +5,7 @@ secrets generated into the state directory once."""
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -226,6 +227,67 @@ def test_zone_rename_moves_its_rules_and_delete_lists_them(cli, tmp_path):
     assert "nothing deleted" in err
     cli("zones", "delete", "example.org", "--yes")
     assert "example.org" not in cli("zones", "list")[0]
+
+
+PATTERN_ROUTING = """
+version: 1
+accounts:
+  - account: acme
+    zones:
+      - name: example.test
+        routing: true
+        subaddressing: true
+        rules:
+          - {name: eu, to: sales-eu@example.test, drop: true, priority: 5}
+          - {name: sales, wildcard: 'sales-*@example.test', worker: [crm], priority: 10}
+          - {name: tickets, regex: 'ticket-[0-9]+@example\\.(test|org)', drop: true,
+             priority: 15}
+"""
+
+
+def test_rules_list_test_and_check(cli, tmp_path):
+    cli("accounts", "create", "acme")
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(PATTERN_ROUTING)
+    cli("apply", str(routing))
+    out, _ = cli("rules", "list", "--zone", "example.test")
+    kinds = [line.split()[3] for line in out.splitlines()[1:]]
+    assert kinds == ["literal", "wildcard", "regex"], out
+    assert "sales-*@example.test" in out and "worker crm" in out
+    listed = json.loads(cli("rules", "list", "--json")[0])
+    assert listed[1]["pattern"] == {"type": "wildcard", "value": "sales-*@example.test"}
+
+    out, _ = cli("rules", "test", "Sales-EU@example.test")
+    assert out.startswith("<sales-eu@example.test>: rule eu ") and ", exact," in out
+    out, _ = cli("rules", "test", "sales-us@example.test")
+    assert "rule sales " in out and "pattern, matching wildcard sales-*@example.test" in out
+    assert "  worker crm" in out
+    out, _ = cli("rules", "test", "ticket-9+x@example.test")
+    assert "rule tickets " in out and "subaddress via ticket-9@example.test" in out
+    _, err = cli("rules", "test", "ticket-x@example.test", expect=1)
+    assert "550 5.1.1" in err
+    _, err = cli("rules", "test", "a@elsewhere.test", expect=1)
+    assert "550 5.7.1" in err
+
+    out, _ = cli("rules", "check", "--wildcard", "team-?@example.test")
+    assert out.startswith("wildcard team-?@example.test: ok (")
+    _, err = cli("rules", "check", "--regex", "[a-z]{1000}@example\\.test", expect=1)
+    assert err.startswith("mta: E_PATTERN_TOO_COMPLEX: ") and len(err.splitlines()) == 1
+    _, err = cli("rules", "check", "--regex", "(a)\\1", expect=1)
+    assert "E_PATTERN_INVALID" in err and "back-references" in err
+    _, err = cli("rules", "check", "--regex", "a" * 300, expect=1)
+    assert "E_PATTERN_TOO_LONG" in err
+
+    # Renaming the zone carries the wildcard's domain along; a regex is only listed.
+    out, err = cli("zones", "rename", "example.test", "example.org", expect=1)
+    assert "rule sales: wildcard sales-*@example.test" in out
+    assert "1 regex rules are not rewritten" in out and "nothing renamed" in err
+    cli("zones", "rename", "example.test", "example.org", "--yes")
+    exported, _ = cli("export")
+    assert "wildcard: sales-*@example.org" in exported
+    assert "ticket-[0-9]+@example\\.(test|org)" in exported
+    out, _ = cli("rules", "test", "ticket-1@example.org")
+    assert "rule tickets " in out
 
 
 def test_addresses_verify_by_email(cli, tmp_path):

@@ -58,6 +58,8 @@ async def _rules(s, zone: Zone) -> list[RoutingRule]:
 
 def _rule_line(rule: RoutingRule) -> str:
     match = ", ".join(m.get("value", m.get("type", "")) for m in rule.matchers)
+    if rule.pattern_type is not None:
+        match = f"{rule.pattern_type} {rule.pattern}"
     acts = "; ".join(f"{a.get('type')} {','.join(a.get('value') or [])}".strip()
                      for a in rule.actions)
     return f"  rule {rule.name or rule.id!s}: {match or 'catch-all'} -> {acts}"
@@ -90,6 +92,14 @@ async def _cmd_delete(args, settings: Settings) -> int:
     return 0
 
 
+def _renamed_pattern(rule: RoutingRule, old: str, new: str) -> str | None:
+    """A wildcard's domain follows the zone (it is written out); a regex is the user's
+    text and is left as it is."""
+    if rule.pattern_type == "wildcard" and rule.pattern and rule.pattern.endswith("@" + old):
+        return rule.pattern[: -len(old)] + new
+    return rule.pattern
+
+
 def _renamed(matchers: list[dict], old: str, new: str) -> list[dict]:
     out = []
     for m in matchers:
@@ -119,17 +129,24 @@ async def _cmd_rename(args, settings: Settings) -> int:
             raise CliError(f"zone {old} also has {', '.join([*others, *sending])}; a zone "
                            "with subdomains or sending domains cannot be renamed (create "
                            "the new zone and move the rules with `mta apply`)")
-        rules = [r for r in await _rules(s, zone)
-                 if _renamed(r.matchers, old, new) != r.matchers]
+        every = await _rules(s, zone)
+        rules = [r for r in every if _renamed(r.matchers, old, new) != r.matchers
+                 or _renamed_pattern(r, old, new) != r.pattern]
+        regexes = [r for r in every if r.pattern_type == "regex"]
         print(f"zone {old} ({zone.id}) becomes {new}; {len(rules)} rules then match "
               f"@{new} instead of @{old}:")
         for rule in rules:
             print(_rule_line(rule))
-        if rules and not args.yes:
+        if regexes:
+            print(f"{len(regexes)} regex rules are not rewritten (edit any that name {old}):")
+            for rule in regexes:
+                print(_rule_line(rule))
+        if (rules or regexes) and not args.yes:
             raise CliError(f"nothing renamed; run `mta zones rename {args.zone} {new} --yes` "
                            "to rename it")
         for rule in rules:
             rule.matchers = _renamed(rule.matchers, old, new)
+            rule.pattern = _renamed_pattern(rule, old, new)
         await s.execute(RoutingDomain.__table__.update().where(
             RoutingDomain.zone_id == zone.id, RoutingDomain.name == old).values(name=new))
         zone.name = new
