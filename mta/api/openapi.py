@@ -142,7 +142,7 @@ SCHEMAS: dict[str, S] = {
         "id": _STR, "account_id": _STR, "url": _STR, "event_types": _arr(_STR),
         "description": _NSTR, "enabled": _BOOL, "created_at": _NSTR,
         "secret": _STR, "deliveries": _obj({
-            "pending": _INT, "delivered": _INT, "failed": _INT,
+            "pending": _INT, "delivered": _INT, "failed": _INT, "last_attempt_at": _NSTR,
             "last_status_code": {"type": ["integer", "null"]}, "last_error": _NSTR})},
         ("id", "url", "event_types", "enabled")),
     "WebhookInput": _obj({"url": _STR, "event_types": _arr(_STR), "description": _NSTR},
@@ -154,7 +154,8 @@ SCHEMAS: dict[str, S] = {
         "id": _INT, "event_id": _STR, "type": _STR, "message_id": _NSTR, "recipient": _NSTR,
         "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": _INT,
         "last_status_code": {"type": ["integer", "null"]}, "last_error": _NSTR,
-        "created_at": _NSTR, "next_attempt_at": _NSTR, "finished_at": _NSTR},
+        "last_attempt_at": _NSTR, "created_at": _NSTR, "next_attempt_at": _NSTR,
+        "finished_at": _NSTR},
         ("id", "event_id", "type", "status", "attempts")),
 }
 

@@ -462,6 +462,7 @@ class WebhookDelivery(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     last_status_code: Mapped[int | None] = mapped_column(SmallInteger)
     last_error: Mapped[str | None] = mapped_column(Text)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp)  # its answer's time
     created_at: Mapped[datetime] = created_col()
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
 

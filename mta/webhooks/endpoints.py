@@ -104,9 +104,10 @@ async def delete(session: AsyncSession, row: WebhookEndpoint) -> None:
 
 async def stats(session: AsyncSession, endpoint_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Per endpoint: how many events are pending, delivered and failed (in the log), and
-    the last attempt's time and answer."""
+    the last answered attempt's time and answer."""
     out: dict[str, dict[str, Any]] = {
-        e: {**{s: 0 for s in LOG_STATUSES}, "last_status_code": None, "last_error": None}
+        e: {**{s: 0 for s in LOG_STATUSES}, "last_attempt_at": None,
+            "last_status_code": None, "last_error": None}
         for e in endpoint_ids}
     if not endpoint_ids:
         return out
@@ -118,16 +119,16 @@ async def stats(session: AsyncSession, endpoint_ids: list[str]) -> dict[str, dic
         out[endpoint_id][status] = n
     latest = func.row_number().over(
         partition_by=WebhookDelivery.endpoint_id,
-        order_by=func.coalesce(WebhookDelivery.finished_at,
-                               WebhookDelivery.next_attempt_at).desc()).label("n")
-    ranked = (select(WebhookDelivery.endpoint_id, WebhookDelivery.last_status_code,
-                     WebhookDelivery.last_error, latest)
+        order_by=WebhookDelivery.last_attempt_at.desc()).label("n")
+    ranked = (select(WebhookDelivery.endpoint_id, WebhookDelivery.last_attempt_at,
+                     WebhookDelivery.last_status_code, WebhookDelivery.last_error, latest)
               .where(WebhookDelivery.endpoint_id.in_(endpoint_ids),
-                     WebhookDelivery.attempts > 0).subquery())
+                     WebhookDelivery.last_attempt_at.is_not(None)).subquery())
     last = await session.execute(
-        select(ranked.c.endpoint_id, ranked.c.last_status_code, ranked.c.last_error)
-        .where(ranked.c.n == 1))
-    for endpoint_id, code, error in last:
+        select(ranked.c.endpoint_id, ranked.c.last_attempt_at, ranked.c.last_status_code,
+               ranked.c.last_error).where(ranked.c.n == 1))
+    for endpoint_id, when, code, error in last:
+        out[endpoint_id]["last_attempt_at"] = _iso(when)
         out[endpoint_id]["last_status_code"] = code
         out[endpoint_id]["last_error"] = error
     return out
@@ -172,6 +173,7 @@ def log_to_dict(row: WebhookDelivery) -> dict[str, Any]:
             "message_id": str(row.message_id) if row.message_id else None,
             "recipient": (row.event or {}).get("rcpt_to"), "status": row.status,
             "attempts": row.attempts, "last_status_code": row.last_status_code,
-            "last_error": row.last_error, "created_at": _iso(row.created_at),
+            "last_error": row.last_error, "last_attempt_at": _iso(row.last_attempt_at),
+            "created_at": _iso(row.created_at),
             "next_attempt_at": _iso(row.next_attempt_at) if row.status == "pending" else None,
             "finished_at": _iso(row.finished_at)}

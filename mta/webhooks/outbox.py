@@ -49,7 +49,7 @@ RETURNING o.id, o.endpoint_id, o.event_id, o.message_id, o.event_type, o.event,
 _SUCCESS = text("""
 UPDATE webhook_deliveries
 SET status = 'delivered', finished_at = :now, last_status_code = :code, last_error = NULL,
-    lease_owner = NULL, lease_expires_at = NULL
+    last_attempt_at = :now, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts AND status = 'pending'
 """)
 
@@ -58,7 +58,7 @@ UPDATE webhook_deliveries
 SET status = CASE WHEN :final THEN 'failed' ELSE 'pending' END,
     finished_at = CASE WHEN :final THEN CAST(:now AS timestamptz) END,
     next_attempt_at = :next, last_status_code = :code, last_error = :error,
-    lease_owner = NULL, lease_expires_at = NULL
+    last_attempt_at = :now, lease_owner = NULL, lease_expires_at = NULL
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts AND status = 'pending'
 """)
 

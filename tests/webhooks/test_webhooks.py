@@ -265,3 +265,27 @@ def test_a_slow_endpoint_does_not_delay_smtp_acceptance(make_node, make_sink, dn
     assert receiver.in_flight == 2, "the sender was not held up: nothing tested"
     assert max(took) < max(3 * max(baseline), 1.0), (baseline, took)
     assert len(sink.wait_for(13, 30)) >= 13  # the mail itself went on
+
+
+def test_retries_are_bounded_then_the_event_is_marked_failed(make_node, make_sink, dns_server,
+                                                             db_url, receiver):
+    sink = make_sink("127.0.0.2")
+    dns_server.add_zone(DNS)
+    node = make_node(node_config(db_url, sink, max_attempts=3))
+    d = Deployment(node, db_url)
+    endpoint_id, _ = d.webhook(receiver, "sent")
+    receiver.status = 500
+    assert d.send("user@inbox.test", "m").status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        [entry] = json.loads(mta(node, "webhooks", "log", endpoint_id, "--json"))["items"]
+        if entry["status"] != "pending":
+            break
+        time.sleep(0.5)
+    assert (entry["status"], entry["attempts"], entry["last_status_code"]) == ("failed", 3, 500)
+    assert len(receiver.received) == 3  # tried three times, then no more
+    time.sleep(3)
+    assert len(receiver.received) == 3
+    metrics = httpx.get(f"http://127.0.0.1:{node.port('metrics')}/metrics").text
+    assert 'mta_webhook_events_total{result="failed"} 1.0' in metrics
+    assert 'mta_webhook_attempts_total{result="http_error"} 3.0' in metrics
