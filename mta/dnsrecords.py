@@ -134,6 +134,10 @@ async def _lookup(resolver: DnsResolver, name: str, rtype: str) -> list[str] | N
         if rtype == "MX":
             mx = await resolver.mx(name)
             return [host for _, host in mx or []]
+        if rtype == "TLSA":
+            answer = await resolver.query(name, "TLSA")
+            return [f"{rd.usage} {rd.selector} {rd.mtype} {rd.cert.hex()}"
+                    for rd in answer or []]
         return await resolver.txt(name)
     except DnsError:
         return None

@@ -14,13 +14,14 @@ deploy/install.sh prints these at the end of an installation.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from mta.api.wellknown import mta_sts_records
 from mta.commands._common import open_database
 from mta.config import Settings
 from mta.dnsrecords import routing_records
 
-__all__ = ["forwarding_records", "node_records", "routing_domain_records"]
+__all__ = ["forwarding_records", "mx_tlsa_records", "node_records", "routing_domain_records"]
 
 
 def routing_domain_records(settings: Settings, domain: str) -> list[dict]:
@@ -51,10 +52,34 @@ async def forwarding_records(settings: Settings, domain: str) -> list[dict] | st
     return records
 
 
+def mx_tlsa_records(settings: Settings) -> list[dict] | str:
+    """DANE (RFC 7672) for mail sent to us: a `3 1 1` TLSA record (DANE-EE, the SHA-256
+    of the MX certificate's public key) at `_25._tcp.<mx host>` for every MX host, from
+    `listeners.mx.tls_cert` (the first certificate of the file; none configured, none
+    printed). It keeps matching across renewals that keep the key. Senders use it only
+    from a DNSSEC-signed zone."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from mta.dnsrecords import mx_hosts
+    from mta.queue.dane import tlsa_for_certificate
+
+    path = settings.listeners.mx.tls_cert
+    if not path:
+        return []
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"listeners.mx.tls_cert {path}: cannot read the certificate ({exc})"
+    record = str(tlsa_for_certificate(cert.public_bytes(Encoding.DER)))
+    return [{"type": "TLSA", "name": f"_25._tcp.{host}", "ttl": 1, "content": record}
+            for host in mx_hosts(settings)]
+
+
 async def node_records(settings: Settings) -> list[dict] | str:
     """`mta dns --node`: what this deployment itself publishes, once: the SPF include
     target every routing and sending domain includes (with its content), the SRS
-    domain's MX and SPF, and the forwarding DKIM key."""
+    domain's MX and SPF, the forwarding DKIM key, and the MX hosts' TLSA records."""
     from mta.dnsrecords import spf_include, spf_include_value
 
     records = [{"type": "TXT", "name": spf_include(settings), "ttl": 1,
@@ -67,4 +92,7 @@ async def node_records(settings: Settings) -> list[dict] | str:
         if isinstance(more, str):
             return more
         records += [r for r in more if r not in records]
-    return records
+    tlsa = mx_tlsa_records(settings)
+    if isinstance(tlsa, str):
+        return tlsa
+    return records + tlsa

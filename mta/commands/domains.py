@@ -35,7 +35,7 @@ __all__ = ["register"]
 def _print_records(records: list[dict], states: list[str] | None = None) -> None:
     for i, r in enumerate(records):
         prio = f" {r['priority']}" if r["type"] == "MX" else ""
-        content = r["content"] if r["type"] == "MX" else json.dumps(r["content"])
+        content = r["content"] if r["type"] in ("MX", "TLSA") else json.dumps(r["content"])
         state = f"{states[i]:<8} " if states else ""
         print(f"{state}{r['type']:<4} {r['name']}{prio} {content}")
 
@@ -103,6 +103,9 @@ async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
         if not (args.forwarding or args.node):
             print(f"and serve https://mta-sts.{args.domain}{POLICY_PATH} from this "
                   "node's HTTP listener behind TLS")
+        if any(r["type"] == "TLSA" for r in records):
+            print("TLSA (DANE) records count only in a DNSSEC-signed zone; publish the "
+                  "new key's record before changing keys")
     states = {c.state for c in checks or ()}
     return 1 if states & {"missing", "wrong"} else 3 if "unknown" in states else 0
 
@@ -189,7 +192,8 @@ def register(sub) -> None:
     d.add_argument("domain", nargs="?")
     d.add_argument("--node", action="store_true",
                    help="this deployment's own records: the SPF include target and its "
-                        "content, the SRS domain's MX and SPF, the forwarding DKIM key")
+                        "content, the SRS domain's MX and SPF, the forwarding DKIM key, "
+                        "the MX hosts' TLSA (DANE) records")
     d.add_argument("--json", action="store_true")
     d.add_argument("--no-check", action="store_true", help="print only, do not query DNS")
     d.add_argument("--mta-sts", action="store_true",

@@ -170,3 +170,30 @@ async def test_cli_dns_for_a_routing_zone_and_for_the_node(db, config, dns_serve
     assert ready.stdout.count("ok ") == 4
     # The SRS domain by name gives its part of the same records.
     assert "mta-fwd._domainkey.srs.sender.test" in mta(config, "dns", "srs.sender.test").stdout
+
+
+def test_cli_dns_node_prints_the_mx_tlsa_record(config, dns_server, tls, tmp_path):
+    """`3 1 1` of the MX certificate, as the usual openssl recipe computes it, checked
+    live like the other records."""
+    import hashlib
+    import json
+
+    cert, key = tls.write_server_files(tmp_path, "mta.sender.test")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["listeners"] = {"mx": {"tls_cert": str(cert), "tls_key": str(key)}}
+    config.write_text(yaml.safe_dump(cfg))
+    pubkey = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-pubkey"],
+                            capture_output=True, check=True).stdout
+    spki = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pubkey,
+                          capture_output=True, check=True).stdout
+    expected = f"3 1 1 {hashlib.sha256(spki).hexdigest()}"
+
+    out = mta(config, "dns", "--node", "--json")
+    records = {(r["type"], r["name"]): r for r in json.loads(out.stdout)}
+    tlsa = records[("TLSA", "_25._tcp.mta.sender.test")]
+    assert tlsa["content"] == expected and tlsa["state"] == "missing"
+
+    dns_server.add("_25._tcp.mta.sender.test", "TLSA", expected)
+    text = mta(config, "dns", "--node").stdout
+    assert f"ok       TLSA _25._tcp.mta.sender.test {expected}" in text, text
+    assert "only in a DNSSEC-signed zone" in text
