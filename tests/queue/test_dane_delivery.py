@@ -297,3 +297,46 @@ async def test_ad_bit_believed_only_with_trust_ad(validating_resolver):
     assert answer is not None and secure
     answer, secure = await DnsResolver(ns, cache_size=0).authenticated("mx.dane.test", "A")
     assert answer is not None and not secure
+
+
+def test_node_defers_a_mismatch_and_says_why_in_the_attempt_line(
+        make_node, make_sink, validating_resolver, db_url, tmp_path, tls):
+    """The whole path: an MX session forwards to a DANE destination whose certificate
+    does not match; `mta queue show` gives the reason."""
+    import re
+    import smtplib
+
+    from tests.queue.test_queue_tools import MESSAGE, ROUTING, mta, out
+
+    ctx, _ = server_cert(tls.ca, "mx.inbox.test")
+    sink = make_sink("127.0.0.2", tls_context=ctx)
+    _, other = server_cert(tls.ca, "mx.inbox.test")
+    resolver = validating_resolver(
+        signed=[signed(sink.port, tlsa_for_certificate(other), origin="inbox.test")],
+        insecure=["test"])  # the sender's and our own names: unsigned
+    node = make_node({
+        "database": {"url": db_url},
+        "dns": {"nameservers": [resolver.nameserver], "dnssec": "trust_ad"},
+        "inbound": {"policy": {"monitor_only": True}},
+        "delivery": {"poll_interval": "0.2s", "port": sink.port},
+    })
+    cfg = node.config_path
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING)
+    mta(cfg, "accounts", "create", "acme")
+    mta(cfg, "apply", str(routing))
+    mta(cfg, "addresses", "verify", "--email", "you@inbox.test")
+
+    with smtplib.SMTP("127.0.0.1", node.port("mx"), timeout=30) as client:
+        client.ehlo("client.sender.test")
+        assert client.mail("alice@sender.test")[0] == 250
+        assert client.rcpt("hello@example.test")[0] == 250
+        code, answer = client.data(MESSAGE)
+    assert code == 250, answer
+    queue_id = re.search(rb"queued as ([0-9a-f]{32})", answer).group(1).decode()
+
+    shown = out(cfg, "queue", "show", queue_id)
+    attempt = next(x for x in shown.splitlines() if "deferred" in x)
+    assert (f"DANE: the certificate of mx.inbox.test does not match the TLSA records at "
+            f"_{sink.port}._tcp.mx.inbox.test: no TLSA record matched") in attempt, shown
+    assert sink.messages == []
