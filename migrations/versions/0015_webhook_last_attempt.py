@@ -4,15 +4,15 @@ The endpoint's figures name its last answered attempt; neither `finished_at` (em
 while an event is retried) nor `next_attempt_at` (the retry's time, or a lease's end)
 says when that was.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-07 05:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0014'
-down_revision = '0013'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
