@@ -19,15 +19,16 @@ is left to bound is the size of the compiled program, and the length of the text
 - MAX_PROGRAM_SIZE instructions of compiled program (RE2's own measure; `[a-z]{1000}`
   is 6,004, a typical address pattern under 100), and MAX_MEMORY bytes for RE2 to build it.
 
-Both kinds compile to one RE2 program, once per distinct pattern text in a process
-(`compiled`), so reloading the rules of a domain does not recompile them and an RCPT
-costs one linear-time match per pattern rule it reaches.
+Both kinds compile to one RE2 program when a `Pattern` is made (as the routing data of a
+domain is loaded), and `compiled` keeps programs per pattern text, so reloading the rules
+does not recompile them; an RCPT costs one linear-time match per pattern rule it reaches
+and never compiles anything.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import re2
@@ -104,6 +105,11 @@ class Pattern:
 
     kind: str
     value: str
+    # The program travels with the rule, so matching never depends on the cache's size.
+    program: re2._Regexp = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "program", compiled(self.kind, self.value))
 
     @classmethod
     def parse(cls, kind: object, value: object) -> Pattern:
@@ -121,9 +127,7 @@ class Pattern:
                                f"{MAX_PATTERN_LENGTH}")
         if kind == "wildcard":
             value = _normal_wildcard(value)
-        pattern = cls(str(kind), value)
-        compiled(pattern.kind, pattern.value)  # refuses what cannot be compiled in bounds
-        return pattern
+        return cls(str(kind), value)  # compiling refuses what does not fit the bounds
 
     @property
     def domain(self) -> str | None:
@@ -133,7 +137,7 @@ class Pattern:
     def matches(self, address: str) -> bool:
         """Whether the normalised `address` matches, in time linear in its length."""
         try:
-            return compiled(self.kind, self.value).fullmatch(address) is not None
+            return self.program.fullmatch(address) is not None
         except UnicodeEncodeError:  # an undecodable byte kept as a surrogate: no match
             return False
 

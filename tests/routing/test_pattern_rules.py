@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mta.routing.patterns import MAX_PATTERN_LENGTH, Pattern, PatternError
+from mta.routing.patterns import MAX_PATTERN_LENGTH, Pattern, PatternError, compiled
 from mta.routing.rules import Action, Rule, match_rule
 
 VERIFIED = {"dest@inbox.test"}
@@ -120,3 +120,17 @@ def test_backtracking_pattern_is_bounded() -> None:
 
 def test_wildcard_stores_the_normal_form() -> None:
     assert Pattern.parse("wildcard", " Sales-*@Piñata.ES ").value == "sales-*@xn--piata-pta.es"
+
+
+def test_patterns_compile_once_not_per_lookup() -> None:
+    """Loading the rules compiles a pattern (once per text); matching never does."""
+    value = r"compile-once-[0-9]+@example\.test"
+    before = compiled.cache_info().misses
+    rules = [Rule(id=f"r{i}", pattern=Pattern("regex", value), actions=DROP)
+             for i in range(3)]  # the same rule loaded three times (three TTL reloads)
+    assert compiled.cache_info().misses == before + 1
+    hits = compiled.cache_info().hits
+    for n in range(200):
+        assert match_rule(rules, f"compile-once-{n}@example.test", subaddressing=True)
+    assert compiled.cache_info().misses == before + 1
+    assert compiled.cache_info().hits == hits
