@@ -45,11 +45,12 @@ def engine(resolver, port: int, config: str = "", **kw) -> RemoteDelivery:
                           dane=dane_policy_from_settings(settings), **kw)
 
 
-def signed(port: int, *tlsa: Tlsa, extra: str = "", origin: str = "dane.test") -> SignedZone:
+def signed(port: int, *tlsa: Tlsa, extra: str = "", origin: str = "dane.test",
+           address: str = "127.0.0.2") -> SignedZone:
     records = "\n".join(f"_{port}._tcp.mx.{origin}. 300 IN TLSA {t}" for t in tlsa)
     return SignedZone(origin, f"""
         {origin}.     300 IN MX 10 mx.{origin}.
-        mx.{origin}.  300 IN A 127.0.0.2
+        mx.{origin}.  300 IN A {address}
         {records}
         {extra}
     """)
@@ -141,6 +142,30 @@ async def test_no_starttls_at_a_dane_host_defers(validating_resolver, make_sink,
     assert (f"mx.dane.test does not offer STARTTLS, which DANE (TLSA records at "
             f"_{sink.port}._tcp.mx.dane.test) requires") in out.detail
     assert sink.messages == []
+
+
+async def test_only_unusable_records_still_make_tls_mandatory(
+        validating_resolver, make_sink, tls):
+    """PKIX-EE (usage 1) is not for SMTP (RFC 7672 §3.1.3), but the host did publish
+    authenticated TLSA records: TLS is required, without authentication."""
+    _, cert = server_cert(tls.ca, "mx.dane.test")
+    pkix = Tlsa(1, 1, 1, tlsa_for_certificate(cert).data)
+    plain = make_sink("127.0.0.2")  # no STARTTLS
+    resolver = validating_resolver(signed=[signed(plain.port, pkix)])
+
+    [out] = await engine(resolver, plain.port).deliver("dane.test", "a@src.test",
+                                                       ["ok@dane.test"], MSG)
+    assert out.result == "deferred" and "does not offer STARTTLS, which DANE" in out.detail
+    assert plain.messages == []
+
+    ctx, _ = server_cert(trustme.CA(), "elsewhere.test")  # any certificate will do
+    secure = make_sink("127.0.0.3", tls_context=ctx)
+    resolver = validating_resolver(signed=[signed(secure.port, pkix, origin="dane2.test",
+                                                  address="127.0.0.3")])
+    [out] = await engine(resolver, secure.port).deliver("dane2.test", "a@src.test",
+                                                        ["ok@dane2.test"], MSG)
+    assert out.result == "delivered" and out.tls_version is not None, out.detail
+    assert "no usable TLSA record" in out.detail and "without authentication" in out.detail
 
 
 async def test_unsigned_zone_takes_the_opportunistic_path(
