@@ -216,6 +216,7 @@ class HostTlsa:
     state: State
     records: tuple[Tlsa, ...] = ()
     detail: str = ""
+    names: tuple[str, ...] = ()  # the names a DANE-TA chain's certificate may carry
 
     @property
     def enforced(self) -> bool:
@@ -223,27 +224,40 @@ class HostTlsa:
 
 
 async def lookup(resolver: DnsResolver, host: str, port: int, ipv6: bool = True) -> HostTlsa:
-    """The TLSA state of `host` for connections to `port`."""
-    owner = f"_{port}._tcp.{host.rstrip('.').lower()}"
+    """The TLSA state of `host` for connections to `port`. When the host name is an alias
+    (CNAME), the records are looked for at the name it leads to first, then at the host
+    name itself, and either name may be in a DANE-TA chain's certificate (RFC 7672
+    §2.2.2, §3.2.2)."""
+    host = host.rstrip(".").lower()
+    owner = f"_{port}._tcp.{host}"
     try:
         answers = await asyncio.gather(*(resolver.authenticated(host, t) for t in
                                          (("AAAA", "A") if ipv6 else ("A",))))
     except DnsError as exc:
         # The connection attempt fails on the same look-up and says so.
         return HostTlsa(host, owner, "insecure", detail=f"address look-up failed: {exc}")
-    found = [secure for answer, secure in answers if answer is not None]
-    if not found or not all(found):
+    found = [(answer, secure) for answer, secure in answers if answer is not None]
+    if not found or not all(secure for _, secure in found):
+        # An alias chain that is not authenticated all the way counts as insecure too.
         return HostTlsa(host, owner, "insecure", detail="address records not authenticated")
-    try:
-        answer, secure = await resolver.authenticated(owner, "TLSA")
-    except DnsError as exc:
-        return HostTlsa(host, owner, "error", detail=f"TLSA look-up for {owner} failed: {exc}")
-    if answer is None:
-        return HostTlsa(host, owner, "none", detail=f"no TLSA record at {owner}")
-    if not secure:
-        return HostTlsa(host, owner, "insecure", detail=f"TLSA at {owner} not authenticated")
-    records = tuple(Tlsa.from_rdata(rd) for rd in answer)
-    if not usable(records):
-        return HostTlsa(host, owner, "unusable", records,
-                        detail=f"no usable TLSA record at {owner}")
-    return HostTlsa(host, owner, "dane", records)
+    target = found[0][0].canonical_name.to_text(omit_final_dot=True).lower()
+    names = (target, host) if target != host else (host,)
+    for name in names:
+        owner = f"_{port}._tcp.{name}"
+        try:
+            answer, secure = await resolver.authenticated(owner, "TLSA")
+        except DnsError as exc:
+            return HostTlsa(host, owner, "error", names=names,
+                            detail=f"TLSA look-up for {owner} failed: {exc}")
+        if answer is None:
+            continue
+        if not secure:
+            return HostTlsa(host, owner, "insecure", names=names,
+                            detail=f"TLSA at {owner} not authenticated")
+        records = tuple(Tlsa.from_rdata(rd) for rd in answer)
+        if not usable(records):
+            return HostTlsa(host, owner, "unusable", records, names=names,
+                            detail=f"no usable TLSA record at {owner}")
+        return HostTlsa(host, owner, "dane", records, names=names)
+    return HostTlsa(host, f"_{port}._tcp.{host}", "none", names=names,
+                    detail=f"no TLSA record at {' or '.join(f'_{port}._tcp.{n}' for n in names)}")

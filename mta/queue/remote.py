@@ -424,7 +424,7 @@ class RemoteDelivery:
             raise _ConnectError(f"STARTTLS refused by {host}: {r.code} {r.message}",
                                 tls=not required)
         if level == "dane" and tlsa is not None:
-            verdict = dane.verify(tlsa.records, client.peer_chain, [host])
+            verdict = dane.verify(tlsa.records, client.peer_chain, tlsa.names or [host])
             if not verdict.ok:
                 metrics.DANE_OUTCOMES.labels("mismatch").inc()
                 raise _ConnectError(f"DANE: the certificate of {host} does not match the "

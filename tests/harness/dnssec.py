@@ -12,7 +12,8 @@ as it would records an attacker forged.
 `answer()` speaks like an authoritative server with DNSSEC (RFC 4035 §3.1): the record
 set and its RRSIG; for "no such type" the SOA and the NSEC of the name; for "no such
 name" the SOA, the NSEC covering the name and the one covering the wildcard at its
-closest encloser. No CNAMEs, wildcards or delegations inside a signed zone.
+closest encloser. A CNAME is followed inside the zone (the CNAME and its RRSIG, then the
+target's answer). No wildcards or delegations inside a signed zone.
 
     zone = SignedZone("dane.test", '''
         dane.test.           300 IN MX 10 mx.dane.test.
@@ -72,7 +73,7 @@ class SignedZone:
 
     # -- answering ------------------------------------------------------------------------
 
-    def answer(self, qname: dns.name.Name, qtype: int, dnssec: bool
+    def answer(self, qname: dns.name.Name, qtype: int, dnssec: bool, depth: int = 0
                ) -> tuple[int, list[dns.rrset.RRset], list[dns.rrset.RRset]]:
         """(rcode, answer section, authority section) for one question."""
         node = self.zone.get_node(qname)
@@ -80,6 +81,14 @@ class SignedZone:
             rdataset = node.get_rdataset(dns.rdataclass.IN, qtype)
             if rdataset is not None:
                 return dns.rcode.NOERROR, self._with_sig(qname, qtype, dnssec), []
+            cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
+            if cname is not None and depth < 8:
+                chain = self._with_sig(qname, dns.rdatatype.CNAME, dnssec)
+                target = cname[0].target
+                if not self.covers(target):
+                    return dns.rcode.NOERROR, chain, []
+                rcode, answer, authority = self.answer(target, qtype, dnssec, depth + 1)
+                return rcode, chain + answer, authority
             proof = [qname]  # NODATA: the name's own NSEC lists the types it has
             rcode = dns.rcode.NOERROR
         elif any(n.is_subdomain(qname) for n in self._names):

@@ -144,6 +144,30 @@ async def test_no_starttls_at_a_dane_host_defers(validating_resolver, make_sink,
     assert sink.messages == []
 
 
+async def test_mx_host_alias_uses_the_tlsa_records_of_its_target(
+        validating_resolver, make_sink, tls):
+    """mx.dane.test is a CNAME for smtp.dane.test: the TLSA records are looked for at the
+    target first (RFC 7672 §2.2.2), and a DANE-TA chain may name either host."""
+    intermediate = trustme.CA().create_child_ca()
+    ctx, _ = server_cert(intermediate, "smtp.dane.test")
+    sink = make_sink("127.0.0.2", tls_context=ctx)
+    issuer = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes()).public_bytes(
+        Encoding.DER)
+    record = tlsa_for_certificate(issuer, usage=2, selector=0, mtype=1)
+    resolver = validating_resolver(signed=[SignedZone("dane.test", f"""
+        dane.test.       300 IN MX 10 mx.dane.test.
+        mx.dane.test.    300 IN CNAME smtp.dane.test.
+        smtp.dane.test.  300 IN A 127.0.0.2
+        _{sink.port}._tcp.smtp.dane.test. 300 IN TLSA {record}
+    """)])
+
+    [out] = await engine(resolver, sink.port).deliver("dane.test", "a@src.test",
+                                                      ["ok@dane.test"], MSG)
+
+    assert out.result == "delivered", out.detail
+    assert "(DANE-TA) matched the issuer at depth 1 of mx.dane.test" in out.detail
+
+
 async def test_only_unusable_records_still_make_tls_mandatory(
         validating_resolver, make_sink, tls):
     """PKIX-EE (usage 1) is not for SMTP (RFC 7672 §3.1.3), but the host did publish
