@@ -81,7 +81,8 @@ MIME_REPLACED_HEADERS = frozenset({
 
 _X_NAME = re.compile(r"X-[A-Za-z0-9\-_]+", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9\-]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# NEL and the Unicode separators too: the email package reads them as line ends.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _ANGLE_URI = re.compile(r"<([^<>\s]+)>")
 _MSG_ID = re.compile(r"<[^<>\s@]+@[^<>\s@]+>")

@@ -23,7 +23,8 @@ from mta.sending.headers import DEFAULT_HEADER_LIMITS, HeaderLimits, validate_cu
 
 __all__ = [
     "Address", "Attachment", "SendLimits", "SendRequest", "ValidatedSend",
-    "check_message_size", "normalize_address", "check_address", "no_line_breaks",
+    "check_message_size", "normalize_address", "check_address", "has_line_break",
+    "no_line_breaks",
     "parse_send_request", "validate_custom_headers", "validate_send",
 ]
 
@@ -144,11 +145,22 @@ def parse_send_request(data: object) -> SendRequest:
     )
 
 
+# CR, LF, NUL, and what Python's str.splitlines() also reads as a line end (VT, FF,
+# FS, GS, RS, NEL, LINE and PARAGRAPH SEPARATOR): the email package refuses those in a
+# header value, so letting them through would turn a bad request into a 500.
+_LINE_BREAK = re.compile("[\r\n\x00\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+def has_line_break(value: str) -> bool:
+    return _LINE_BREAK.search(value) is not None
+
+
 def no_line_breaks(value: str, where: str) -> str:
-    """`value`, refused when it holds CR, LF or NUL: a field that ends up in a header
-    could otherwise add header fields of its own (or end the data at a next hop).
-    Refused rather than stripped, even at the ends, so what is sent is what was asked."""
-    if "\r" in value or "\n" in value or "\x00" in value:
+    """`value`, refused when it holds CR, LF, NUL or another line break: a field that
+    ends up in a header could otherwise add header fields of its own (or end the data
+    at a next hop). Refused rather than stripped, even at the ends, so what is sent is
+    what was asked."""
+    if has_line_break(value):
         raise MtaError("E_VALIDATION_ERROR",
                        f"'{where}' contains a line break or a NUL character.", field=where)
     return value
@@ -292,7 +304,7 @@ def _ascii_domain(domain: str) -> str | None:
 
 def check_address(value: Address, where: str) -> Address:
     """`value` with a checked address and a display name free of line breaks."""
-    if value.name is not None and ("\r" in value.name or "\n" in value.name):
+    if value.name is not None and has_line_break(value.name):
         raise MtaError("E_VALIDATION_ERROR", f"The name in '{where}' contains a line break.",
                        field=where)
     return Address(normalize_address(value.address, where), value.name or None)
@@ -346,7 +358,7 @@ def validate_send(
         raise MtaError("E_VALIDATION_ERROR",
                        f"Subject has {len(subject)} characters, maximum is "
                        f"{limits.max_subject_chars}.", field="subject")
-    if "\r" in subject or "\n" in subject:
+    if has_line_break(subject):
         raise MtaError("E_VALIDATION_ERROR", "Subject contains a line break.",
                        field="subject")
 
@@ -382,10 +394,10 @@ def _check_attachments(attachments: tuple[Attachment, ...]) -> tuple[Attachment,
     result = []
     for i, a in enumerate(attachments):
         where = f"attachments[{i}]"
-        if not a.filename.strip() or any(c in a.filename for c in "\r\n\0"):
+        if not a.filename.strip() or has_line_break(a.filename):
             raise MtaError("E_VALIDATION_ERROR", f"'{where}.filename' is empty or contains "
                            "a line break.", field=f"{where}.filename")
-        if not _MIME_TYPE.fullmatch(a.type) or any(c in a.type for c in "\r\n"):
+        if not _MIME_TYPE.fullmatch(a.type) or has_line_break(a.type):
             raise MtaError("E_VALIDATION_ERROR", f"'{where}.type' is not a MIME type.",
                            field=f"{where}.type")
         if a.type.split("/", 1)[0].strip().lower() == "multipart":

@@ -124,10 +124,13 @@ class Srs:
     def _check_hash(self, given: str, *fields: str) -> None:
         if len(given) < self.hash_length:
             raise SrsBadHash("SRS hash too short")
-        given = given[:self.hash_length].lower()
+        # Bytes: compare_digest refuses str with non-ASCII characters (an SMTPUTF8
+        # local part can put any in the hash's place); such a hash simply does not match.
+        given_bytes = given[:self.hash_length].lower().encode("utf-8")
         ok = False
         for secret in self._secrets:  # no early exit: time does not tell which secret
-            ok |= hmac.compare_digest(given, self._hash(secret, *fields).lower())
+            ok |= hmac.compare_digest(given_bytes,
+                                      self._hash(secret, *fields).lower().encode("ascii"))
         if not ok:
             raise SrsBadHash("SRS hash does not match")
 

@@ -11,7 +11,9 @@ import pytest
 from tests.sending.test_rest_send import api, error_of  # noqa: F401 - the `api` fixture
 from tests.sending.test_service import SENDER, full_request, world  # noqa: F401
 
-BAD = {"CR": "\r", "LF": "\n", "CRLF": "\r\nBcc: victim@rcpt.test", "NUL": "\x00"}
+BAD = {"CR": "\r", "LF": "\n", "CRLF": "\r\nBcc: victim@rcpt.test", "NUL": "\x00",
+       # What the email package also reads as a line end (a 500 before; found by fuzzing).
+       "FF": "\x0c", "VT": "\x0b", "NEL": "\x85", "LS": "\u2028"}
 SCHEMA = (400, 10001, "email.sending.error.invalid_request_schema")
 
 
