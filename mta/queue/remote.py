@@ -49,6 +49,7 @@ from mta.observe import metrics
 from mta.queue import dane
 from mta.queue.dane import DanePolicy, HostTlsa
 from mta.queue.dsnparams import Dsn, mail_params, rcpt_params
+from mta.queue.intl import NO_SMTPUTF8_REPLY, needs_smtputf8
 from mta.queue.mtasts import MtaSts, Policy
 from mta.queue.outcome import RecipientOutcome, Reply, Result
 from mta.queue.pool import ConnectionPool
@@ -552,7 +553,9 @@ class DeliverySession:
                            dsn: Dsn | None = None) -> dict[str, RecipientOutcome]:
         """One mail transaction. With PIPELINING, RSET (when the previous transaction was
         left open), MAIL, every RCPT and DATA go out in one write and their replies
-        are read in order; without it, one command at a time, stopping early."""
+        are read in order; without it, one command at a time, stopping early. A server
+        offering CHUNKING gets the message in BDAT chunks (after the RCPT replies, so
+        a refused transaction costs no body) instead of DATA."""
         client = conn.client
         notes = self._route.notes
         out: dict[str, RecipientOutcome] = {}
@@ -564,10 +567,9 @@ class DeliverySession:
         def outcome(rcpt: str, result: Result, reply: Reply | None) -> RecipientOutcome:
             return replace(conn.outcome(rcpt, result, reply, notes), dsn_passed=passed)
 
-        utf8 = not all(a.isascii() for a in [envelope_from, *recipients])
+        utf8 = needs_smtputf8(envelope_from, recipients, raw)
         if utf8 and not client.supports("SMTPUTF8"):
-            r = Reply(553, "5.6.7", "Non-ASCII address and no SMTPUTF8 at the server")
-            return {a: outcome(a, "failed", r) for a in recipients}
+            return {a: outcome(a, "failed", NO_SMTPUTF8_REPLY) for a in recipients}
         options = [b"SMTPUTF8"] if utf8 else []
         if client.supports("SIZE"):
             options.append(b"SIZE=%d" % len(raw))
@@ -584,10 +586,12 @@ class DeliverySession:
         conn.uses += 1
         conn.dirty = True  # until the end of DATA says otherwise
         pipelined = client.supports("PIPELINING")
+        chunking = client.supports("CHUNKING")
         timeout = self._engine._command_timeout
         try:
             if pipelined:
-                client.send(([b"RSET"] if rset else []) + [mail, *rcpts, b"DATA"])
+                client.send(([b"RSET"] if rset else []) + [mail, *rcpts]
+                            + ([] if chunking else [b"DATA"]))
 
             async def ask(command: bytes) -> ClientReply:
                 if not pipelined:
@@ -610,7 +614,7 @@ class DeliverySession:
             if mail_reply.code != 250:
                 r = _reply(mail_reply.code, mail_reply.message)
                 if pipelined:  # the RCPTs and DATA were refused too; read them off
-                    for _ in range(len(rcpts) + 1):
+                    for _ in range(len(rcpts) + (0 if chunking else 1)):
                         if (await client.reply(timeout)).code == 354:
                             raise _SessionLost(f"{conn.host}: DATA accepted without MAIL",
                                                out)
@@ -626,17 +630,17 @@ class DeliverySession:
                 else:
                     out[rcpt] = outcome(rcpt, _result_for(resp.code),
                                         _reply(resp.code, resp.message))
-            if not accepted and not pipelined:
+            if not accepted and (chunking or not pipelined):
                 return out  # the transaction stays open: RSET next time
-            data = await ask(b"DATA")
+            data = None if chunking else await ask(b"DATA")
             if not accepted:
-                if data.code == 354:  # a server that accepts DATA without recipients
+                if data is not None and data.code == 354:  # DATA without recipients
                     self._drop()
                 return out
         except (SmtpClientError, OSError) as exc:
             raise _SessionLost(f"{conn.host} [{conn.ip}]: {exc or type(exc).__name__}",
                                {a: o for a, o in out.items() if o.result == "failed"}) from None
-        if data.code != 354:
+        if data is not None and data.code != 354:
             if data.code == 421:
                 self._drop()
             reply = _reply(data.code, data.message)
@@ -644,7 +648,11 @@ class DeliverySession:
                 out[a] = outcome(a, _result_for(data.code), reply)
             return out
         try:
-            final = await client.send_body(raw, self._engine._data_timeout)
+            if chunking:
+                final = await client.send_chunked(raw, self._engine._data_timeout,
+                                                  pipelined=pipelined)
+            else:
+                final = await client.send_body(raw, self._engine._data_timeout)
         except (SmtpClientError, OSError) as exc:
             # The body may have reached the server: deferring risks a duplicate, which is
             # better than a loss (delivery is at-least-once).
@@ -654,7 +662,9 @@ class DeliverySession:
                 out[a] = RecipientOutcome(a, "deferred", None, conn.host, conn.ip,
                                           conn.tls_version, detail)
             return out
-        conn.dirty = False
+        # The reply to the end of DATA or to BDAT LAST ends the transaction; after a
+        # refused earlier chunk it may still be open.
+        conn.dirty = chunking and final.code != 250
         if final.code == 421:  # the server is going away
             self._drop()
         reply = _reply(final.code, final.message)

@@ -4,7 +4,10 @@ Job: speak the client side of RFC 5321 over one connected socket — greeting, E
 for pre-ESMTP servers), STARTTLS (RFC 3207), AUTH PLAIN/LOGIN (RFC 4954) for a smart
 host, and the mail transaction with PIPELINING (RFC 2920): MAIL, every RCPT and DATA
 leave in one write and their replies are read in order, so a message costs one round
-trip plus the body instead of one per command. It knows nothing about MX hosts,
+trip plus the body instead of one per command. With a server that offers CHUNKING
+(RFC 3030) the message goes in BDAT chunks instead of DATA: sent as it is (no
+dot-stuffing, no end-of-data marker to smuggle), chunks pipelined when the server
+offers PIPELINING (RFC 3030 §4.2). It knows nothing about MX hosts,
 policies or outcomes (`remote.py` decides those); it reports replies and raises
 `SmtpClientError` when the connection is gone or the server speaks nonsense.
 
@@ -24,10 +27,13 @@ import ssl
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["ClientReply", "SmtpClient", "SmtpClientError", "dot_stuff"]
+__all__ = ["BDAT_CHUNK", "ClientReply", "SmtpClient", "SmtpClientError", "dot_stuff"]
 
 MAX_LINE = 2048  # RFC 5321 §4.5.3.1.5 says 512 for a reply line; be lenient, not unbounded
 MAX_REPLY = 64 * 1024
+# Octets per BDAT chunk: bounds what one chunk makes the server buffer before it
+# answers; the whole message still leaves in one write when chunks are pipelined.
+BDAT_CHUNK = 1024 * 1024
 _DOT_LINE = re.compile(rb"(?m)^\.")
 
 
@@ -258,6 +264,36 @@ class SmtpClient:
         self._p.expecting += 1
         self._write(dot_stuff(body) + b".\r\n")
         return await self.reply(timeout)
+
+    async def send_chunked(self, body: bytes, timeout: float, *, pipelined: bool,
+                           chunk_size: int = BDAT_CHUNK) -> ClientReply:
+        """RFC 3030: the message (CRLF line ends) in `BDAT <size>` chunks of at most
+        `chunk_size` octets, the last one `BDAT <size> LAST`. Pipelined, every chunk
+        is written at once and the replies are read after; otherwise chunk by chunk,
+        stopping at the first refusal (the transaction is then left open: the caller
+        sends RSET before the next one). The reply: the first that is not 250, else the
+        one to LAST."""
+        view = memoryview(body)
+        starts = range(0, max(len(body), 1), chunk_size)
+        reply: ClientReply | None = None
+        if pipelined:
+            self._p.expecting += len(starts)
+        for n, start in enumerate(starts):
+            piece = view[start:start + chunk_size]
+            last = b" LAST" if n == len(starts) - 1 else b""
+            if not pipelined:
+                self._p.expecting += 1
+            self._write(b"BDAT %d%s\r\n" % (len(piece), last))
+            self._write(piece)
+            if not pipelined:
+                reply = await self.reply(timeout)
+                if reply.code != 250:
+                    return reply
+        if pipelined:
+            replies = [await self.reply(timeout) for _ in starts]
+            reply = next((r for r in replies if r.code != 250), replies[-1])
+        assert reply is not None
+        return reply
 
     async def ehlo(self, name: str) -> ClientReply:
         r = await self.command(b"EHLO " + name.encode("ascii"))

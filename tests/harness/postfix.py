@@ -54,7 +54,9 @@ def _free_port() -> int:
 class PostfixPeer:
     def __init__(self, directory: Path, relay: tuple[str, int], *,
                  hostname: str = "pf.peer.test", smtputf8: bool = True,
-                 listen: tuple[str, int] | None = None) -> None:
+                 listen: tuple[str, int] | None = None,
+                 extra: dict[str, str] | None = None) -> None:
+        """`extra`: more main.cf settings, e.g. `smtpd_discard_ehlo_keywords`."""
         self.dir = directory
         self.etc, self.spool, self.data = (directory / n for n in ("etc", "spool", "data"))
         for d in (self.etc, self.spool, self.data):
@@ -78,6 +80,7 @@ class PostfixPeer:
             # Tests want the outcome now, not after Postfix's default back-off.
             "queue_run_delay": "1s", "minimal_backoff_time": "1s",
             "maximal_backoff_time": "2s",
+            **(extra or {}),
         }
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
         (self.etc / "master.cf").write_text(
