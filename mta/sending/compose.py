@@ -12,6 +12,11 @@ The output is 7-bit clean with CRLF line ends, so it can be relayed to any serve
 without 8BITMIME) and DKIM-signed as is: each body part gets 7bit, quoted-printable or
 base64 by its content, non-ASCII in display names, Subject and X- header values becomes
 RFC 2047 encoded words, and headers are folded at 78 columns.
+
+Except when an address in From, To, Cc or Reply-To has a non-ASCII local part: it has
+no 7-bit form, so the header section is written in UTF-8 (RFC 6532, `POLICY_UTF8`: no
+encoded words at all) and the message can only go to next hops offering SMTPUTF8
+(`queue/intl.py` sees that). Bodies stay 7-bit either way.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = ["POLICY", "choose_transfer_encoding", "compose_message", "fold_header
 # 7bit: the message must survive relays without 8BITMIME, and the email package would
 # otherwise emit 8bit bodies for non-ASCII text. 78: RFC 5322's recommended line length.
 POLICY: EmailPolicy = SMTP.clone(cte_type="7bit", max_line_length=78)
+POLICY_UTF8: EmailPolicy = POLICY.clone(utf8=True)
 MAX_LINE = 998  # RFC 5322 hard limit, excluding CRLF
 _ID_CHARS = string.ascii_letters + string.digits
 
@@ -63,7 +69,10 @@ def compose_message(
         raise ValueError("now must be timezone-aware")
     message_id = _bracketed(message_id) if message_id else new_message_id(sending_domain)
 
-    msg = MIMEPart(policy=POLICY)
+    header_addresses = [validated.sender, *validated.to, *validated.cc,
+                        *([validated.reply_to] if validated.reply_to else [])]
+    policy = POLICY if all(a.address.isascii() for a in header_addresses) else POLICY_UTF8
+    msg = MIMEPart(policy=policy)
     msg["From"] = _addresses("From", [validated.sender])
     if validated.to:
         msg["To"] = _addresses("To", validated.to)
@@ -90,7 +99,7 @@ def compose_message(
     for name, value in body.items():  # the root part's Content-* headers, after ours
         msg[name] = value
     msg.set_payload(body.get_payload())
-    return message_id, msg.as_bytes(policy=POLICY)
+    return message_id, msg.as_bytes(policy=policy)
 
 
 def new_message_id(sending_domain: str) -> str:
@@ -104,7 +113,14 @@ def _bracketed(message_id: str) -> str:
 
 
 def _header_address(a: Address) -> HeaderAddress:
-    return HeaderAddress(display_name=a.name or "", addr_spec=a.address)
+    if a.address.isascii():
+        return HeaderAddress(display_name=a.name or "", addr_spec=a.address)
+    # The email package refuses to parse a non-ASCII local part (addr_spec) but writes
+    # one given as a username (quoting it again when it needs quotes).
+    local, _, domain = a.address.rpartition("@")
+    if local.startswith('"'):
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    return HeaderAddress(display_name=a.name or "", username=local, domain=domain)
 
 
 # What the email package writes unchanged: printable ASCII words separated by single

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -257,22 +258,34 @@ def _attachment(value: object, where: str) -> Attachment:
 
 # --- addresses ----------------------------------------------------------------------
 
-# RFC 5322 dot-atom and quoted-string local parts (ASCII: we do not offer SMTPUTF8).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# RFC 5322 dot-atom and quoted-string local parts, with RFC 6532 §3.2: atext and qtext
+# also take non-ASCII characters (an internationalised local part, sent with SMTPUTF8).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]"
 _DOT_ATOM = re.compile(rf"{_ATEXT}+(\.{_ATEXT}+)*")
-_QUOTED = re.compile(r'"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
+_QUOTED = re.compile(r'"([\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')
 _LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+LOCAL_PART_OCTETS = 64  # RFC 5321 §4.5.3.1.1, counted in UTF-8 octets for SMTPUTF8
+
+
+def _printable_unicode(local: str) -> bool:
+    """No control, format, private-use, unassigned, surrogate or space character among
+    the non-ASCII ones: they would be invisible in a header or refused by next hops."""
+    return all(c.isascii() or unicodedata.category(c)[0] not in "CZ" for c in local)
 
 
 def normalize_address(address: str, where: str = "address") -> str:
     """Check an RFC 5322 addr-spec and return it with the domain as IDNA A-labels in
-    lower case. Raises E_VALIDATION_ERROR. Address literals (`user@[192.0.2.1]`) are
+    lower case (a U-label domain needs no SMTPUTF8 once converted). The local part is
+    kept as given; a non-ASCII one (RFC 6532) makes the message need SMTPUTF8.
+    Raises E_VALIDATION_ERROR. Address literals (`user@[192.0.2.1]`) are
     refused: mail is routed by MX, and a literal is almost always a mistake or abuse."""
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise MtaError("E_VALIDATION_ERROR", f"Invalid email address '{address}'.",
                        field=where)
-    if not (_DOT_ATOM.fullmatch(local) or _QUOTED.fullmatch(local)) or len(local) > 64:
+    if (not (_DOT_ATOM.fullmatch(local) or _QUOTED.fullmatch(local))
+            or len(local.encode("utf-8", "surrogatepass")) > LOCAL_PART_OCTETS
+            or not local.isascii() and not _printable_unicode(local)):
         raise MtaError("E_VALIDATION_ERROR",
                        f"Invalid local part in email address '{address}'.", field=where)
     ascii_domain = _ascii_domain(domain)
@@ -280,7 +293,7 @@ def normalize_address(address: str, where: str = "address") -> str:
         raise MtaError("E_VALIDATION_ERROR",
                        f"Invalid domain in email address '{address}'.", field=where)
     result = f"{local}@{ascii_domain}"
-    if len(result) > 254:  # RFC 5321 path limit (256) minus the angle brackets
+    if len(result.encode("utf-8", "surrogatepass")) > 254:  # RFC 5321 path limit (256) minus <>
         raise MtaError("E_VALIDATION_ERROR", f"Email address '{address}' is too long.",
                        field=where)
     return result

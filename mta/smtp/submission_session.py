@@ -14,7 +14,9 @@ the wire is `wire.Wire` (strict CRLF command lines, DATA ending only at
   failures are throttled per client address (then `454 4.7.0`) and per user name (then
   delayed), see `auth_throttle.py`;
 - MAIL FROM: the sender domain must be onboarded for the token's account
-  (`550 5.7.1`); `SIZE=` over the limit is `552 5.3.4`;
+  (`550 5.7.1`); `SIZE=` over the limit is `552 5.3.4`; `SMTPUTF8` (RFC 6531) lets the
+  transaction use internationalised local parts (without it they are `553 5.6.7`) and
+  UTF-8 headers (RFC 6532); domains may be U-labels either way (sent as A-labels);
 - RCPT TO: at most `RECIPIENTS_PER_SESSION` (50) accepted recipients per session,
   across transactions ([SMTP > Limits]: "50 per session"); the next is `452 4.5.3`;
 - DATA: `data_timeout` (300 s) without progress ends the session; over the size limit
@@ -82,6 +84,7 @@ class SubmissionSession(SmtpSession):
         self.data_timeout = data_timeout
         self.submitter: Submitter | None = None
         self.mail_from: str | None = None
+        self.smtputf8 = False  # MAIL ... SMTPUTF8: the transaction may use UTF-8 addresses
         self.recipients: list[str] = []
         self.dsn = Dsn()  # RFC 3461: RET, ENVID and each recipient's NOTIFY, ORCPT
         self.session_recipients = 0
@@ -92,7 +95,7 @@ class SubmissionSession(SmtpSession):
 
     def extensions(self) -> list[str]:
         common = [f"SIZE {self.size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING",
-                  "CHUNKING", "DSN"]
+                  "CHUNKING", "DSN", "SMTPUTF8"]
         if not self.conn.tls_active:
             return [*common, "STARTTLS"] if self.conn.tls_available else common
         return ["AUTH PLAIN LOGIN", *common]
@@ -102,6 +105,7 @@ class SubmissionSession(SmtpSession):
 
     def _reset(self) -> None:
         self.mail_from = None
+        self.smtputf8 = False
         self.recipients = []
         self.dsn = Dsn()
         self.chunks = None
@@ -266,7 +270,7 @@ class SubmissionSession(SmtpSession):
 
         # AUTH= (RFC 4954 §5) names the original submitter; we know who submits.
         if not await self._mail_params_ok(path.params, self.size_limit, too_big,
-                                          also_known=("AUTH", "RET", "ENVID")):
+                                          also_known=("AUTH", "RET", "ENVID", "SMTPUTF8")):
             return
         dsn = await self._mail_dsn(path.params)
         if dsn is None:
@@ -281,6 +285,7 @@ class SubmissionSession(SmtpSession):
             return await self.reply(replies.LOCAL_ERROR)
         self.mail_from = path.address
         self.dsn = Dsn(ret=dsn[0], envid=dsn[1])
+        self.smtputf8 = "SMTPUTF8" in path.params
         await self.reply(replies.SUBMISSION_SENDER_OK)
 
     async def rcpt(self, arg: str | None) -> None:
@@ -288,7 +293,7 @@ class SubmissionSession(SmtpSession):
             return
         if self.mail_from is None:
             return await self.reply(replies.NEED_MAIL)
-        parsed = await self._rcpt_path(arg)
+        parsed = await self._rcpt_path(arg, utf8=self.smtputf8)
         if parsed is None:
             return
         path, rcpt_dsn = parsed

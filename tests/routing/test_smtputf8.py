@@ -110,3 +110,29 @@ async def test_we_forward_smtputf8_to_postfix(world):
     finally:
         peer.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+
+def ascii_envelope_utf8_header(w) -> bytes:
+    raw = dkim_sign(make_message("jose@sender.test", subject="¡hola!", body="hola\r\n"),
+                    "sender.test", "sel", w.sender_key)
+    return (b"EHLO client.test\r\nMAIL FROM:<jose@sender.test> SMTPUTF8\r\n"
+            b"RCPT TO:<user@ours.test>\r\nDATA\r\n" + raw + b".\r\nQUIT\r\n")
+
+
+async def test_utf8_header_alone_needs_smtputf8_at_the_next_hop(world):
+    """An ASCII envelope, but UTF-8 in the header section (RFC 6532): the next hop must
+    offer SMTPUTF8 too, or the forward is refused with 5.6.7 (not sent as 8-bit)."""
+    w = world
+    w.inbox.smtputf8 = False
+    c = codes(await raw_session(w.a, ascii_envelope_utf8_header(w)))
+    assert c[5].startswith("553 5.6.7"), c
+    assert w.inbox.messages == []
+
+
+async def test_utf8_header_alone_is_forwarded_with_smtputf8(world):
+    w = world
+    c = codes(await raw_session(w.a, ascii_envelope_utf8_header(w)))
+    assert c[5].startswith("250 2.0.0"), c
+    [got] = w.inbox.wait_for(1)
+    assert got.smtputf8 and "¡hola!".encode() in got.data

@@ -420,6 +420,10 @@ def test_required_fields(over: dict[str, Any], expected: str | None) -> None:
     ("user@bücher.example", "user@xn--bcher-kva.example"),
     ("User@EXAMPLE.COM", "User@example.com"),
     ("a@example.com.", "a@example.com"),
+    # Internationalised local parts (RFC 6532), kept as given; sent with SMTPUTF8.
+    ("ü@example.com", "ü@example.com"),
+    ("用户@例子.广告", "用户@xn--fsqu00a.xn--4rr70v"),
+    ('"jö rg"@example.com', '"jö rg"@example.com'),
 ])
 def test_address_accepted(address: str, normalized: str) -> None:
     assert normalize_address(address) == normalized
@@ -427,9 +431,9 @@ def test_address_accepted(address: str, normalized: str) -> None:
 
 @pytest.mark.parametrize("address", [
     "plain", "a@", "@example.com", "a@@example.com", "a..b@example.com", ".a@example.com",
-    "a@localhost", "a@-bad.example", "a@exa mple.com", "a@[127.0.0.1]", "ü@example.com",
+    "a@localhost", "a@-bad.example", "a@exa mple.com", "a@[127.0.0.1]", "ü\u200b@example.com",
     "a" * 65 + "@example.com", "a@example.123", "a@" + "l" * 64 + ".example",
-    "a b@example.com", "a@example..com",
+    "a b@example.com", "a@example..com", "ü\u00a0@example.com", "ö" * 33 + "@example.com",
 ])
 def test_address_refused(address: str) -> None:
     assert code_of(normalize_address, address) == "E_VALIDATION_ERROR"
