@@ -12,8 +12,10 @@ Matching (RFC 7672 §3.1, RFC 7671): DANE-EE(3) records match the server's own
 certificate, with no name or expiry check (the DNS binds the key to the host); DANE-TA(2)
 records match a certificate the server sent above its own, which must then issue the
 chain down to the server's certificate, each one within its validity dates, and the
-server's certificate must name the MX host. Selector 0 is the whole certificate, 1 its
-public key (SubjectPublicKeyInfo); matching type 0 the data itself, 1 SHA-256, 2 SHA-512.
+server's certificate must name the MX host; a `2 1 0` record is the anchor's key itself,
+so the server may leave the anchor's certificate out. Selector 0 is the whole
+certificate, 1 its public key (SubjectPublicKeyInfo); matching type 0 the data itself, 1
+SHA-256, 2 SHA-512.
 PKIX-TA(0) and PKIX-EE(1) records, other selectors and matching types, and digests of the
 wrong length are "unusable" (§3.1.3): a host with only unusable records still gets
 mandatory, unauthenticated TLS.
@@ -29,8 +31,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+)
 
 from mta.dnscache import DnsError, DnsResolver
 
@@ -129,6 +136,19 @@ def verify(records: Sequence[Tlsa], chain: Sequence[bytes], names: Sequence[str]
                 problems.append(f"TLSA {r.short} (DANE-TA) matched at depth {index} but "
                                 f"{problem}")
                 break
+        else:
+            if r.selector == 1 and r.mtype == 0:
+                # `2 1 0` is the anchor's public key itself: the server need not send
+                # the anchor's certificate, only one the key signed (RFC 7671 §5.2.2).
+                index = _signed_by_key(chain, r.data)
+                if index is None:
+                    continue
+                problem = _chain_problem(chain[:index + 1], names, now, anchor_sent=False)
+                if problem is None:
+                    return Verdict(True, f"TLSA {r.short} (DANE-TA) key signed the "
+                                         f"certificate at depth {index}")
+                problems.append(f"TLSA {r.short} (DANE-TA) key signed the certificate at "
+                                f"depth {index} but {problem}")
     if problems:
         return Verdict(False, "; ".join(problems))
     try:
@@ -139,9 +159,35 @@ def verify(records: Sequence[Tlsa], chain: Sequence[bytes], names: Sequence[str]
                           f"certificate(s), server key SHA-256 {leaf}...)")
 
 
+def _signed_by_key(chain: Sequence[bytes], spki: bytes) -> int | None:
+    """The depth of the highest certificate of `chain` the public key `spki` signed."""
+    try:
+        key = load_der_public_key(spki)
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    for index in reversed(range(len(chain))):
+        try:
+            cert = x509.load_der_x509_certificate(chain[index])
+            if isinstance(key, rsa.RSAPublicKey):
+                key.verify(cert.signature, cert.tbs_certificate_bytes,
+                           cert.signature_algorithm_parameters, cert.signature_hash_algorithm)
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                key.verify(cert.signature, cert.tbs_certificate_bytes,
+                           cert.signature_algorithm_parameters)
+            elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+                key.verify(cert.signature, cert.tbs_certificate_bytes)
+            else:
+                return None
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        return index
+    return None
+
+
 def _chain_problem(chain: Sequence[bytes], names: Sequence[str],
-                   now: dt.datetime) -> str | None:
-    """Why chain[0] is not vouched for by chain[-1] (the trust anchor), or None."""
+                   now: dt.datetime, anchor_sent: bool = True) -> str | None:
+    """Why chain[0] is not vouched for by the trust anchor (chain[-1], or the key that
+    signed chain[-1] when `anchor_sent` is false), or None."""
     try:
         certs = [x509.load_der_x509_certificate(c) for c in chain]
     except ValueError as exc:
@@ -153,7 +199,7 @@ def _chain_problem(chain: Sequence[bytes], names: Sequence[str],
             return (f"{_subject(child)} is not issued by {_subject(issuer)} "
                     f"({exc or 'bad signature'})")
     # The anchor's own dates do not matter: the DNS vouches for it (RFC 7671 §5.2.2).
-    for cert in certs[:-1]:
+    for cert in certs[:-1] if anchor_sent else certs:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return f"{_subject(cert)} is outside its validity dates"
     if not any(_name_matches(certs[0], n) for n in names):

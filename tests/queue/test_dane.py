@@ -99,6 +99,35 @@ def test_dane_ta_checks_the_name_the_dates_and_the_signatures():
     assert not verdict.ok and "is not issued by" in verdict.reason
 
 
+def test_dane_ta_bare_key_of_an_anchor_the_server_does_not_send():
+    """`2 1 0` holds the anchor's key: chains without the anchor's certificate match,
+    down to the server's certificate, with names and dates checked."""
+    root = trustme.CA()
+    anchor_key = spki(der(root.cert_pem.bytes()))
+    record = Tlsa(2, 1, 0, anchor_key)
+
+    direct = chain_of(root.issue_cert(HOST))  # only the server's certificate
+    verdict = verify([record], direct, [HOST])
+    assert verdict.ok and "key signed the certificate at depth 0" in verdict.reason
+
+    via = chain_of(root.create_child_ca().issue_cert(HOST))  # server + intermediate
+    assert len(via) == 2
+    verdict = verify([record], via, [HOST])
+    assert verdict.ok and "at depth 1" in verdict.reason
+
+    verdict = verify([record], chain_of(root.issue_cert("other.test")), [HOST])
+    assert not verdict.ok and f"does not name {HOST}" in verdict.reason
+    stranger = chain_of(trustme.CA().issue_cert(HOST))
+    assert not verify([record], stranger, [HOST]).ok
+    # The digest forms of the same key need the anchor's certificate in the chain.
+    assert not verify([Tlsa(2, 1, 1, hashlib.sha256(anchor_key).digest())], via, [HOST]).ok
+
+    rsa_root = trustme.CA(key_type=trustme.KeyType.RSA)
+    rsa_record = Tlsa(2, 1, 0, spki(der(rsa_root.cert_pem.bytes())))
+    assert verify([rsa_record], chain_of(rsa_root.issue_cert(HOST)), [HOST]).ok
+    assert not verify([rsa_record], direct, [HOST]).ok
+
+
 def test_unusable_records_are_ignored():
     leaf = chain_of(trustme.CA().issue_cert(HOST))[0]
     good = tlsa_for_certificate(leaf)
