@@ -114,3 +114,15 @@ async def test_python_send_call_takes_internationalised_addresses(world):  # noq
     assert got.smtputf8 and got.rcpt_tos == [INTL]
     assert got.mail_from.startswith("bounces+")  # VERP, ASCII: the sender is in From
     assert "From: Jörg <jörg@sender.test>".encode() in got.data
+
+
+async def test_send_raw_with_utf8_recipient_and_rfc6532_headers(api):  # noqa: F811
+    mime = (f"From: Absender <{SENDER}>\r\nTo: {INTL}\r\nSubject: Grüße\r\n\r\n"
+            "Hallo Jörg\r\n")
+    resp = await api.post({"from": SENDER, "recipients": [INTL], "mime_message": mime},
+                          "send_raw")
+    assert resp.status_code == 200, resp.text
+    [got] = api.world.sink.wait_for(1)
+    assert got.smtputf8 and got.rcpt_tos == [INTL]
+    assert f"To: {INTL}\r\nSubject: Grüße".encode() in got.data
+    assert dkim.verify(got.data, dnsfunc=dns_txt_func(api.world.dns))
