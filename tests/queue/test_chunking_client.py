@@ -116,3 +116,19 @@ async def test_no_body_when_every_recipient_is_refused(dns_server, postfix_mx):
     counts = await asyncio.to_thread(session_commands, peer)
     assert "bdat" not in counts and "data" not in counts, counts
     assert sink.messages == []
+
+
+async def test_smtputf8_message_to_postfix_with_bdat(dns_server, postfix_mx):
+    """Both extensions at once: a UTF-8 recipient and RFC 6532 headers, in one chunk.
+    Postfix relays with SMTPUTF8 only what it received with SMTPUTF8, so the sink seeing
+    it shows we declared it."""
+    peer, sink = postfix_mx()
+    raw = ("From: José <a@src.test>\r\nTo: jörg@dest.test\r\nSubject: ¡hola!\r\n\r\n"
+           "Grüße\r\n").encode()
+    [out] = await deliver(peer, dns_server, raw, rcpts=("jörg@dest.test",))
+    assert out.result == "delivered", out
+    counts = await asyncio.to_thread(session_commands, peer)
+    assert counts.get("bdat") == 1 and "data" not in counts, counts
+    [got] = await asyncio.to_thread(sink.wait_for, 1, 30)
+    assert got.smtputf8 and got.rcpt_tos == ["jörg@dest.test"]
+    assert got.data.endswith(raw.split(b"\r\n\r\n", 1)[1]) and "¡hola!".encode() in got.data
