@@ -269,11 +269,13 @@ class HostTlsa:
         return self.state in ("dane", "unusable")
 
 
-async def lookup(resolver: DnsResolver, host: str, port: int, ipv6: bool = True) -> HostTlsa:
+async def lookup(resolver: DnsResolver, host: str, port: int, ipv6: bool = True,
+                 next_hop: str | None = None) -> HostTlsa:
     """The TLSA state of `host` for connections to `port`. When the host name is an alias
     (CNAME), the records are looked for at the name it leads to first, then at the host
     name itself, and either name may be in a DANE-TA chain's certificate (RFC 7672
-    §2.2.2, §3.2.2)."""
+    §2.2.2, §3.2.2); so may `next_hop`, the destination domain, when its MX records were
+    authenticated (the caller knows)."""
     host = host.rstrip(".").lower()
     owner = f"_{port}._tcp.{host}"
     try:
@@ -287,8 +289,9 @@ async def lookup(resolver: DnsResolver, host: str, port: int, ipv6: bool = True)
         # An alias chain that is not authenticated all the way counts as insecure too.
         return HostTlsa(host, owner, "insecure", detail="address records not authenticated")
     target = found[0][0].canonical_name.to_text(omit_final_dot=True).lower()
-    names = (target, host) if target != host else (host,)
-    for name in names:
+    bases = (target, host) if target != host else (host,)
+    names = tuple(dict.fromkeys([*bases, *([next_hop] if next_hop else [])]))
+    for name in bases:
         owner = f"_{port}._tcp.{name}"
         try:
             answer, secure = await resolver.authenticated(owner, "TLSA")
@@ -306,4 +309,4 @@ async def lookup(resolver: DnsResolver, host: str, port: int, ipv6: bool = True)
                             detail=f"no usable TLSA record at {owner}")
         return HostTlsa(host, owner, "dane", records, names=names)
     return HostTlsa(host, f"_{port}._tcp.{host}", "none", names=names,
-                    detail=f"no TLSA record at {' or '.join(f'_{port}._tcp.{n}' for n in names)}")
+                    detail=f"no TLSA record at {' or '.join(f'_{port}._tcp.{n}' for n in bases)}")

@@ -265,8 +265,15 @@ class RemoteDelivery:
         """Look up every MX host's TLSA records; drop the hosts DANE forbids now (a failed
         look-up; in required mode any host without usable authenticated records). A
         route that fails when no host is left, else None."""
-        found = await asyncio.gather(*(dane.lookup(self._resolver, h, self._port, self._ipv6)
-                                       for h in route.hosts))
+        # With authenticated MX records the destination domain is a name the server's
+        # certificate may carry too (RFC 7672 §3.2.2); with forged ones it must not be.
+        try:
+            mx, mx_secure = await self._resolver.authenticated(domain, "MX")
+        except DnsError:
+            mx, mx_secure = None, False
+        next_hop = domain if mx is not None and mx_secure else None
+        found = await asyncio.gather(*(dane.lookup(self._resolver, h, self._port, self._ipv6,
+                                                   next_hop) for h in route.hosts))
         route.dane = {t.host: t for t in found}
         for t in found:
             metrics.DANE_TLSA_LOOKUPS.labels(t.state).inc()

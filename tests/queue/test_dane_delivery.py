@@ -168,6 +168,45 @@ async def test_mx_host_alias_uses_the_tlsa_records_of_its_target(
     assert "(DANE-TA) matched the issuer at depth 1 of mx.dane.test" in out.detail
 
 
+def issuer_record(intermediate: trustme.CA) -> Tlsa:
+    return tlsa_for_certificate(x509.load_pem_x509_certificate(
+        intermediate.cert_pem.bytes()).public_bytes(Encoding.DER), usage=2, selector=0,
+        mtype=1)
+
+
+async def test_dane_ta_certificate_may_name_the_domain_of_authenticated_mx(
+        validating_resolver, make_sink):
+    intermediate = trustme.CA().create_child_ca()
+    ctx, _ = server_cert(intermediate, "dane.test")  # the domain, not the MX host
+    sink = make_sink("127.0.0.2", tls_context=ctx)
+    resolver = validating_resolver(signed=[signed(sink.port, issuer_record(intermediate))])
+
+    [out] = await engine(resolver, sink.port).deliver("dane.test", "a@src.test",
+                                                      ["ok@dane.test"], MSG)
+
+    assert out.result == "delivered" and "(DANE-TA) matched" in out.detail, out.detail
+
+
+async def test_unsigned_mx_still_uses_the_hosts_tlsa_but_not_the_domain_name(
+        dns_server, validating_resolver, make_sink):
+    """plain.test (unsigned) names mx.dane.test (signed, with TLSA records): the host's
+    records apply (RFC 7672 §2.2.1), but a forged MX record must not make plain.test a
+    name the certificate may carry."""
+    intermediate = trustme.CA().create_child_ca()
+    ctx, _ = server_cert(intermediate, "plain.test")
+    sink = make_sink("127.0.0.2", tls_context=ctx)
+    dns_server.add_zone("plain.test. 300 IN MX 10 mx.dane.test.")
+    resolver = validating_resolver(signed=[signed(sink.port, issuer_record(intermediate))],
+                                   insecure=["plain.test"])
+
+    [out] = await engine(resolver, sink.port).deliver("plain.test", "a@src.test",
+                                                      ["ok@plain.test"], MSG)
+
+    assert out.result == "deferred", out.detail
+    assert "the certificate does not name mx.dane.test" in out.detail
+    assert sink.messages == []
+
+
 async def test_only_unusable_records_still_make_tls_mandatory(
         validating_resolver, make_sink, tls):
     """PKIX-EE (usage 1) is not for SMTP (RFC 7672 §3.1.3), but the host did publish
