@@ -238,10 +238,10 @@ accounts:
         routing: true
         subaddressing: true
         rules:
-          - {name: eu, to: sales-eu@example.test, drop: true, priority: 5}
+          - {name: eu, to: sales-eu@example.test, drop: true, priority: 10}
           - {name: sales, wildcard: 'sales-*@example.test', worker: [crm], priority: 10}
           - {name: tickets, regex: 'ticket-[0-9]+@example\\.(test|org)', drop: true,
-             priority: 15}
+             priority: 10}
 """
 
 
@@ -251,6 +251,7 @@ def test_rules_list_test_and_check(cli, tmp_path):
     routing.write_text(PATTERN_ROUTING)
     cli("apply", str(routing))
     out, _ = cli("rules", "list", "--zone", "example.test")
+    # Equal priorities: the order of the file (they were created in that order).
     kinds = [line.split()[3] for line in out.splitlines()[1:]]
     assert kinds == ["literal", "wildcard", "regex"], out
     assert "sales-*@example.test" in out and "worker crm" in out

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.api import rules as api_rules
@@ -179,7 +179,11 @@ class RuleReconciler:
         for spec, where, row in plan:
             fields = await self._rule_fields(zone, spec, where, targets)
             if row is None:
-                row = RoutingRule(zone_id=zone.id, is_catch_all=False, **fields)
+                # Rules of equal priority are tried oldest first; the transaction's now()
+                # would give every rule of this file the same age, and their order would
+                # fall to their random ids. clock_timestamp() keeps the file's order.
+                row = RoutingRule(zone_id=zone.id, is_catch_all=False,
+                                  created_at=func.clock_timestamp(), **fields)
                 self.s.add(row)
                 await self.s.flush()
                 self.record("create", "routing_rule", _rule_key(zone, row), row.id,
