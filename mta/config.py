@@ -345,6 +345,7 @@ class WebhookSettings:
 
     enabled: bool = True  # run the sender on this node (the outbox fills regardless)
     concurrency: int = 8  # POSTs in flight per node
+    per_endpoint: int = 4  # of which at most this many to one endpoint
     timeout: Duration = Duration(10)  # connect + answer, per POST
     poll_interval: Duration = Duration(1)  # how often an idle sender looks for due events
     lease_seconds: Duration = Duration(60)  # a claim not finished by then is any node's

@@ -13,6 +13,7 @@ blocking the ones after it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,15 +26,29 @@ from mta.store.db import Database
 __all__ = ["Claimed", "backoff", "claim", "pending_count", "prune", "record_failure",
            "record_success"]
 
+# `candidates` (unlocked) picks due rows that no earlier event of their message holds
+# back, of endpoints below their share (:busy are at it), at most :per of each counting
+# the POSTs it has in flight on this node (:in_flight, JSON: endpoint id -> count);
+# `due` locks them, re-checking their state under the lock (another node may have just
+# taken one).
 _CLAIM = text("""
-WITH due AS (
-  SELECT d.id FROM webhook_deliveries d
+WITH candidates AS (
+  SELECT d.id, row_number() OVER (PARTITION BY d.endpoint_id
+                                  ORDER BY d.next_attempt_at, d.id)
+               + COALESCE(CAST(CAST(:in_flight AS jsonb) ->> d.endpoint_id AS int), 0) AS n
+  FROM webhook_deliveries d
   JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.enabled
   WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+    AND NOT (d.endpoint_id = ANY (CAST(:busy AS text[])))
     AND (d.message_id IS NULL OR NOT EXISTS (
       SELECT 1 FROM webhook_deliveries p
       WHERE p.status = 'pending' AND p.endpoint_id = d.endpoint_id
         AND p.message_id = d.message_id AND p.id < d.id))
+  ORDER BY d.next_attempt_at, d.id
+  LIMIT :scan),
+due AS (
+  SELECT d.id FROM webhook_deliveries d JOIN candidates c ON c.id = d.id
+  WHERE c.n <= :per AND d.status = 'pending' AND d.next_attempt_at <= :now
   ORDER BY d.next_attempt_at, d.id
   LIMIT :limit
   FOR UPDATE OF d SKIP LOCKED)
@@ -82,13 +97,22 @@ def backoff(attempts: int, first: float, cap: float) -> float:
 
 
 async def claim(db: Database, node_id: str, *, limit: int, lease_seconds: float,
-                now: datetime) -> list[Claimed]:
+                now: datetime, in_flight: dict[str, int] | None = None,
+                per_endpoint: int | None = None) -> list[Claimed]:
+    """Lease up to `limit` due events, at most `per_endpoint` of any one endpoint
+    counting the `in_flight` POSTs it already has, so one slow endpoint cannot take
+    every slot."""
     if limit <= 0:
         return []
+    per = per_endpoint or limit
+    in_flight = in_flight or {}
+    busy = [e for e, n in in_flight.items() if n >= per]
     until = now + timedelta(seconds=lease_seconds)
     async with db.connection() as conn:
-        rows = (await conn.execute(_CLAIM, {"now": now, "limit": limit, "until": until,
-                                            "node": node_id})).all()
+        rows = (await conn.execute(_CLAIM, {
+            "now": now, "limit": limit, "until": until, "node": node_id, "per": per,
+            "in_flight": json.dumps(in_flight), "busy": busy,
+            "scan": max(limit * 4, 100)})).all()
     return sorted((Claimed(*r) for r in rows), key=lambda c: c.id)
 
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,7 +83,8 @@ async def send_test(account_id: str, url: str, secret: str, timeout: float) -> P
 
 class WebhookSender:
     """A node service (mta/node.py): one loop claiming due events while POSTs are in
-    flight below `webhooks.concurrency`."""
+    flight below `webhooks.concurrency`, and below `webhooks.per_endpoint` for each
+    endpoint, so a slow endpoint delays its own events and no other endpoint's."""
 
     name = "webhooks"
 
@@ -95,6 +97,7 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._posts: set[asyncio.Task] = set()
+        self._per_endpoint: defaultdict[str, int] = defaultdict(int)  # POSTs in flight
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -121,7 +124,7 @@ class WebhookSender:
     def describe(self) -> dict:
         s = self.settings
         return {"worker": self.name, "enabled": s.enabled, "concurrency": s.concurrency,
-                "timeout_s": s.timeout, "max_attempts": s.max_attempts}
+                "per_endpoint": s.per_endpoint, "timeout_s": s.timeout, "max_attempts": s.max_attempts}
 
     async def _loop(self) -> None:
         last_stats = last_prune = 0.0
@@ -139,7 +142,9 @@ class WebhookSender:
                 free = self.settings.concurrency - len(self._posts)
                 claimed = await outbox.claim(
                     self.db, self.node_id, limit=free,
-                    lease_seconds=float(self.settings.lease_seconds), now=self.clock())
+                    lease_seconds=float(self.settings.lease_seconds), now=self.clock(),
+                    in_flight=dict(self._per_endpoint),
+                    per_endpoint=self.settings.per_endpoint)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -151,6 +156,7 @@ class WebhookSender:
                 continue
             self._wake.clear()  # before the POSTs start, so no finish goes unseen
             for c in claimed:
+                self._per_endpoint[c.endpoint_id] += 1
                 task = asyncio.create_task(self._deliver(c), name=f"webhook-{c.id}")
                 self._posts.add(task)
                 task.add_done_callback(self._posts.discard)
@@ -173,6 +179,9 @@ class WebhookSender:
             log.warning("webhook %d: could not record its result: %s", c.id, exc,
                         extra={"event": "webhooks.record_failed"})
         finally:
+            self._per_endpoint[c.endpoint_id] -= 1
+            if not self._per_endpoint[c.endpoint_id]:
+                del self._per_endpoint[c.endpoint_id]
             self._wake.set()
 
     async def _record(self, c: outbox.Claimed, result: PostResult) -> None:

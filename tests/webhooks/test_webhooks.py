@@ -263,7 +263,9 @@ def test_a_slow_endpoint_does_not_delay_smtp_acceptance(make_node, make_sink, dn
     receiver.hold.clear()  # from now on the endpoint never answers
     took = [smtp_send(node.port("mx"), f"m{i}") for i in range(10)]
     assert receiver.in_flight == 2, "the sender was not held up: nothing tested"
-    assert max(took) < max(3 * max(baseline), 1.0), (baseline, took)
+    # The endpoint holds every POST for the whole test (timeout 20 s); mail that waited
+    # for it would take that long.
+    assert max(took) < 5, (baseline, took)
     assert len(sink.wait_for(13, 30)) >= 13  # the mail itself went on
 
 
