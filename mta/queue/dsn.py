@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from mta.queue.dsnparams import orcpt_for
 from mta.queue.outcome import RecipientOutcome, Reply
 
 __all__ = ["ArfReport", "DsnRecipient", "ParsedDsnRecipient", "compose_dsn", "dsn_allowed",
@@ -204,8 +205,11 @@ def _recipient_block(r: DsnRecipient) -> str:
 
 
 def _addr_type(address: str) -> str:
-    # RFC 6533: a non-ASCII address is reported with the utf-8 address type, xtext-free.
-    return f"rfc822; {address}" if address.isascii() else f"utf-8; {_ascii(address)}"
+    # RFC 6533 §3: a non-ASCII address is reported with the utf-8 address type, its
+    # non-ASCII characters as \x{HEX} (utf-8-addr-xtext), as in the ORCPT we store.
+    if address.isascii():
+        return f"rfc822; {address}"
+    return "utf-8; " + orcpt_for(" ".join(address.split())).removeprefix("utf-8;")
 
 
 def _ascii(text: str) -> str:
