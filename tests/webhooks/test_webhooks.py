@@ -32,6 +32,7 @@ DNS = """
     client.test.   300 IN TXT "v=spf1 ip4:127.0.0.1 -all"
     inbox.test.    300 IN MX 10 mx.inbox.test.
     mx.inbox.test. 300 IN A 127.0.0.2
+    evil.test.     300 IN TXT "v=spf1 -all"
 """
 FAST = {"poll_interval": "0.2s", "first_retry": "1s", "max_backoff": "2s",
         "lease_seconds": "3s", "timeout": "5s"}
@@ -95,10 +96,10 @@ def node_config(url: str, sink, **webhooks) -> dict:
             "webhooks": {**FAST, **webhooks}, "logging": {"level": "info"}}
 
 
-def smtp_send(port: int, subject: str) -> float:
+def smtp_send(port: int, subject: str, sender: str = "alice@client.test") -> float:
     """One SMTP transaction to the MX; the seconds until its 250."""
     msg = EmailMessage()
-    msg["From"] = "alice@client.test"
+    msg["From"] = sender
     msg["To"] = "anyone@ours.test"
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{uuid.uuid4().hex}@client.test>"
@@ -132,8 +133,12 @@ def test_events_are_delivered_signed_and_in_order(make_node, make_sink, dns_serv
     refused = d.send("bad@inbox.test", "again")  # suppressed after the hard bounce
     assert refused.status_code != 200
     assert smtp_send(node.port("mx"), "inbound") < 10
+    with pytest.raises(smtplib.SMTPDataError) as refused_in:  # SPF fails, no DKIM
+        smtp_send(node.port("mx"), "forged", sender="ceo@evil.test")
+    assert refused_in.value.smtp_code == 550
 
-    want = {"sent", "delivered", "bounced", "deferred", "suppressed", "inbound.forwarded"}
+    want = {"sent", "delivered", "bounced", "deferred", "suppressed", "inbound.forwarded",
+            "inbound.rejected"}
     events = receiver.wait_for(lambda ev: want <= {e["type"] for e in ev})
     assert {e["type"] for e in events} == want | {"sent"}, events  # nothing else
 
@@ -141,7 +146,7 @@ def test_events_are_delivered_signed_and_in_order(make_node, make_sink, dns_serv
     for r in receiver.received:
         assert verify(secret, r.headers, r.body), r.headers
         assert not verify("whsec_other", r.headers, r.body)
-        assert not verify(secret, r.headers, r.body.replace(b"inbox", b"inbux"))
+        assert not verify(secret, r.headers, r.body + b" ")
         assert abs(int(r.headers[TIMESTAMP_HEADER]) - time.time()) < 60
         assert r.headers[EVENT_ID_HEADER] == r.event["id"]
         assert r.headers[SIGNATURE_HEADER].startswith("v1=")
@@ -157,6 +162,9 @@ def test_events_are_delivered_signed_and_in_order(make_node, make_sink, dns_serv
     assert first["suppressed"]["recipient"] == "bad@inbox.test"
     assert first["inbound.forwarded"]["recipient"] == "anyone@ours.test"
     assert first["inbound.forwarded"]["details"]["destination"] == "dest@inbox.test"
+    rejected = first["inbound.rejected"]
+    assert (rejected["sender"], rejected["recipient"]) == ("ceo@evil.test", "anyone@ours.test")
+    assert rejected["details"]["reply"].startswith("550")
     assert all(e["account_id"] == d.account for e in events)
 
     # The endpoint's log says each was delivered at the first attempt, answered 200.
@@ -291,3 +299,28 @@ def test_retries_are_bounded_then_the_event_is_marked_failed(make_node, make_sin
     metrics = httpx.get(f"http://127.0.0.1:{node.port('metrics')}/metrics").text
     assert 'mta_webhook_events_total{result="failed"} 1.0' in metrics
     assert 'mta_webhook_attempts_total{result="http_error"} 3.0' in metrics
+
+
+def test_two_nodes_share_the_outbox_without_sending_an_event_twice(
+        make_node, make_sink, dns_server, db_url, receiver):
+    sink = make_sink("127.0.0.2")
+    dns_server.add_zone(DNS)
+    # One POST at a time per node: two in flight at once means both nodes are sending.
+    one = node_config(db_url, sink, concurrency=1, per_endpoint=1)
+    a = make_node(one)
+    d = Deployment(a, db_url)
+    make_node(one)
+    d.webhook(receiver, "sent", "delivered")
+    receiver.hold.clear()
+    for i in range(6):
+        assert d.send(f"user{i}@inbox.test", f"m{i}").status_code == 200
+    deadline = time.monotonic() + 20
+    while receiver.in_flight < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert receiver.in_flight == 2, "the second node never sent"
+    receiver.hold.set()
+    events = receiver.wait_for(lambda ev: len({e["id"] for e in ev}) == 12)
+    time.sleep(1)
+    ids = [e["id"] for e in receiver.events()]
+    assert len(ids) == len(set(ids)) == 12, ids  # no lease ran out: each exactly once
+    assert all(v == ["sent", "delivered"] for v in by_message(events).values())
