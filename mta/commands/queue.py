@@ -20,7 +20,7 @@ from sqlalchemy import select
 from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
-from mta.queue import queue as q
+from mta.queue import admin
 from mta.store.models import Delivery, DeliveryAttempt, Message
 
 __all__ = ["register"]
@@ -230,7 +230,7 @@ async def _cmd_hold(args, settings: Settings) -> int:
     held = busy = 0
     async with open_database(settings) as db, db.session() as s:
         for t in targets:
-            h, b = await q.hold(s, now=_now(), **t)
+            h, b = await admin.hold(s, now=_now(), **t)
             held, busy = held + h, busy + b
     print(f"{_plural(held)} held; `mta queue release` lets them go"
           + (f" ({_plural(busy)} in flight now finish their attempt first)" if busy else ""))
@@ -243,7 +243,7 @@ async def _cmd_release(args, settings: Settings) -> int:
         raise CliError("name deliveries (delivery or queue ids, --domain, --message)",
                        exit_code=2)
     async with open_database(settings) as db, db.session() as s:
-        n = sum([await q.release_held(s, now=_now(), **t) for t in targets])
+        n = sum([await admin.release_held(s, now=_now(), **t) for t in targets])
     print(f"{_plural(n)} released, due now")
     return 0
 
@@ -257,7 +257,7 @@ async def _cmd_retry(args, settings: Settings) -> int:
     if not (args.all or targets):
         raise CliError("name deliveries (ids, --domain, --message) or use --all", exit_code=2)
     async with open_database(settings) as db, db.session() as s:
-        n = sum([await q.requeue(s, now=_now(), include_failed=args.failed, **t)
+        n = sum([await admin.requeue(s, now=_now(), include_failed=args.failed, **t)
                  for t in targets or [{}]])
     print(f"{_plural(n)} due now")
     return 0
@@ -268,21 +268,21 @@ async def _cmd_purge(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         if args.finished_before_days is not None:
             before = _now() - timedelta(days=args.finished_before_days)
-            n = sum([await q.purge(s, now=_now(), finished_before=before, **t)
+            n = sum([await admin.purge(s, now=_now(), finished_before=before, **t)
                      for t in targets or [{}]])
             print(f"{_plural(n)} finished before {before:%F %T} deleted")
             return 0
         if not targets:
             raise CliError("name deliveries (ids, --domain, --message) or "
                            "--finished-before-days", exit_code=2)
-        n = sum([await q.purge(s, now=_now(), **t) for t in targets])
+        n = sum([await admin.purge(s, now=_now(), **t) for t in targets])
     print(f"{_plural(n)} purged")
     return 0
 
 
 async def _cmd_stats(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        stats = await q.queue_stats(s, now=_now())
+        stats = await admin.queue_stats(s, now=_now())
     if args.json:
         print_json(stats)
         return 0

@@ -53,7 +53,7 @@ from mta.handlers.message import (
 )
 from mta.handlers.replies import PreparedReply, check_reply_rules, prepare_reply, stage_reply
 from mta.observe.events import record_events, record_events_now
-from mta.routing.inbound import Routed, WorkerCall
+from mta.routing.plan import Routed, WorkerCall
 from mta.routing.rules import normalize_address
 from mta.store.models import Message
 

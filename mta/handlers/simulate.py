@@ -25,7 +25,7 @@ from mta.handlers.env import Env
 from mta.handlers.loader import registry_for
 from mta.handlers.message import header_fields
 from mta.handlers.runner import Execution, execute
-from mta.routing.inbound import WorkerCall
+from mta.routing.plan import WorkerCall
 from mta.routing.recipients import RecipientDirectory
 from mta.routing.rules import normalize_address
 from mta.store.db import Database

@@ -57,6 +57,7 @@ from mta.config import copy_section
 from mta.observe import metrics
 from mta.observe.events import event_rows, record_events
 from mta.queue import bounces, softbounce
+from mta.queue.admin import queue_stats
 from mta.queue.dsnparams import Dsn, RcptDsn, notify_wants, success_dsn_due
 from mta.queue.outcome import HARD_BOUNCE_CODES, HARD_BOUNCE_ENHANCED, RecipientOutcome
 from mta.queue.queue import (
@@ -64,7 +65,6 @@ from mta.queue.queue import (
     RetryPolicy,
     StoredOutcome,
     claim,
-    queue_stats,
     record_outcomes,
     release,
     renew_leases,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from mta.config import RetrySettings, Settings
+from mta.queue import admin
 from mta.queue import queue as q
 from mta.queue.outcome import Reply
 from mta.store.db import Database
@@ -257,17 +258,17 @@ async def test_requeue_purge_and_stats(db):
     claimed = await do_claim(db, now=T0)
     await defer_all(db, claimed)
     async with db.session() as s:
-        stats = await q.queue_stats(s, now=T0 + timedelta(seconds=1))
+        stats = await admin.queue_stats(s, now=T0 + timedelta(seconds=1))
     assert stats["depth"]["waiting"] == 2 and stats["depth"]["due"] == 1
     assert stats["top_domains"][0] == {"domain": "dest.test", "queued": 2}
     async with db.session() as s:
-        assert await q.requeue(s, now=T0 + timedelta(seconds=1), domain="dest.test") == 2
+        assert await admin.requeue(s, now=T0 + timedelta(seconds=1), domain="dest.test") == 2
     [again, _] = await do_claim(db, now=T0 + timedelta(seconds=1), domain="dest.test")
     assert again.attempts == 2  # the schedule continues, it does not restart
     async with db.session() as s:
-        assert await q.purge(s, now=T0, ids=[rows[2].id]) == 1
+        assert await admin.purge(s, now=T0, ids=[rows[2].id]) == 1
         assert (await s.get(Delivery, rows[2].id)).status == "purged"
-        stats = await q.queue_stats(s, now=T0 + timedelta(hours=1))
+        stats = await admin.queue_stats(s, now=T0 + timedelta(hours=1))
     assert stats["finished"] == {"purged": 1}
 
 
