@@ -3,6 +3,8 @@ secret shown once, tokens and accounts kept apart, and `test` against a real rec
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -100,3 +102,11 @@ def test_test_reports_a_dead_endpoint(admin):
     assert r["ok"] is False and r["status_code"] is None and "Connect" in r["error"]
     out = admin.cli("webhooks", "test", made["id"], expect=1)
     assert "failed" in out
+    # The CLI sees the endpoint too, and deletes it.
+    listed = json.loads(admin.cli("webhooks", "list", "--account", "acme", "--json"))
+    assert [w["id"] for w in listed] == [made["id"]] and "secret" not in listed[0]
+    assert "deleted webhook" in admin.cli("webhooks", "delete", made["id"])
+    assert c.get(f"{path}/{made['id']}").status_code == 404
+    admin.cli("webhooks", "delete", made["id"], expect=1)  # gone: says so, exit 1
+    admin.cli("webhooks", "create", "http://hooks.example.com/x", "--account", "acme",
+              expect=2)  # clear text off the host: a usage error
