@@ -29,7 +29,11 @@ Workers: `options.workers` tasks per node share one claim lock; at most
 `options.per_domain_sessions` sessions per destination domain on this node; one claim =
 up to `options.batch_size` deliveries to one domain, sent over one reused SMTP session.
 Leases are renewed while a session runs. `stop()` finishes what is in flight and releases
-the leases of claimed work it has not started, so another node takes it at once.
+the leases of claimed work it has not started, so another node takes it at once. When the
+database goes away under a batch, nothing more of it is sent, and what could not be
+written (the outcome of the attempt in flight, the release of the claims not tried) is
+kept and written as soon as the database is back (mta/queue/unsettled.py): no claim
+waits for its lease to expire.
 
 Settings read: `retry.*`, `node.hostname`, and the optional `delivery` section
 (DeliveryOptions) when the config defines one.
@@ -66,10 +70,10 @@ from mta.queue.queue import (
     StoredOutcome,
     claim,
     record_outcomes,
-    release,
     renew_leases,
     utcnow,
 )
+from mta.queue.unsettled import Unsettled
 from mta.store import suppression
 from mta.store.db import Unit
 from mta.store.models import Message
@@ -202,6 +206,10 @@ class DeliveryWorkers:
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
         self._in_flight: set[int] = set()
+        # Outcomes and releases the database was not there to take (an outage): written
+        # as soon as it is back, so no claim waits for its lease to expire.
+        self.unsettled = Unsettled(self.db, self.node_id, self._record_once,
+                                   on_settled=self.wake)
         self.counters: dict[str, int] = defaultdict(int)
 
     def _default_transport(self) -> Transport:
@@ -224,6 +232,7 @@ class DeliveryWorkers:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.unsettled.close()
         close = getattr(self.transport, "close", None)
         if close is not None:  # idle outbound connections (RemoteDelivery's pool)
             close()
@@ -316,40 +325,49 @@ class DeliveryWorkers:
     # -- one batch ---------------------------------------------------------------------------
 
     async def _run_job(self, job: _Job) -> None:
+        """Send the batch; every claim ends with its outcome recorded or, if it was never
+        tried (graceful stop, the database gone), released. What the database was not
+        there to take is owed in `self.unsettled` and written once it is back."""
         ids = [c.id for c in job.claimed]
-        async with self.db.connection() as conn:
-            rows = (await conn.execute(select(MESSAGES).where(
-                MESSAGES.c.id.in_({c.message_id for c in job.claimed})))).mappings().all()
-        # Transient rows (never added to a session): read by the transport, DSNs, events.
-        messages = {r["id"]: Message(**r) for r in rows}
-        groups: dict[tuple[uuid.UUID, str, bytes | None], list[Claimed]] = defaultdict(list)
-        for c in job.claimed:
-            groups[(c.message_id, c.envelope_from, c.prefix)].append(c)
-        self._in_flight.update(ids)
-        renewer = asyncio.create_task(self._renew(ids))
-        untried: list[Claimed] = []
+        settled: set[int] = set()  # claims whose outcome is recorded or owed
         try:
-            await self._send_groups(job.domain, groups, messages, untried)
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            self._in_flight.difference_update(ids)
-        if untried:
-            await release(self.db, self.node_id, untried)
+            async with self.db.connection() as conn:
+                rows = (await conn.execute(select(MESSAGES).where(
+                    MESSAGES.c.id.in_({c.message_id for c in job.claimed})))).mappings().all()
+            # Transient rows (never added to a session): read by the transport, DSNs, events.
+            messages = {r["id"]: Message(**r) for r in rows}
+            groups: dict[tuple[uuid.UUID, str, bytes | None], list[Claimed]] = \
+                defaultdict(list)
+            for c in job.claimed:
+                groups[(c.message_id, c.envelope_from, c.prefix)].append(c)
+            self._in_flight.update(ids)
+            renewer = asyncio.create_task(self._renew(ids))
+            try:
+                await self._send_groups(job.domain, groups, messages, settled)
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+                self._in_flight.difference_update(ids)
+        except Exception as exc:
+            log.warning("delivery batch to %s cut short: %s", job.domain, exc,
+                        extra={"event": "delivery.batch_error", "domain": job.domain})
+        untried = [c for c in job.claimed if c.id not in settled]
+        if untried:  # hand them back: due at once for any node
+            await self.unsettled.release_now(untried)
 
     async def _send_groups(self, domain: str, groups: dict, messages: dict[uuid.UUID, Message],
-                           untried: list[Claimed]) -> None:
+                           settled: set[int]) -> None:
         """Send each message of the batch in turn and record its outcomes as soon as the
         next hop has answered it, before the next one goes: a crash re-sends at most the
-        one message in flight."""
+        one message in flight. When an outcome cannot be recorded (the database is
+        gone), nothing more is sent: the rest of the batch is released."""
         use_session = isinstance(self.transport, SessionTransport)
         async with contextlib.AsyncExitStack() as stack:
             session = None
             for (message_id, env_from, prefix), batch in groups.items():
                 if self._stopping:
-                    untried.extend(batch)  # graceful stop: hand the rest back
-                    continue
+                    return  # graceful stop: the rest is handed back
                 msg = messages.get(message_id)
                 started = self.clock()
                 t0 = time.perf_counter()
@@ -379,7 +397,9 @@ class DeliveryWorkers:
                 results = [(c, by_rcpt.get(c.recipient) or RecipientOutcome(
                     c.recipient, "deferred", detail="transport gave no outcome"),
                     started, finished) for c in batch]
-                await self._record(results, messages)
+                settled.update(c.id for c in batch)
+                if not await self.unsettled.record_now(results, messages):
+                    return
 
     async def _renew(self, ids: Sequence[int]) -> None:
         every = max(self.options.lease_seconds / 3, 0.5)
@@ -390,22 +410,6 @@ class DeliveryWorkers:
                                    lease_seconds=self.options.lease_seconds, now=self.clock())
             except Exception as exc:
                 log.warning("lease renewal failed: %s", exc)
-
-    async def _record(self, results: list, messages: dict[uuid.UUID, Message]) -> None:
-        if not results:
-            return
-        for attempt in range(6):
-            try:
-                await self._record_once(results, messages)
-                return
-            except Exception as exc:
-                # The lease still protects the rows; if the database stays away they are
-                # redelivered after it expires (at least once, never lost).
-                log.warning("recording outcomes failed (try %d): %s", attempt + 1, exc,
-                            extra={"event": "delivery.record_failed"})
-                await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt))
-        log.error("gave up recording %d outcomes", len(results),
-                  extra={"event": "delivery.record_gave_up"})
 
     async def _record_once(self, results: list, messages: dict[uuid.UUID, Message]) -> None:
         now = self.clock()

@@ -21,9 +21,10 @@ Delivery: the deliveries are enqueued already leased by this node, with attempt 
 and the retry time after it committed, exactly as `queue.claim()` would have left them;
 then the delivery workers' own code sends them at once. Whatever is settled within
 `sending.sync_delivery_timeout` (5 s) is reported as delivered / permanent_bounces, the
-rest as queued; the attempt itself goes on in the background and records its outcome,
-and if this node dies first the lease expires and any node retries. With a timeout of 0
-the rows are simply due now for the workers.
+rest as queued; the attempt itself goes on in the background and records its outcome
+(if the database went away meanwhile: once it is back, and an attempt it kept from
+starting is handed back, due at once), and if this node dies first the lease expires
+and any node retries. With a timeout of 0 the rows are simply due now for the workers.
 
 Settings read: `sending.*` (limits.SendingLimits, sync_delivery_timeout),
 `delivery.port` (the SMTP port of remote MX hosts; 25), `secret_key`, `node.hostname`,
@@ -162,9 +163,11 @@ class SendingService:
         return DeliveryWorkers(self.ctx, transport)
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Let background delivery attempts record their outcome (graceful stop)."""
+        """Let background delivery attempts record their outcome (graceful stop),
+        including what an outage kept them from writing at once (`workers.unsettled`)."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout)
+        await self.workers.unsettled.close()
 
     # -- front doors ------------------------------------------------------------------------
 
@@ -447,7 +450,7 @@ class SendingService:
         async def one(domain: str, batch: list[Claimed]) -> None:
             try:
                 await self.workers._run_job(_Job(domain, batch))
-            except Exception:  # the lease expires and a worker retries: never lost
+            except Exception:  # _run_job settles its claims itself; this is a bug's net
                 log.exception("immediate delivery failed", extra={
                     "event": "sending.attempt_failed", "domain": domain})
 
