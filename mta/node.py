@@ -78,8 +78,12 @@ class WorkerRole:
 def share_limits(settings: Settings, role: WorkerRole) -> None:
     """A node's configured bounds hold for the node, not for each of its processes:
     give each worker its share (rounded up). Per-IP session limits stay per process,
-    since the kernel spreads one client's connections over the workers unevenly."""
+    since the kernel spreads one client's connections over the workers unevenly. A 0
+    stays 0 in every process: `delivery.workers: 0` is a node that does not deliver,
+    `limits.max_sessions: 0` one without a session bound."""
     def share(n: int, floor: int = 1) -> int:
+        if n <= 0:
+            return n
         return max(floor, math.ceil(n / role.count))
 
     settings.delivery.workers = share(settings.delivery.workers)

@@ -119,3 +119,14 @@ def test_a_killed_worker_is_replaced_and_the_supervisor_owns_the_cluster(make_no
     assert not cluster.running, "the supervisor stops the cluster it started"
     for pid in pids - {victim} | {started["worker_pid"]}:
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} left running"
+
+
+def test_a_node_configured_not_to_deliver_delivers_from_no_process(make_node, db_url):
+    """`delivery.workers` is shared out between the processes, but 0 stays 0: each
+    process runs no delivery worker (it used to run one)."""
+    node = make_node({"database": {"url": db_url}, "delivery": {"workers": 0}}, workers=2)
+    worker_pids(node)
+    wait_until(lambda: len(events(node, "worker.ready")) == 2, 30, "two ready workers")
+    for ready in events(node, "worker.ready"):
+        [delivery] = [s for s in ready["services"] if s.get("name") == "delivery"]
+        assert delivery["workers"] == 0, ready
