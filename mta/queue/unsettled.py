@@ -51,6 +51,7 @@ class Unsettled:
         self._outcomes: list[tuple[list, dict]] = []  # (results, messages) as for `record`
         self._releases: list[Claimed] = []
         self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()  # one flush at a time (the task's, the stop's)
 
     def __len__(self) -> int:
         """Deliveries owed: outcomes not yet recorded plus claims not yet released."""
@@ -86,37 +87,37 @@ class Unsettled:
         """Write what is owed, once; True when nothing is owed any more. While the
         database is unavailable, what fails stays owed (in order) for the next round;
         any other error drops that item (logged): its lease expires and a later attempt
-        follows, as before this existed."""
-        outcomes, self._outcomes = self._outcomes, []
-        releases, self._releases = self._releases, []
-        down: Exception | None = None
-        recorded = 0
-        for i, (results, messages) in enumerate(outcomes):
-            try:
-                await self.record(results, messages)
-                recorded += len(results)
-            except Exception as exc:
-                if is_unavailable(exc):
-                    down = exc
-                    self._outcomes[:0] = outcomes[i:]
-                    break
-                log.exception("could not record %d outcomes; their leases expire",
-                              len(results), extra={"event": "delivery.record_gave_up"})
-        released = 0
-        if releases and down is None:
-            try:
-                released = len(releases)
-                await release(self.db, self.node_id, releases)
-            except Exception as exc:
-                released = 0
-                if is_unavailable(exc):
-                    down = exc
-                    self._releases[:0] = releases
-                else:
-                    log.exception("could not release %d claims; their leases expire",
-                                  len(releases), extra={"event": "delivery.release_failed"})
-        elif releases:
-            self._releases[:0] = releases
+        follows, as before this existed. An item leaves the list only once written, so
+        a flush cancelled half-way (a stop) loses nothing."""
+        async with self._lock:
+            down: Exception | None = None
+            recorded = released = 0
+            while self._outcomes:
+                results, messages = self._outcomes[0]
+                try:
+                    await self.record(results, messages)
+                    recorded += len(results)
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        down = exc
+                        break
+                    log.exception("could not record %d outcomes; their leases expire",
+                                  len(results), extra={"event": "delivery.record_gave_up"})
+                del self._outcomes[0]
+            releases = list(self._releases)
+            if releases and down is None:
+                try:
+                    await release(self.db, self.node_id, releases)
+                    released = len(releases)
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        down = exc
+                    else:
+                        log.exception("could not release %d claims; their leases expire",
+                                      len(releases),
+                                      extra={"event": "delivery.release_failed"})
+                if down is None:
+                    del self._releases[:len(releases)]
         if recorded or released:
             log.info("settled %d outcomes and %d untried claims after a database outage",
                      recorded, released, extra={"event": "delivery.settled"})
