@@ -8,8 +8,9 @@ and then MTA-STS is not consulted, RFC 8461 §2; otherwise MTA-STS per RFC 8461 
 domain publishes a policy), and run the SMTP transaction (`session.DeliverySession`
 over `smtpclient.SmtpClient`: MAIL, RCPT and DATA pipelined when the server offers
 PIPELINING). The result is a `RecipientOutcome` per recipient: 2xx delivered, 4xx /
-connection trouble / timeouts deferred, 5xx failed. Side effects: network only. This module never touches the database
-and never decides about retries or bounces; `delivery.py` applies the failure policy.
+connection trouble / timeouts deferred, 5xx failed. Side effects: network only. This
+module never touches the database and never decides about retries or bounces;
+`delivery.py` applies the failure policy.
 
 When to try the next MX host or address: the connection could not be made, the greeting
 or EHLO was refused, TLS required by DANE or an enforce policy failed (a certificate

@@ -3,8 +3,8 @@
 It answers UDP and TCP on 127.0.0.1 at a free port from records the test gives as
 zone text (A, AAAA, MX, TXT, PTR, CNAME, ... anything dnspython parses), follows
 CNAMEs inside its own data, serves DNSSEC-signed zones (`add_signed_zone`, see
-tests/harness/dnssec.py) for a validating resolver in front of it, and can be told to answer SERVFAIL for a name or to
-stay silent (a timeout). The product's resolver is pointed at it through the
+tests/harness/dnssec.py) for a validating resolver in front of it, and can be told
+to answer SERVFAIL for a name or to stay silent (a timeout). The product's resolver is pointed at it through the
 `dns.nameservers` setting.
 
     dns = TestDnsServer(); dns.start()
