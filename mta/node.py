@@ -246,26 +246,14 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        watchdog: asyncio.Task | None = None
         try:
             await self._start()
             self.notifier.ready()
-            if self.notifier.watchdog_interval:
-                watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
-            await self._stop.wait()
+            async with self.notifier.keepalive():
+                await self._stop.wait()
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
             await self._shutdown()
             self.notifier.close()
-
-    async def _watchdog(self) -> None:
-        """WATCHDOG=1 while the event loop turns: a loop stuck for a whole watchdog
-        period gets the process restarted by its manager."""
-        interval = self.notifier.watchdog_interval or 1.0
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
 
     def _request_stop(self, sig: int) -> None:
         if not self._stop.is_set():

@@ -14,11 +14,13 @@ A lost notification must never take the node down: send errors are logged and dr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 __all__ = ["Notifier", "parse_fields"]
 
@@ -96,6 +98,26 @@ class Notifier:
 
     def watchdog(self) -> bool:
         return self.send(WATCHDOG=1)
+
+    @contextlib.asynccontextmanager
+    async def keepalive(self) -> AsyncIterator[None]:
+        """WATCHDOG=1 while the event loop turns, for as long as the block runs (when the
+        manager asked for a watchdog): a loop stuck for a whole watchdog period gets the
+        process restarted by its manager."""
+        task = None
+        if self.watchdog_interval:
+            task = asyncio.create_task(self._keepalive(self.watchdog_interval),
+                                       name="watchdog")
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+    async def _keepalive(self, interval: float) -> None:
+        while True:
+            self.watchdog()
+            await asyncio.sleep(interval)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -110,16 +110,12 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
-        watchdog: asyncio.Task | None = None
         try:
             if await self._start():
                 self.notifier.ready(f"{self.count} workers")
-                if self.notifier.watchdog_interval:
-                    watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
-                await self._stop.wait()
+                async with self.notifier.keepalive():
+                    await self._stop.wait()
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
             await self._shutdown()
         return self.exit_code
 
@@ -213,12 +209,6 @@ class Supervisor:
         if not self._stopping:
             log.info("settings reloaded", extra={"event": "node.reloaded"})
             self.notifier.ready(f"{self.count} workers")
-
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval or 1.0
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
 
     async def _shutdown(self) -> None:
         self._stopping = True

@@ -78,13 +78,11 @@ def _no_account(ref: str) -> str:
     return f"no single account matches {ref!r}; see `mta accounts list`"
 
 
-async def find_account(session: AsyncSession, ref: str, *, prefix: str = "mta: ",
-                       stderr: bool = True) -> Account | None:
-    """The account `ref` (id or name) names; when none or several, None after saying
-    so (on stderr, or stdout when not `stderr`)."""
+async def find_account(session: AsyncSession, ref: str) -> Account:
+    """The account `ref` (id or name) names; a CliError when none or several do."""
     account = await resolve_account(session, ref)
     if account is None:
-        print(f"{prefix}{_no_account(ref)}", file=sys.stderr if stderr else sys.stdout)
+        raise CliError(_no_account(ref))
     return account
 
 

@@ -73,8 +73,6 @@ async def _cmd_verify(args, settings: Settings) -> int:
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
-        if account is None:
-            return 1
         rows = (await s.execute(select(DestinationAddress).where(
             DestinationAddress.account_id == account.id)
             .order_by(DestinationAddress.created_at))).scalars().all()

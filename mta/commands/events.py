@@ -38,8 +38,12 @@ def _range(args, now: datetime) -> tuple[datetime, datetime]:
 
 async def _filter(args, session, now: datetime) -> EventFilter:
     since, until = _range(args, now)
+    try:
+        account_id = await account_ref(session, args.account)
+    except LookupError as exc:
+        raise CliError(f"{exc}; see `mta accounts list`") from None
     return EventFilter(
-        since=since, until=until, account_id=await account_ref(session, args.account),
+        since=since, until=until, account_id=account_id,
         status=args.status, direction=args.direction, domain=args.domain,
         mail_from=getattr(args, "from"), rcpt_to=args.to, message_id=args.message_id,
         event_type=args.event_type, zone_id=args.zone)
@@ -48,10 +52,7 @@ async def _filter(args, session, now: datetime) -> EventFilter:
 async def _cmd_list(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
-        try:
-            f = await _filter(args, s, now)
-        except LookupError as exc:
-            raise CliError(f"{exc}; see `mta accounts list`") from None
+        f = await _filter(args, s, now)
         rows, total = await analytics.list_events(
             s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
             newest_first=not args.oldest_first)
@@ -82,10 +83,7 @@ async def _cmd_stats(args, settings: Settings) -> int:
             dims.append(name)
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
-        try:
-            f = await _filter(args, s, now)
-        except LookupError as exc:
-            raise CliError(f"{exc}; see `mta accounts list`") from None
+        f = await _filter(args, s, now)
         groups, total = await analytics.aggregate(s, f, dims, limit=args.limit)
     if args.json:
         print_json({"groups": groups, "total_events": total, "since": f.since,

@@ -30,8 +30,6 @@ async def _cmd_add(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
-        if account is None:
-            return 1
         acct = account.id
         try:
             entry = await suppression.add(
@@ -52,8 +50,6 @@ async def _cmd_add(args, settings: Settings) -> int:
 async def _cmd_remove(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
-        if account is None:
-            return 1
         acct = account.id
         by_id = len(args.target) == 32 and "@" not in args.target
         try:
@@ -81,8 +77,6 @@ async def _cmd_list(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
-        if account is None:
-            return 1
         acct = account.id
         page = await suppression.list_entries(
             s, acct, now=now, reason=args.reason, search=args.search,

@@ -45,8 +45,6 @@ async def _cmd_create(args, settings: Settings) -> int:
         return 2
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
-        if account is None:
-            return 1
         row, secret = await create_token(s, account.id, args.name, perms, expires_at=expires)
         audit.record(s, actor=audit.cli_actor(), action="create", resource_type="api_token",
                      resource_id=row.id, account_id=account.id,

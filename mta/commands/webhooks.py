@@ -41,8 +41,6 @@ async def _one(s, ident: str):
 async def _cmd_create(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
-        if account is None:
-            return 1
         try:
             row = await endpoints.create(s, account.id, args.url, event_types=args.event,
                                          description=args.description)

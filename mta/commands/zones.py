@@ -27,8 +27,6 @@ async def _cmd_create(args, settings: Settings) -> int:
         raise CliError(f"{args.name!r} is not a domain name", exit_code=2)
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
-        if account is None:
-            return 1
         if (await s.execute(select(Zone.id).where(Zone.name == name))).first():
             raise CliError(f"zone {name} already exists; see `mta zones list`")
         zone = Zone(account_id=account.id, name=name)
@@ -162,8 +160,6 @@ async def _cmd_list(args, settings: Settings) -> int:
         query = select(Zone).order_by(Zone.name)
         if args.account:
             account = await find_account(s, args.account)
-            if account is None:
-                return 1
             query = query.where(Zone.account_id == account.id)
         rows = (await s.execute(query)).scalars().all()
     if args.json:

@@ -216,6 +216,23 @@ class SmtpSession:
         a mail transaction override it)."""
         return replies.NOT_IMPLEMENTED
 
+    async def _receive_data(self, go_ahead: Reply) -> None:
+        """DATA once the transaction may take it: `go_ahead` (354), the message (its
+        timeout restarts with every chunk read), then `_end_of_data` of the listener."""
+        if self.chunks is not None:
+            return await self.reply(replies.DATA_AFTER_BDAT)
+        await self.conn.send(go_ahead)
+        timeout = self._chunk_timeout()
+        self.conn.set_timeout(timeout)
+        result = await self.conn.wire.read_data(
+            self._size_limit(), self._bare_mode(),
+            on_chunk=lambda: self.conn.set_timeout(timeout))
+        if result is None:  # the client went away mid-data: nothing was accepted
+            self._reset()
+            self.closing = True
+            return
+        await self._end_of_data(result)
+
     async def starttls(self, arg: str | None) -> None:
         if arg:
             return await self.reply(replies.PARAMETER_SYNTAX.format(detail="STARTTLS takes none"))
@@ -483,19 +500,7 @@ class MxSession(SmtpSession):
             return await self.reply(replies.NEED_MAIL)
         if not txn.recipients:
             return await self.reply(replies.NO_VALID_RECIPIENTS)
-        if self.chunks is not None:
-            return await self.reply(replies.DATA_AFTER_BDAT)
-        await self.conn.send(replies.START_DATA)
-        timeout = self.limits.data_timeout
-        self.conn.set_timeout(timeout)
-        result = await self.conn.wire.read_data(
-            self.intake.size_limit, self.intake.bare,
-            on_chunk=lambda: self.conn.set_timeout(timeout))
-        if result is None:  # the client went away mid-data: nothing was accepted
-            self._reset()
-            self.closing = True
-            return
-        await self._end_of_data(result)
+        await self._receive_data(replies.START_DATA)
 
     async def _end_of_data(self, result: DataResult) -> None:
         """The message of the transaction has been read (DATA or BDAT LAST)."""

@@ -318,18 +318,7 @@ class SubmissionSession(SmtpSession):
             return await self.reply(replies.NEED_MAIL)
         if not self.recipients:
             return await self.reply(replies.NO_VALID_RECIPIENTS)
-        if self.chunks is not None:
-            return await self.reply(replies.DATA_AFTER_BDAT)
-        await self.conn.send(replies.SUBMISSION_START_DATA)
-        timeout = self.data_timeout
-        self.conn.set_timeout(timeout)
-        result = await self.conn.wire.read_data(
-            self.size_limit, "normalize", on_chunk=lambda: self.conn.set_timeout(timeout))
-        if result is None:  # the client went away mid-data: nothing was accepted
-            self._reset()
-            self.closing = True
-            return
-        await self._end_of_data(result)
+        await self._receive_data(replies.SUBMISSION_START_DATA)
 
     async def _end_of_data(self, result: DataResult) -> None:
         """The message of the transaction has been read (DATA or BDAT LAST)."""
