@@ -288,12 +288,8 @@ async def update_rule(request: Request) -> JSONResponse:
     async with zone_session(request, EDIT) as (p, s, zone):
         rule = await _rule(s, zone, request.path_params["rule_id"], for_update=True)
         fields = await _fields(request, s, p, zone, catch_all=False)
-        before = audit.snapshot(rule, AUDIT_FIELDS)
-        for k, v in fields.items():
-            setattr(rule, k, v)
-        await s.flush()
-        audit.record_row(s, p.actor, "update", "routing_rule", rule, AUDIT_FIELDS,
-                         account_id=zone.account_id, before=before)
+        await audit.update_row(s, p.actor, "routing_rule", rule, fields, AUDIT_FIELDS,
+                               account_id=zone.account_id)
         return ok(rule_body(rule))
 
 
@@ -316,12 +312,8 @@ async def update_catch_all(request: Request) -> JSONResponse:
     async with zone_session(request, EDIT, for_update=True) as (p, s, zone):
         fields = await _fields(request, s, p, zone, catch_all=True)
         rule = await ensure_catch_all(s, zone)
-        before = audit.snapshot(rule, AUDIT_FIELDS)
-        for k, v in fields.items():
-            setattr(rule, k, v)
-        await s.flush()
-        audit.record_row(s, p.actor, "update", "routing_catch_all", rule, AUDIT_FIELDS,
-                         account_id=zone.account_id, before=before)
+        await audit.update_row(s, p.actor, "routing_catch_all", rule, fields, AUDIT_FIELDS,
+                               account_id=zone.account_id)
         return ok(rule_body(rule))
 
 

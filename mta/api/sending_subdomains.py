@@ -143,14 +143,9 @@ async def edit_subdomain(request: Request) -> JSONResponse:
     async with request.app.state.ctx.db.session() as s:
         zone = await zone_of(s, p, request.path_params["zone_id"])
         row = await _subdomain(s, zone, request.path_params["tag"], for_update=True)
-        before = audit.snapshot(row, AUDIT_FIELDS)
         if any(getattr(row, f) != v for f, v in changes.items()):
-            for f, v in changes.items():
-                setattr(row, f, v)
-            await s.flush()
-            await s.refresh(row)
-            audit.record_row(s, p.actor, "update", "sending_subdomain", row, AUDIT_FIELDS,
-                             account_id=zone.account_id, before=before)
+            await audit.update_row(s, p.actor, "sending_subdomain", row, changes,
+                                   AUDIT_FIELDS, account_id=zone.account_id, refresh=True)
         return ok(subdomain_body(row))
 
 

@@ -4,7 +4,7 @@ A traceback only with `--debug`."""
 
 from __future__ import annotations
 
-__all__ = ["CliError", "explain"]
+__all__ = ["CliError", "confirm_delete", "explain"]
 
 
 class CliError(Exception):
@@ -13,6 +13,13 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def confirm_delete(yes: bool, consequences: str, command: str) -> None:
+    """Say what a delete takes with it; without `--yes` stop there, nothing deleted."""
+    print(consequences)
+    if not yes:
+        raise CliError(f"nothing deleted; run `{command} --yes` to delete it")
 
 
 def explain(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from mta.commands._common import CommandGroup, open_database, print_json, print_table
-from mta.commands._errors import CliError
+from mta.commands._errors import CliError, confirm_delete
 from mta.config import Settings
 from mta.observe import audit
 from mta.store.accounts import resolve_account
@@ -117,11 +117,9 @@ async def _cmd_delete(args, settings: Settings) -> int:
         what = ", ".join(f"{n} {k}" for k, n in counts.items())
         print(f"account {account.name!r} ({account.id}) owns {what}"
               + (f" (zones: {', '.join(zones)})" if zones else ""))
-        print("deleting it deletes all of them: mail to its zones is refused (550 5.1.1), "
-              "its tokens stop working; stored messages and the activity log are kept")
-        if not args.yes:
-            raise CliError(f"nothing deleted; run `mta accounts delete {args.account} --yes` "
-                           "to delete it")
+        confirm_delete(args.yes, "deleting it deletes all of them: mail to its zones is "
+                       "refused (550 5.1.1), its tokens stop working; stored messages and "
+                       "the activity log are kept", f"mta accounts delete {args.account}")
         audit.record(s, actor=audit.cli_actor(), action="delete", resource_type="account",
                      resource_id=account.id, account_id=None,
                      before={"name": account.name, **{k: n for k, n in counts.items()}})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_table
-from mta.commands._errors import CliError
+from mta.commands._errors import CliError, confirm_delete
 from mta.config import Settings
 from mta.observe import audit
 from mta.store.models import RoutingDomain, RoutingRule, SendingDomain, Zone
@@ -21,10 +21,16 @@ from mta.store.zones import zone_name
 __all__ = ["register"]
 
 
-async def _cmd_create(args, settings: Settings) -> int:
-    name = zone_name(args.name)
+def _name_arg(value: str) -> str:
+    """A zone name from the command line (a usage error when it is none)."""
+    name = zone_name(value)
     if name is None:
-        raise CliError(f"{args.name!r} is not a domain name", exit_code=2)
+        raise CliError(f"{value!r} is not a domain name", exit_code=2)
+    return name
+
+
+async def _cmd_create(args, settings: Settings) -> int:
+    name = _name_arg(args.name)
     async with open_database(settings) as db, db.session() as s:
         account = await find_account(s, args.account)
         if (await s.execute(select(Zone.id).where(Zone.name == name))).first():
@@ -76,11 +82,9 @@ async def _cmd_delete(args, settings: Settings) -> int:
               f"{', '.join(sorted(sending)) or 'none'}")
         for rule in rules:
             print(_rule_line(rule))
-        print("deleting the zone deletes these rules and domains: mail to them is refused "
-              "(550 5.1.1) and sending from them stops; queued mail is still delivered")
-        if not args.yes:
-            raise CliError(f"nothing deleted; run `mta zones delete {args.zone} --yes` to "
-                           "delete it")
+        confirm_delete(args.yes, "deleting the zone deletes these rules and domains: mail "
+                       "to them is refused (550 5.1.1) and sending from them stops; queued "
+                       "mail is still delivered", f"mta zones delete {args.zone}")
         audit.record(s, actor=audit.cli_actor(), action="delete", resource_type="zone",
                      resource_id=zone.id, account_id=zone.account_id,
                      before={"name": zone.name, "rules": len(rules), "domains": domains,
@@ -109,9 +113,7 @@ def _renamed(matchers: list[dict], old: str, new: str) -> list[dict]:
 
 
 async def _cmd_rename(args, settings: Settings) -> int:
-    new = zone_name(args.new_name)
-    if new is None:
-        raise CliError(f"{args.new_name!r} is not a domain name", exit_code=2)
+    new = _name_arg(args.new_name)
     async with open_database(settings) as db, db.session() as s:
         zone = await _zone(s, args.zone)
         old = zone.name

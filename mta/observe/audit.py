@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.store.models import AuditEntry
 
-__all__ = ["cli_actor", "record", "record_row", "snapshot"]
+__all__ = ["cli_actor", "record", "record_row", "snapshot", "update_row"]
 
 
 def cli_actor() -> str:
@@ -67,3 +67,18 @@ def record_row(session: AsyncSession, actor: str, action: str, resource_type: st
                   resource_id=row.id, account_id=account_id,
                   before=snapshot(row, fields) if deleted else before,
                   after=None if deleted else snapshot(row, fields))
+
+
+async def update_row(session: AsyncSession, actor: str, resource_type: str, row: Any,
+                     changes: dict[str, Any], fields: tuple[str, ...] | list[str], *,
+                     account_id: str | None, refresh: bool = False) -> AuditEntry:
+    """Set `changes` on `row`, flush (then reload it when `refresh`: columns the database
+    computes) and record the update with `fields` before and after."""
+    before = snapshot(row, fields)
+    for name, value in changes.items():
+        setattr(row, name, value)
+    await session.flush()
+    if refresh:
+        await session.refresh(row)
+    return record_row(session, actor, "update", resource_type, row, fields,
+                      account_id=account_id, before=before)

@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import sys
 from typing import Any
 
 from mta.smtp.intake import ClientInfo, Intake
 from mta.smtp.limits import SessionLimiter
-from mta.smtp.protocol import SmtpProtocol, bind_hosts, drain_sessions, say_goodbye
+from mta.smtp.protocol import SmtpProtocol, drain_sessions, listen, say_goodbye
 from mta.smtp.proxyproto import ProxyPolicy, ProxyServer
 from mta.smtp.session import MxSession
 from mta.smtp.tls import reload_context, server_context
@@ -67,17 +66,8 @@ class MxServer:
         # aiosmtpd logs every connection at INFO under "mail.log"; our own session
         # logs say the same with the session id.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-        reuse_port = sys.platform.startswith("linux")
-        if self.proxy is not None:  # behind load balancers: the header names the client
-            self._server = ProxyServer(
-                self.proxy, lambda client: SmtpProtocol(self, log, client), name=self.name)
-            await self._server.start(bind_hosts(self.listener.address), self.listener.port,
-                                     backlog=512, reuse_port=reuse_port)
-        else:
-            self._server = await self.loop.create_server(
-                lambda: SmtpProtocol(self, log), host=bind_hosts(self.listener.address),
-                port=self.listener.port, reuse_address=True, reuse_port=reuse_port,
-                backlog=512)
+        self._server = await listen(self, log, self.listener.address, self.listener.port,
+                                    self.proxy)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MX listener on %s:%d", self.listener.address, self.port,
                  extra={"event": "mx.listening", "port": self.port,

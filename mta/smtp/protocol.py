@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mta import replies
@@ -34,10 +36,12 @@ from mta.observe import metrics
 from mta.replies import Reply
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
+from mta.smtp.proxyproto import ProxyPolicy, ProxyServer
 from mta.smtp.session import SmtpSession
 from mta.smtp.wire import CHUNK, Wire
 
-__all__ = ["ListenerServer", "SmtpProtocol", "bind_hosts", "drain_sessions", "say_goodbye"]
+__all__ = ["ListenerServer", "SmtpProtocol", "bind_hosts", "drain_sessions", "listen",
+           "say_goodbye"]
 
 log = logging.getLogger("mta.smtp.protocol")
 
@@ -218,6 +222,27 @@ def bind_hosts(address: str) -> str | list[str]:
     makes IPv6 listening sockets v6-only, so that takes two sockets, `::` and `0.0.0.0`
     (IPv4 clients then show as plain IPv4, not as ::ffff:-mapped)."""
     return ["::", "0.0.0.0"] if address.strip("[]") == "::" else address
+
+
+async def listen(server: ListenerServer, log: logging.Logger, address: str, port: int,
+                 proxy: ProxyPolicy | None, *,
+                 tls: Callable[[], ssl.SSLContext | None] | None = None,
+                 tls_handshake_timeout: float = 30.0) -> asyncio.base_events.Server | ProxyServer:
+    """The listening sockets of an SMTP listener: behind load balancers (`proxy`) the
+    PROXY header names the client and TLS (`tls`, implicit TLS only) starts after it with
+    the context current at that moment; otherwise a plain asyncio server."""
+    reuse_port = sys.platform.startswith("linux")
+    if proxy is not None:
+        proxied = ProxyServer(proxy, lambda client: SmtpProtocol(server, log, client),
+                              name=server.name, tls=tls or (lambda: None),
+                              tls_handshake_timeout=tls_handshake_timeout)
+        await proxied.start(bind_hosts(address), port, backlog=512, reuse_port=reuse_port)
+        return proxied
+    context = tls() if tls is not None else None
+    return await asyncio.get_running_loop().create_server(
+        lambda: SmtpProtocol(server, log), host=bind_hosts(address), port=port,
+        reuse_address=True, reuse_port=reuse_port, backlog=512, ssl=context,
+        ssl_handshake_timeout=tls_handshake_timeout if context is not None else None)
 
 
 async def say_goodbye(session: SmtpSession, hostname: str) -> None:

@@ -28,13 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import sys
 from typing import Any
 
 from mta.config import ConfigError
 from mta.smtp.intake import ClientInfo
 from mta.smtp.limits import SessionLimiter
-from mta.smtp.protocol import SmtpProtocol, bind_hosts, drain_sessions
+from mta.smtp.protocol import SmtpProtocol, drain_sessions, listen
 from mta.smtp.proxyproto import ProxyPolicy, ProxyServer
 from mta.smtp.submission_auth import SubmissionGate
 from mta.smtp.submission_session import SubmissionSession
@@ -113,22 +112,12 @@ class SubmissionServer:
         self.loop = asyncio.get_running_loop()
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         implicit = self.mode == "implicit"
-        reuse_port = sys.platform.startswith("linux")
-        if self.proxy is not None:
-            # Behind load balancers: the header (in clear, before any TLS ClientHello)
-            # names the client; TLS then starts with the context current at that moment.
-            self._server = ProxyServer(
-                self.proxy, lambda client: SmtpProtocol(self, log, client), name=self.name,
-                tls=lambda: self.tls_context if implicit else None,
-                tls_handshake_timeout=self.auth_timeout)
-            await self._server.start(bind_hosts(self.listener.address), self.listener.port,
-                                     backlog=512, reuse_port=reuse_port)
-        else:
-            self._server = await self.loop.create_server(
-                lambda: SmtpProtocol(self, log), host=bind_hosts(self.listener.address),
-                port=self.listener.port, reuse_address=True, reuse_port=reuse_port,
-                backlog=512, ssl=self.tls_context if implicit else None,
-                ssl_handshake_timeout=self.auth_timeout if implicit else None)
+        # Behind load balancers the header comes in clear, before any TLS ClientHello.
+        self._server = await listen(
+            self, log, self.listener.address, self.listener.port, self.proxy,
+            tls=lambda: self.tls_context if implicit else None,
+            tls_handshake_timeout=self.auth_timeout)
+        if self.proxy is None:
             self._bound_tls = self.tls_context if implicit else None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("submission listener on %s:%d (%s TLS)", self.listener.address, self.port,
