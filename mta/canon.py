@@ -6,16 +6,18 @@ including each single space between two words, which makes the regular expressio
 engine rebuild the whole body; here a substitution only runs where it changes
 something (a tab, two blanks in a row, blanks before a line end), so an ordinary body
 is hashed as it is. tests/signing/test_canon.py compares both on random input.
+
+Also the folding of a header field at its spaces (`fold_words`: the ARC set, DSN fields).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 
-__all__ = ["relaxed_body", "relaxed_headers"]
+__all__ = ["fold_words", "relaxed_body", "relaxed_headers"]
 
 # The runs of WSP that relaxed canonicalisation changes: any run holding a tab, and
 # runs of two blanks or more. A single space is already canonical and is left alone.
@@ -48,3 +50,18 @@ def relaxed_headers(headers: Sequence[Sequence[bytes]]) -> list[tuple[bytes, byt
             value = _FOLD.sub(b"", value)
         out.append((field[0].lower().rstrip(), _compress(value).strip() + b"\r\n"))
     return out
+
+
+def fold_words(words: Iterable[str], width: int = 78) -> list[str]:
+    """The lines of a header field folded between `words`: each line as long as the
+    words allow up to `width` characters, a continuation line starting with a space."""
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = " " + word
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(current)
+    return lines

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from mta.canon import fold_words
 from mta.queue.dsnparams import orcpt_for
 from mta.queue.outcome import RecipientOutcome, Reply
 
@@ -219,15 +220,7 @@ def _ascii(text: str) -> str:
 
 
 def _fold(line: str, width: int = 78) -> str:
-    out, current = [], ""
-    for word in line.split(" "):
-        if current and len(current) + 1 + len(word) > width:
-            out.append(current)
-            current = " " + word
-        else:
-            current = f"{current} {word}" if current else word
-    out.append(current)
-    return "\r\n".join(out)
+    return "\r\n".join(fold_words(line.split(" "), width))
 
 
 def _human_text(reporting_mta: str, recipients: list[DsnRecipient]) -> str:

@@ -26,6 +26,7 @@ from typing import Literal
 
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from mta.canon import fold_words
 from mta.signing.dkim import (
     DEFAULT_SIGNED_HEADERS,
     MAX_LINE,
@@ -101,16 +102,7 @@ def _newest_cv(parts: dict[bytes, list[bytes]]) -> str | None:
 def _fold_words(text: str) -> list[str]:
     """Fold at spaces only (the AAR is covered by relaxed canonicalisation, where
     folding at existing whitespace changes nothing)."""
-    lines: list[str] = []
-    cur = ""
-    for word in text.split():
-        if cur and len(cur) + 1 + len(word) > MAX_LINE:
-            lines.append(cur)
-            cur = " " + word
-        else:
-            cur = f"{cur} {word}" if cur else word
-    lines.append(cur)
-    return lines
+    return fold_words(text.split(), MAX_LINE)
 
 
 def _aar(instance: int, authserv_id: str, auth_results: str, cv: ChainValidation) -> bytes:
