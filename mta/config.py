@@ -355,6 +355,15 @@ class WebhookSettings:
     log_retention: Duration = Duration(7 * 86400)  # finished outbox rows older are deleted
 
 
+@dataclass
+class TlsReportSettings:
+    """TLS reporting (RFC 8460, docs/tls-reporting.md): the TLS outcome of every outbound
+    session, counted per day, recipient domain and policy."""
+
+    enabled: bool = True  # count the outcomes of this node's outbound sessions
+    flush_interval: Duration = Duration(10)  # how often the counts go to the database
+
+
 # --- handlers (issue 7) -------------------------------------------------------------
 
 
@@ -429,6 +438,7 @@ class Settings:
     observe: ObserveSettings = field(default_factory=ObserveSettings)
     handlers: HandlersSettings = field(default_factory=HandlersSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    tls_reports: TlsReportSettings = field(default_factory=TlsReportSettings)
     secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
     source: str = field(default="", metadata={"internal": True})
 

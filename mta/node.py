@@ -201,6 +201,11 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
         sample_stats=node_jobs)
     sending = _SendingPipeline(ctx, workers)
     services += [workers, sending]
+    if ctx.settings.tls_reports.enabled:
+        # Every process counts its own outbound sessions (RFC 8460) and writes them.
+        from mta.queue.tlsrpt import TlsSessionRecorder
+
+        services.append(TlsSessionRecorder(ctx))
     if listeners.http.enabled:
         services.append(HttpListener(ctx, sending=sending.service))
     if listeners.mx.enabled:

@@ -60,6 +60,13 @@ from mta.queue.session import (
     normalize_line_endings,
 )
 from mta.queue.smtpclient import SmtpClient, SmtpClientError
+from mta.queue.tlsrpt import (
+    SUCCESS,
+    SessionCounts,
+    classify_tls_error,
+    sts_policy_strings,
+    tlsa_policy_strings,
+)
 
 __all__ = ["DeliverySession", "RemoteDelivery", "SmartHost", "normalize_line_endings"]
 
@@ -86,7 +93,8 @@ class RemoteDelivery:
                  ca_bundle: str | None = None, mtasts: MtaSts | None = None,
                  smart_host: SmartHost | None = None, ipv6: bool = True,
                  max_connect_attempts: int = 10, pool: ConnectionPool | None = None,
-                 dane: DanePolicy | None = None) -> None:
+                 dane: DanePolicy | None = None,
+                 tls_counts: SessionCounts | None = None) -> None:
         self._resolver = resolver
         self._ehlo = ehlo_name
         self._port = port
@@ -107,6 +115,7 @@ class RemoteDelivery:
         self._max_attempts = max_connect_attempts
         self.pool = pool if pool is not None else ConnectionPool()
         self.connections_opened = 0  # so tests and callers can see reuse
+        self.tls_counts = tls_counts  # RFC 8460 session counters (None: not counted)
 
     async def deliver(self, domain: str, envelope_from: str, recipients: list[str],
                       raw: bytes, *, dsn: Dsn | None = None) -> list[RecipientOutcome]:
@@ -165,7 +174,7 @@ class RemoteDelivery:
                 return _Route([], failure=("failed", NULL_MX_REPLY,
                                            f"{domain} publishes a null MX (RFC 7505)"))
             hosts = _order(real)
-        route = _Route(hosts=hosts)
+        route = _Route(hosts=hosts, domain=domain)
         mode = self.dane.mode_for(domain) if self.dane is not None else "off"
         if mode != "off":
             failure = await self._dane_route(route, domain, mode)
@@ -181,6 +190,7 @@ class RemoteDelivery:
         skipped = [h for h in hosts if h not in allowed]
         if policy.mode == "enforce":
             if not allowed:
+                self.record_tls(route, "", "validation-failure")  # no MX the policy names
                 return _Route([], policy, failure=(
                     "deferred", None, f"MTA-STS enforce: no MX of {domain} matches the "
                     f"policy ({', '.join(hosts)} vs {', '.join(policy.mx)})"))
@@ -209,6 +219,10 @@ class RemoteDelivery:
                    and (mode != "required" or t.state == "dane")]
         if not allowed:
             why = "; ".join(f"{t.host}: {t.detail}" for t in found)
+            # RFC 8460 §4.3.2: required without usable records; a failed look-up of
+            # records DNSSEC says exist is the resolver's validation trouble.
+            self.record_tls(route, "", "dane-required" if mode == "required"
+                            else "dnssec-invalid", policy_type="tlsa")
             if mode == "required":
                 metrics.DANE_OUTCOMES.labels("required_unmet").inc()
                 detail = (f"DANE required for {domain}, but no MX host has usable "
@@ -224,6 +238,25 @@ class RemoteDelivery:
         route.hosts = [t.host for t in allowed]
         return None
 
+    # -- TLS reporting (RFC 8460) -----------------------------------------------------
+
+    def record_tls(self, route: _Route, host: str, failure: str | None, ip: str = "",
+                   local_ip: str = "", policy_type: str | None = None) -> None:
+        """Count one session's TLS outcome (failure None: TLS as the policy asked) under
+        the policy that applied to `host`. Nothing is counted through a smart host: the
+        report is about the destination domain's MX hosts, which the relay reaches."""
+        if self.tls_counts is None or route.domain is None:
+            return
+        tlsa = route.dane.get(host)
+        if policy_type == "tlsa" or (tlsa is not None and tlsa.enforced):
+            kind, strings = "tlsa", tlsa_policy_strings(tlsa.records if tlsa else ())
+        elif route.policy is not None:
+            kind, strings = "sts", sts_policy_strings(route.policy)
+        else:
+            kind, strings = "no-policy-found", ()
+        self.tls_counts.add(route.domain, kind, strings, failure or SUCCESS,
+                            sending_ip=local_ip, receiving_mx=host, receiving_ip=ip)
+
     async def _addresses(self, host: str) -> list[str]:
         try:
             return [str(ipaddress.ip_address(host))]
@@ -238,14 +271,21 @@ class RemoteDelivery:
                          notes: list[str], tlsa: HostTlsa | None = None) -> _Connection:
         """A ready session (greeted, EHLO done, TLS as required, AUTH for a smart host)."""
         levels = self._levels(policy, tlsa)
+        first_failure = None  # what went wrong at the strongest level, for TLS reporting
         for i, level in enumerate(levels):
             try:
                 conn = await self._open(host, ip, level, policy, notes, tlsa)
                 conn.key = self._pool_key(host, policy, tlsa)
                 self.connections_opened += 1
+                if level != "none" and conn.tls_version is None:
+                    first_failure = first_failure or "starttls-not-supported"
+                conn.tls_failure = first_failure
                 return conn
             except _ConnectError as exc:
+                first_failure = first_failure or exc.result_type
                 if not exc.tls or i == len(levels) - 1:
+                    if exc.result_type is not None:
+                        exc.result_type = first_failure
                     raise
                 # A TLS failure when TLS is not mandatory: reconnect one level weaker,
                 # and say so on the outcome.
@@ -287,6 +327,10 @@ class RemoteDelivery:
         # host *name* (SNI and certificate).
         timeout = self._connect_timeout
         try:
+            local_ip = sock.getsockname()[0]
+        except OSError:
+            local_ip = ""
+        try:
             client, greeting = await SmtpClient.connect(
                 sock, host, timeout=timeout, tls=context if implicit else None)
         except SmtpClientError as exc:
@@ -305,14 +349,15 @@ class RemoteDelivery:
                 r = await client.auth(relay.username, relay.password or "")
                 if r.code != 235:
                     raise _ConnectError(f"smart host AUTH failed: {r.code} {r.message}")
-        except _ConnectError:
+        except _ConnectError as exc:
             client.close()
+            exc.local_ip = local_ip
             raise
         except SmtpClientError as exc:
             client.close()
             raise _ConnectError(f"{host} [{ip}]: {exc}") from None
         return _Connection(client, host, ip, client.tls_version, notes,
-                           created=time.monotonic())
+                           created=time.monotonic(), local_ip=local_ip)
 
     async def _ehlo_or_helo(self, client: SmtpClient, host: str, ip: str) -> None:
         r = await client.ehlo(self._ehlo)
@@ -339,7 +384,8 @@ class RemoteDelivery:
             if by_dane:
                 metrics.DANE_OUTCOMES.labels("no_starttls").inc()
             if required:
-                raise _ConnectError(f"{host} does not offer STARTTLS, which {why} requires")
+                raise _ConnectError(f"{host} does not offer STARTTLS, which {why} requires",
+                                    result_type="starttls-not-supported")
             if policy is not None:
                 notes.append(f"MTA-STS testing: {host} does not offer STARTTLS")
             return
@@ -353,18 +399,21 @@ class RemoteDelivery:
             # A certificate that fails verification lands here too.
             raise _ConnectError(f"TLS with {host} failed ({why} requires it): {exc}"
                                 if by_dane else f"TLS with {host} failed: {exc}",
-                                tls=not required) from None
+                                tls=not required,
+                                result_type=classify_tls_error(exc.__cause__ or exc)
+                                ) from None
         if r.code != 220:
             if by_dane:
                 metrics.DANE_OUTCOMES.labels("tls_failed").inc()
             raise _ConnectError(f"STARTTLS refused by {host}: {r.code} {r.message}",
-                                tls=not required)
+                                tls=not required, result_type="starttls-not-supported")
         if level == "dane" and tlsa is not None:
             verdict = dane.verify(tlsa.records, client.peer_chain, tlsa.names or [host])
             if not verdict.ok:
                 metrics.DANE_OUTCOMES.labels("mismatch").inc()
                 raise _ConnectError(f"DANE: the certificate of {host} does not match the "
-                                    f"TLSA records at {tlsa.owner}: {verdict.reason}")
+                                    f"TLSA records at {tlsa.owner}: {verdict.reason}",
+                                    result_type="tlsa-invalid")
             metrics.DANE_OUTCOMES.labels("verified").inc()
             notes.append(f"DANE: {verdict.reason} of {host}")
         elif level == "encrypt":
@@ -400,8 +449,11 @@ def remote_delivery_from_settings(settings, resolver, **overrides) -> RemoteDeli
     if relay.host:
         smart_host = SmartHost(relay.host, relay.port, relay.tls, relay.username,
                                relay.password, relay.verify)
+    from mta.queue.tlsrpt import SESSIONS
+
     kwargs = {"port": settings.delivery.port, "mtasts": MtaSts(resolver),
               "smart_host": smart_host, "dane": dane_policy_from_settings(settings),
+              "tls_counts": SESSIONS if settings.tls_reports.enabled else None,
               **overrides}
     return RemoteDelivery(resolver, settings.node.hostname, **kwargs)
 

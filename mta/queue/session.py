@@ -42,9 +42,11 @@ def normalize_line_endings(raw: bytes) -> bytes:
 class _ConnectError(Exception):
     """This host/address is unusable now; try the next one."""
 
-    def __init__(self, detail: str, tls: bool = False) -> None:
+    def __init__(self, detail: str, tls: bool = False, result_type: str | None = None) -> None:
         super().__init__(detail)
         self.tls = tls  # a TLS handshake failure: a weaker TLS level may still work
+        self.result_type = result_type  # RFC 8460 failure type, when TLS was the trouble
+        self.local_ip = ""  # our end of the connection, when one was made
 
 
 class _Stale(Exception):
@@ -66,6 +68,7 @@ class _Route:
     notes: list[str] = field(default_factory=list)  # MTA-STS testing findings
     failure: tuple[Result, Reply | None, str] | None = None
     dane: dict[str, HostTlsa] = field(default_factory=dict)  # per MX host, when DANE is on
+    domain: str | None = None  # the destination domain (None through a smart host)
 
 
 @dataclass(eq=False)  # pooled by identity
@@ -79,6 +82,8 @@ class _Connection:
     created: float = 0.0
     uses: int = 0  # transactions started on it
     dirty: bool = False  # a transaction may be open: RSET before the next MAIL
+    local_ip: str = ""  # our end, the TLS report's sending-mta-ip
+    tls_failure: str | None = None  # RFC 8460 type when TLS fell short (weaker, or none)
 
     def outcome(self, rcpt: str, result: Result, reply: Reply | None,
                 route_notes: list[str] = ()) -> RecipientOutcome:
@@ -205,10 +210,13 @@ class DeliverySession:
                     conn = await engine._establish(host, ip, route.policy, [],
                                                    route.dane.get(host))
                 except _ConnectError as exc:
+                    if exc.result_type is not None:
+                        engine.record_tls(route, host, exc.result_type, ip, exc.local_ip)
                     errors.append(str(exc))
                     self._bad.add((host, ip))
                     last = exc
                     continue
+                engine.record_tls(route, host, conn.tls_failure, ip, conn.local_ip)
                 self.connections += 1
                 metrics.OUTBOUND_CONNECTIONS.labels("new").inc()
                 return conn

@@ -11,12 +11,13 @@ sending subdomains) are 32 hex characters, like the reference API's; internal ro
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -491,3 +492,28 @@ class AuditEntry(Base):
     after: Mapped[dict | None] = mapped_column(JSONB)
 
     __table_args__ = (Index("ix_audit_log_ts", "ts"),)
+
+
+class TlsReportSession(Base):
+    """RFC 8460 TLS reporting: outbound sessions counted per day, recipient domain,
+    policy, outcome and hosts (mta/queue/tlsrpt.py adds to `count`; the daily report
+    reads them). Empty strings, not NULLs, so that the unique key holds for them."""
+
+    __tablename__ = "tls_report_sessions"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date, nullable=False)  # UTC
+    policy_domain: Mapped[str] = mapped_column(Text, nullable=False)
+    policy_type: Mapped[str] = mapped_column(String(16), nullable=False)  # sts|tlsa|no-...
+    policy_key: Mapped[str] = mapped_column(String(64), nullable=False)  # digest of strings
+    policy_strings: Mapped[list] = mapped_column(JSONB, nullable=False)
+    result: Mapped[str] = mapped_column(String(40), nullable=False)  # success | RFC 8460 type
+    sending_ip: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    receiving_mx: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    receiving_ip: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("day", "policy_domain", "policy_type", "policy_key", "result",
+                         "sending_ip", "receiving_mx", "receiving_ip",
+                         name="uq_tls_report_sessions_counter"),
+    )
