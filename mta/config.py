@@ -364,6 +364,20 @@ class TlsReportSettings:
     flush_interval: Duration = Duration(10)  # how often the counts go to the database
 
 
+@dataclass
+class DmarcReportSettings:
+    """DMARC aggregate reports (RFC 7489 §7.2; mta/reports/, docs/reports.md): once a
+    day, one report per policy domain that asked (`rua=`), about the mail our MX
+    received, sent through the sending pipeline as `sender` of `account`."""
+
+    enabled: bool = False  # run the daily job on this node (rows are recorded regardless)
+    sender: str = ""  # From of the reports; its domain: a sending domain of `account`
+    account: str = ""  # the account (id or name) whose sending domain signs them
+    org_name: str = ""  # <org_name> of the reports; default node.hostname
+    interval: Duration = Duration(3600)  # how often the job looks for a day not yet sent
+    retention: Duration = Duration(14 * 86400)  # report rows older are deleted
+
+
 # --- handlers (issue 7) -------------------------------------------------------------
 
 
@@ -439,6 +453,7 @@ class Settings:
     handlers: HandlersSettings = field(default_factory=HandlersSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     tls_reports: TlsReportSettings = field(default_factory=TlsReportSettings)
+    dmarc_reports: DmarcReportSettings = field(default_factory=DmarcReportSettings)
     secret_key: str | None = None  # encrypts private keys at rest; env MTA_SECRET_KEY
     source: str = field(default="", metadata={"internal": True})
 
@@ -512,6 +527,10 @@ def _check_semantics(s: Settings) -> None:
     if s.observe.retention_batch < 1:
         raise ConfigError("observe.retention_batch", "must be at least 1", source=src)
     _check_mta_sts(s.mta_sts, src)
+    dmarc_reports = s.dmarc_reports
+    if dmarc_reports.enabled and ("@" not in dmarc_reports.sender or not dmarc_reports.account):
+        raise ConfigError("dmarc_reports", "enabled needs sender (an address at a sending "
+                          "domain) and account", source=src)
     # What the SRS signer refuses at start (its timestamp has 10 bits of days).
     if not 1 <= s.srs.max_age_days <= 1023:
         raise ConfigError("srs.max_age_days", "must be between 1 and 1023 (days)", source=src)

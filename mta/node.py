@@ -206,6 +206,12 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
         from mta.queue.tlsrpt import TlsSessionRecorder
 
         services.append(TlsSessionRecorder(ctx))
+    if node_jobs and ctx.settings.dmarc_reports.enabled:
+        # Daily DMARC aggregate reports, queued through the node's sending pipeline;
+        # once per day across nodes (a claimed row), so every node may run it.
+        from mta.reports.dmarc_send import DmarcReportJob
+
+        services.append(DmarcReportJob(ctx, sending.service))
     if listeners.http.enabled:
         services.append(HttpListener(ctx, sending=sending.service))
     if listeners.mx.enabled:

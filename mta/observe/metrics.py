@@ -211,3 +211,13 @@ def exposition_registry(multiprocess_dir: str | None = None):
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
+
+# --- DMARC aggregate reports (mta/reports/dmarc_send.py) ---------------------------------
+
+DMARC_REPORTS = Counter(
+    "mta_dmarc_reports_total",
+    "DMARC aggregate report destinations by outcome (queued | refused: no §7.1 "
+    "authorisation | too_large: over the rua size limit | suppressed | failed)",
+    ["outcome"])
+
+__all__ += ["DMARC_REPORTS"]

@@ -38,6 +38,7 @@ from mta.queue.dsnparams import Dsn
 from mta.replies import Reply
 from mta.routing.recipients import RecipientDirectory, RecipientVerdict
 from mta.smtp.authcheck import Reverse, from_header, judge, run_checks, verdicts_of
+from mta.smtp.dmarcrow import DMARC_RESULTS, dmarc_row
 from mta.smtp.headers import auth_results_field, header_value, prepend, received_field
 from mta.store.db import Database, Unit
 from mta.store.rows import EVENTS, MESSAGES, full_row
@@ -149,6 +150,21 @@ class Intake:
                           per_recipient=per_recipient)
         await record_events_now(self.db, rows)
 
+    async def _record_dmarc(self, client: ClientInfo, txn: Transaction,
+                            results: AuthResults, disposition: str) -> None:
+        """The aggregate report row of a refused message (best effort: a report is
+        statistics, it must not change the reply)."""
+        row = dmarc_row(results, source_ip=client.ip, mail_from=txn.mail_from,
+                        disposition=disposition)
+        if row is None:
+            return
+        try:
+            async with self.db.connection() as conn:
+                await conn.execute(DMARC_RESULTS.insert(), [row])
+        except Exception as exc:
+            log.warning("could not record the DMARC report row of session %s: %s",
+                        client.session_id, exc)
+
     # -- end of DATA ---------------------------------------------------------------------
 
     async def finish(self, client: ClientInfo, txn: Transaction, content: bytes) -> Reply:
@@ -180,6 +196,8 @@ class Intake:
                                recipients=rcpts, auth=results,
                                extra={"subject": header_value(content, "Subject")},
                                per_recipient=_per_rcpt(txn))
+            if reply.permanent:  # a 4xx is retried: the retry is what gets counted
+                await self._record_dmarc(client, txn, results, "reject")
             return reply
         return await self._store(client, txn, content, results, decision)
 
@@ -212,6 +230,10 @@ class Intake:
             tls=client.tls, auth_results=auth_json, status="received",
             dsn_ret=txn.dsn.ret, dsn_envid=txn.dsn.envid)
         unit = Unit()
+        dmarc = dmarc_row(results, source_ip=client.ip, mail_from=txn.mail_from,
+                          disposition="quarantine" if decision.quarantine else "none")
+        if dmarc is not None:  # its report row commits with the message, or not at all
+            unit.insert(DMARC_RESULTS, dmarc)
         unit.insert(EVENTS, event_rows(
             direction="inbound", status="Received", recipients=rcpts, mail_from=txn.mail_from,
             message_id=message_id, subject=subject, auth=_auth_summary(results),

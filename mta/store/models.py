@@ -517,3 +517,50 @@ class TlsReportSession(Base):
                          "sending_ip", "receiving_mx", "receiving_ip",
                          name="uq_tls_report_sessions_counter"),
     )
+
+
+# --- DMARC aggregate reporting (RFC 7489 §7.2; mta/reports/) --------------------------------
+
+
+class DmarcResultRow(Base):
+    """What one received message's DMARC evaluation contributes to the aggregate report
+    of its policy domain: written with the message (or with its 5xx refusal) when the
+    From domain published a DMARC record with `rua=`. Kept apart from `messages` so
+    that refused mail counts too and message retention does not shorten a report."""
+
+    __tablename__ = "dmarc_results"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = created_col()
+    source_ip: Mapped[str] = mapped_column(INET, nullable=False)
+    header_from: Mapped[str] = mapped_column(String(253), nullable=False)
+    envelope_from: Mapped[str] = mapped_column(String(253), nullable=False)  # domain, or ""
+    policy_domain: Mapped[str] = mapped_column(String(253), nullable=False)
+    record: Mapped[str] = mapped_column(Text, nullable=False)  # the DMARC TXT record seen
+    result: Mapped[str] = mapped_column(String(16), nullable=False)  # pass | fail | ...
+    disposition: Mapped[str] = mapped_column(String(16), nullable=False)  # what we applied
+    dkim_aligned: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    spf_aligned: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    dkim: Mapped[list] = mapped_column(JSONB, nullable=False)  # [{domain, selector, result}]
+    spf_domain: Mapped[str] = mapped_column(String(253), nullable=False)
+    spf_scope: Mapped[str] = mapped_column(String(8), nullable=False)  # mfrom | helo
+    spf_result: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(String(32))  # a policy override type
+
+    __table_args__ = (Index("ix_dmarc_results_ts", "ts"),)
+
+
+class DmarcReportSent(Base):
+    """One aggregate report period of one policy domain, claimed by the node that sends
+    it: the primary key makes the claim once across nodes (INSERT ... ON CONFLICT DO
+    NOTHING), and the row says what became of it."""
+
+    __tablename__ = "dmarc_reports_sent"
+    policy_domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    period_begin: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    period_end: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    report_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    node_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    records: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    destinations: Mapped[list] = mapped_column(JSONB, nullable=False)  # [{uri, outcome}]
+    created_at: Mapped[datetime] = created_col()

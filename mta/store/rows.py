@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, Table, text
 
-from mta.store.models import Delivery, DeliveryAttempt, Event, Message
+from mta.store.models import Delivery, DeliveryAttempt, DmarcResultRow, Event, Message
 
 __all__ = ["ATTEMPTS", "DELIVERIES", "EVENTS", "MESSAGES", "NEXT_DELIVERY_IDS", "full_row"]
 
@@ -28,7 +28,7 @@ EVENTS: Table = Event.__table__  # type: ignore[assignment]
 NEXT_DELIVERY_IDS = text("SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
                          "FROM generate_series(1, :n)")
 
-_SERIAL = {id(t): t.c.id for t in (DELIVERIES, ATTEMPTS, EVENTS)}
+_SERIAL = {id(t): t.c.id for t in (DELIVERIES, ATTEMPTS, EVENTS, DmarcResultRow.__table__)}
 
 
 def full_row(table: Table, now: datetime | None = None, /, **values: Any) -> dict[str, Any]:

@@ -1,0 +1,2 @@
+"""Reports about mail authentication that we send to, and take from, other domains:
+DMARC aggregate reports (RFC 7489 §7.2; dmarc_*.py)."""
