@@ -328,7 +328,10 @@ async def renew_leases(db: Database, node_id: str, ids: Sequence[int], *,
 
 async def release(db: Database, node_id: str, claimed: Sequence[Claimed]) -> int:
     """Give back leases of work we claimed but never tried (graceful stop): the attempt
-    count and the due time are restored, so another node picks them up at once."""
+    count and the due time are restored, so another node picks them up at once. Only
+    that claim's lease (its attempt count): a release written late (after an outage
+    longer than the lease, mta/queue/unsettled.py) must not free a newer claim of the
+    same node, which is being sent."""
     if not claimed:
         return 0
     async with db.connection() as s:
@@ -336,6 +339,7 @@ async def release(db: Database, node_id: str, claimed: Sequence[Claimed]) -> int
         for c in claimed:
             res = await s.execute(
                 update(Delivery).where(Delivery.id == c.id, Delivery.lease_owner == node_id,
+                                       Delivery.attempts == c.attempts,
                                        Delivery.status == "queued")
                 .values(lease_owner=None, lease_expires_at=None,
                         attempts=Delivery.attempts - 1,

@@ -223,6 +223,18 @@ async def test_release_hands_back_untried_work_unchanged(db):
     assert (c.id, c.attempts) == (d.id, 1)
 
 
+async def test_a_late_release_leaves_the_same_nodes_new_claim_alone(db):
+    # The database came back after the lease ran out: this node claimed the delivery
+    # again (attempt 2, being sent) before the release of its first claim was written.
+    await enqueue(db, ["x@dest.test"])
+    [old] = await do_claim(db, now=T0, lease=60)
+    later = T0 + timedelta(days=1)
+    [new] = await do_claim(db, now=later, lease=60)
+    assert (new.id, new.attempts) == (old.id, 2)
+    assert await q.release(db, "node-a", [old]) == 0
+    assert await do_claim(db, "node-b", now=later) == []  # not sent twice at once
+
+
 async def test_record_outcomes_one_transaction_and_lease_holder_rules(db):
     rows = await enqueue(db, ["ok@dest.test", "no@dest.test", "later@dest.test"])
     c_ok, c_no, c_later = await do_claim(db, now=T0)
