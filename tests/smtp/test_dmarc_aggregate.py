@@ -6,8 +6,12 @@ attachment; a rua on another domain without its authorising record gets nothing.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import gzip
+import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from email import policy
@@ -16,6 +20,7 @@ from pathlib import Path
 import dkim
 import pytest
 import xmlschema
+import yaml
 from sqlalchemy import select
 
 from mta.node import NodeContext
@@ -168,3 +173,56 @@ def test_rua_parsing_keeps_mailto_with_size_limits() -> None:
                       "mailto:bad!1x, mailto:A@x.test, mailto:c@z.test")
     assert [(d.address, d.max_size) for d in dests] == [
         ("a@x.test", 10 << 20), ("b@y.test", 2048), ("c@z.test", None)]
+
+
+async def test_two_nodes_at_once_send_each_report_once(world, keys) -> None:
+    mx, sink, port = world
+    raw = dkim_sign(make_message("news@rep.test"), "rep.test", "sel", keys["good"])
+    assert (await smtp_send(mx, raw, "bounce@rep.test"))[0] == 250
+    begin, end = day_period(datetime.now(UTC).date())
+    services, runs = [], []
+    for node in ("node-a", "node-b"):
+        ctx = NodeContext(settings=mx.settings, db=mx.db, resolver=mx.server.ctx.resolver,
+                          node_id=node)
+        transport = RemoteDelivery(ctx.resolver, "mx.ours.test", port=port,
+                                   connect_timeout=3, command_timeout=5, data_timeout=5)
+        service = SendingService(ctx, transport=transport, sync_timeout=5)
+        services.append(service)
+        runs.append(send_reports(ctx, service, begin, end))
+    try:
+        results = await asyncio.gather(*runs)
+    finally:
+        for service in services:
+            await service.close()
+    statuses = sorted(o.status for outcomes in results for o in outcomes)
+    assert statuses == ["already_sent", "sent"]
+    sink.wait_for(2, timeout=15)
+    await asyncio.sleep(1.0)  # a duplicate would arrive within this
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == ["agg@collector.test",
+                                                            "dmarc@rep.test"]
+
+
+async def test_cli_dry_run_lists_the_destinations_and_writes_the_report(world, keys,
+                                                                         tmp_path) -> None:
+    mx, sink, _ = world
+    raw = dkim_sign(make_message("news@rep.test"), "rep.test", "sel", keys["good"])
+    assert (await smtp_send(mx, raw, "bounce@rep.test"))[0] == 250
+    config = tmp_path / "mta.yaml"
+    config.write_text(yaml.safe_dump({
+        "database": {"url": mx.settings.database.url}, "state_dir": str(tmp_path / "state"),
+        "node": {"hostname": "mx.ours.test"},
+        "dns": {"nameservers": [dict(mx.dns.nameserver)], "timeout": 2}}))
+    today = datetime.now(UTC).date().isoformat()
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "mta", "reports", "dmarc", "send", "--date",
+                         today, "--dry-run", "--json", "--output", str(tmp_path / "out"),
+                         "--config", str(config)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [report] = json.loads(result.stdout)
+    assert report["status"] == "dry_run" and report["messages"] == 1
+    assert {d["address"]: d["outcome"] for d in report["destinations"]}[
+        "spy@thirdparty.test"] == "refused"
+    [written] = list((tmp_path / "out").iterdir())
+    SCHEMA.validate(gzip.decompress(written.read_bytes()))
+    assert sink.messages == []
