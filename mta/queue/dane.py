@@ -198,6 +198,12 @@ def _chain_problem(chain: Sequence[bytes], names: Sequence[str],
         except (ValueError, TypeError, InvalidSignature) as exc:
             return (f"{_subject(child)} is not issued by {_subject(issuer)} "
                     f"({exc or 'bad signature'})")
+    # Every issuer below the anchor must be a CA: otherwise whoever holds any server
+    # certificate the anchor issued (a public CA as DANE-TA: any of its customers)
+    # could sign one for this host with that server's key (RFC 5280 §6.1.4 (k)).
+    for cert in certs[1:-1] if anchor_sent else certs[1:]:
+        if not _is_ca(cert):
+            return f"{_subject(cert)} is not a CA but issued a certificate of the chain"
     # The anchor's own dates do not matter: the DNS vouches for it (RFC 7671 §5.2.2).
     for cert in certs[:-1] if anchor_sent else certs:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
@@ -205,6 +211,18 @@ def _chain_problem(chain: Sequence[bytes], names: Sequence[str],
     if not any(_name_matches(certs[0], n) for n in names):
         return f"the certificate does not name {' or '.join(names)}"
     return None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
 
 
 def _subject(cert: x509.Certificate) -> str:

@@ -145,3 +145,38 @@ def test_policy_per_destination():
     assert policy.mode_for("Bank.Test.") == "required"
     assert policy.mode_for("broken.test") == "off"
     assert policy.mode_for("other.test") == "opportunistic"
+
+
+def _issued_by_leaf(leaf: trustme.LeafCert, name: str) -> bytes:
+    """A certificate for `name` signed with a server's own (end-entity) key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    issuer = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    issuer_key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer.subject)
+            .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(issuer_key, hashes.SHA256()))
+    return cert.public_bytes(Encoding.DER)
+
+
+def test_dane_ta_refuses_a_chain_through_an_end_entity_certificate():
+    """Whoever holds any certificate the anchor issued to a server (a public CA as
+    DANE-TA: any of its customers) must not be able to issue one for our MX host."""
+    root = trustme.CA()
+    other_server = root.issue_cert("attacker.test")  # CA:FALSE
+    forged = [_issued_by_leaf(other_server, HOST), der(other_server.cert_chain_pems[0].bytes())]
+    for record, chain in (
+            (tlsa_for_certificate(der(root.cert_pem.bytes()), 2, 0, 1),
+             [*forged, der(root.cert_pem.bytes())]),
+            (Tlsa(2, 1, 0, spki(der(root.cert_pem.bytes()))), forged)):
+        verdict = verify([record], chain, [HOST])
+        assert not verdict.ok, verdict.reason
+        assert "not a CA" in verdict.reason
