@@ -212,6 +212,8 @@ ROUTING_LOOP = Reply.parse("554 5.4.6 Routing loop detected: {detail}")
 # basic code is the next hop's 5xx, the enhanced code its own when it gave a valid one
 # (else `enhanced_for(code)`); its reply follows, through `quoted()` (mta.routing.inbound).
 FORWARD_REFUSED = Reply.parse("550 5.0.0 The forwarding destination refused the message; its server said: {remote}")
+# Not the next hop's words but ours: it does not offer SMTPUTF8 (queue/intl.py).
+FORWARD_NEEDS_SMTPUTF8 = Reply.parse("553 5.6.7 The forwarding destination does not offer SMTPUTF8, which this message needs (internationalised address or header)")
 # routing.dmarc_safe_from = reject: forwarding unchanged would fail DMARC downstream.
 FORWARD_DMARC_REFUSED = Reply.parse("550 5.7.1 Message refused: it cannot be forwarded without failing the DMARC policy (p={policy}) of {domain}; sign it with DKIM aligned with the From domain")
 

@@ -54,6 +54,7 @@ from mta.queue import bounces
 from mta.queue.dsnparams import (
     Dsn,
 )
+from mta.queue.intl import NO_SMTPUTF8_REPLY
 from mta.queue.outcome import RecipientOutcome
 from mta.queue.queue import (
     RetryPolicy,
@@ -353,11 +354,14 @@ class InboundRouter:
     async def _upstream_refused(self, plan: Plan, ctx: EventContext, target: Target,
                                 attempt: Attempt) -> Routed:
         up = attempt.outcome.reply
-        remote = str(up) if up is not None else (attempt.outcome.detail or "refused")
-        reply = replies.FORWARD_REFUSED.format(remote=replies.quoted(remote))
-        code = up.code if up is not None and 500 <= up.code < 600 else reply.code
-        reply = replace(reply, code=code,
-                        enhanced=replies.enhanced_for(code, up.enhanced if up else None))
+        if up == NO_SMTPUTF8_REPLY:  # our own verdict: quoting it as the server's is wrong
+            reply = replies.FORWARD_NEEDS_SMTPUTF8
+        else:
+            remote = str(up) if up is not None else (attempt.outcome.detail or "refused")
+            reply = replies.FORWARD_REFUSED.format(remote=replies.quoted(remote))
+            code = up.code if up is not None and 500 <= up.code < 600 else reply.code
+            reply = replace(reply, code=code,
+                            enhanced=replies.enhanced_for(code, up.enhanced if up else None))
         metrics.INBOUND_REJECTIONS.labels("upstream_rejected").inc()
         rows: list[dict[str, Any]] = []
         for rcpt in target.recipients:

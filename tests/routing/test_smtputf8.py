@@ -72,6 +72,8 @@ async def test_next_hop_without_smtputf8_gets_nothing_and_the_sender_hears_567(w
     out = await raw_session(w.a, utf8_session("user@ours.test", signed_utf8(w)))
     c = codes(out)
     assert c[5].startswith("553 5.6.7"), c  # refused in-session, not downgraded
+    # Our own verdict, not quoted as if the next hop had said it.
+    assert "does not offer SMTPUTF8" in c[5] and "its server said" not in c[5], c
     assert w.inbox.messages == []
 
 
