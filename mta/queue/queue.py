@@ -401,14 +401,17 @@ async def record_outcomes(executor: Any, node_id: str, outcomes: Sequence[Stored
         ip=o.ip, tls_version=o.tls_version) for o in outcomes])
     # One statement for all of them. Only the lease holder reschedules a deferral
     # (the next attempt time was committed at claim; a deferral just drops the lease and
-    # enters the retry band); a final state is written whoever holds the lease, because
-    # the remote server has spoken.
+    # enters the retry band), and only for that claim (its attempt count: a deferral
+    # written late after an outage must not drop a newer claim of the same node while it
+    # is being sent); a final state is written whoever holds the lease, because the
+    # remote server has spoken.
     res = await executor.execute(_RECORD_SQL, {
         "ids": [o.claimed.id for o in outcomes],
         "statuses": [o.status for o in outcomes],
         "finished": [o.finished_at for o in outcomes],
         "replies": [_reply_text(o) for o in outcomes],
         "delay": [o.mark_delay_notified for o in outcomes],
+        "attempts": [o.claimed.attempts for o in outcomes],
         "node": node_id, "now": now, "band": PRIORITY_RETRY_BAND})
     return [row[0] for row in res]
 
@@ -425,8 +428,9 @@ UPDATE deliveries AS d SET
     delay_notified_at = CASE WHEN v.delay THEN :now ELSE d.delay_notified_at END
 FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
             CAST(:finished AS timestamptz[]), CAST(:replies AS text[]),
-            CAST(:delay AS boolean[])) AS v(id, status, finished, reply, delay)
+            CAST(:delay AS boolean[]), CAST(:attempts AS integer[]))
+     AS v(id, status, finished, reply, delay, attempts)
 WHERE d.id = v.id AND d.status = 'queued'
-  AND (v.status <> 'queued' OR d.lease_owner = :node)
+  AND (v.status <> 'queued' OR (d.lease_owner = :node AND d.attempts = v.attempts))
 RETURNING d.id
 """)

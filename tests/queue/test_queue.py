@@ -235,6 +235,18 @@ async def test_a_late_release_leaves_the_same_nodes_new_claim_alone(db):
     assert await do_claim(db, "node-b", now=later) == []  # not sent twice at once
 
 
+async def test_a_late_deferral_leaves_the_same_nodes_new_claim_alone(db):
+    await enqueue(db, ["x@dest.test"])
+    [old] = await do_claim(db, now=T0, lease=60)
+    later = T0 + timedelta(days=1)
+    [new] = await do_claim(db, now=later, lease=60)
+    assert await defer_all(db, [old], now=later) == []  # written after the outage
+    async with db.session() as s:
+        row = await s.get(Delivery, new.id)
+    assert (row.lease_owner, row.attempts) == ("node-a", 2)  # still being sent
+    assert await defer_all(db, [new], now=later) == [new.id]
+
+
 async def test_record_outcomes_one_transaction_and_lease_holder_rules(db):
     rows = await enqueue(db, ["ok@dest.test", "no@dest.test", "later@dest.test"])
     c_ok, c_no, c_later = await do_claim(db, now=T0)
