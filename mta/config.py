@@ -376,6 +376,9 @@ class DmarcReportSettings:
     org_name: str = ""  # <org_name> of the reports; default node.hostname
     interval: Duration = Duration(3600)  # how often the job looks for a day not yet sent
     retention: Duration = Duration(14 * 86400)  # report rows older are deleted
+    # Mailboxes whose mail is aggregate reports about our domains (their rua=): the MX
+    # accepts, parses and keeps it (`mta reports dmarc list`), whatever the routing rules.
+    intake_addresses: list[str] = field(default_factory=list)
 
 
 # --- handlers (issue 7) -------------------------------------------------------------

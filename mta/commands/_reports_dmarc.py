@@ -1,4 +1,11 @@
-"""`mta reports dmarc send [--date YYYY-MM-DD] [--domain D] [--dry-run] [--output DIR]`:
+"""`mta reports dmarc list|show|send`.
+
+`list [--days N] [--domain D] [--reports] [--json]`: the aggregate reports other domains
+sent to our report mailboxes (`dmarc_reports.intake_addresses`), per day and policy
+domain: reporters, messages, sources, aligned SPF / DKIM pass and fail (`--reports`: one
+line per report file, invalid ones with why). `show ID [--json]`: one report's records.
+
+`send [--date YYYY-MM-DD] [--domain D] [--dry-run] [--output DIR]`:
 the DMARC aggregate reports of one UTC day (default: yesterday), built from what the MX
 recorded and queued for the delivery workers, as the daily job does (mta/reports/).
 
@@ -14,12 +21,24 @@ import socket
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from mta.commands._common import CommandGroup, open_database, print_json, print_table
+from mta.commands._common import (
+    CommandGroup,
+    open_database,
+    positive,
+    print_json,
+    print_table,
+)
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.node import NodeContext
 from mta.reports.dmarc_aggregate import gzipped
+from mta.reports.dmarc_received import (
+    daily_summary,
+    report_detail,
+    report_list,
+    report_summary,
+)
 from mta.reports.dmarc_send import day_period, send_reports
 
 __all__ = ["register"]
@@ -76,8 +95,69 @@ async def _cmd_send(args, settings: Settings) -> int:
     return 0
 
 
+async def _cmd_list(args, settings: Settings) -> int:
+    since = datetime.now(UTC) - timedelta(days=args.days)
+    async with open_database(settings) as db:
+        reports = await report_list(db, since, args.domain)
+    if args.reports:
+        rows = [report_summary(r) for r in reports]
+        if args.json:
+            print_json(rows)
+            return 0
+        print_table([[r["id"], r["received_at"].strftime("%Y-%m-%d %H:%M"), r["status"],
+                      r["org_name"] or "-", r["policy_domain"] or "-",
+                      r["begin"].date().isoformat() if r["begin"] else "-", r["messages"],
+                      r["error"] or ""] for r in rows],
+                    ["ID", "RECEIVED", "STATUS", "REPORTER", "DOMAIN", "DAY", "MESSAGES",
+                     "ERROR"], empty="no DMARC reports received")
+        return 0
+    days = daily_summary(reports)
+    if args.json:
+        print_json(days)
+        return 0
+    print_table([[d["day"], d["policy_domain"], ", ".join(d["reporters"]), d["messages"],
+                  d["sources"], d["dmarc_pass"], f"{d['spf_pass']}/{d['spf_fail']}",
+                  f"{d['dkim_pass']}/{d['dkim_fail']}"] for d in days],
+                ["DAY", "DOMAIN", "REPORTERS", "MESSAGES", "SOURCES", "DMARC PASS",
+                 "SPF PASS/FAIL", "DKIM PASS/FAIL"], empty="no DMARC reports received")
+    invalid = sum(1 for r in reports if r.status != "ok")
+    if invalid:
+        print(f"\n{invalid} report file(s) could not be used: mta reports dmarc list "
+              "--reports")
+    return 0
+
+
+async def _cmd_show(args, settings: Settings) -> int:
+    async with open_database(settings) as db:
+        detail = await report_detail(db, args.id)
+    if detail is None:
+        raise CliError(f"no received DMARC report {args.id} (see mta reports dmarc list "
+                       "--reports)")
+    if args.json:
+        print_json(detail)
+        return 0
+    for key in ("id", "status", "error", "org_name", "report_id", "policy_domain", "begin",
+                "end", "messages", "filename"):
+        if detail[key] is not None:
+            print(f"{key}: {detail[key]}")
+    print()
+    print_table([[r["source_ip"], r["count"], r["disposition"], r["spf"], r["dkim"],
+                  r["header_from"], r["envelope_from"]] for r in detail["records"]],
+                ["SOURCE", "COUNT", "DISPOSITION", "SPF", "DKIM", "HEADER FROM",
+                 "ENVELOPE FROM"], empty="no records")
+    return 0
+
+
 def register(kinds) -> None:
     dmarc = CommandGroup(kinds, "dmarc", "DMARC aggregate reports (RFC 7489)")
+    c = dmarc.add("list", _cmd_list, "reports received about our domains, per day")
+    c.add_argument("--days", type=positive, default=7, help="this many days back (7)")
+    c.add_argument("--domain", help="only this policy domain")
+    c.add_argument("--reports", action="store_true", help="one line per report file")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = dmarc.add("show", _cmd_show, "one received report and its records")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c = dmarc.add("send", _cmd_send, "build and send one day's aggregate reports")
     c.add_argument("--date", type=_day, help="the UTC day (YYYY-MM-DD; default yesterday)")
     c.add_argument("--domain", help="only this policy domain")

@@ -1,4 +1,6 @@
-"""The row a received message adds to its From domain's DMARC aggregate report.
+"""The rows the MX writes for DMARC reporting: what a received message adds to its From
+domain's aggregate report (`dmarc_row`), and the reports mailed to our report mailboxes
+(`received_row`, parsed by mta/reports/dmarc_intake.py).
 
 RFC 7489 §7.2 reports, per policy domain and period, what we saw: the source IP, the
 identifiers, the raw SPF and DKIM results, DMARC alignment and the disposition we
@@ -8,15 +10,18 @@ sampling). Only mail whose DMARC record names a `rua=` is kept — nobody else r
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from mta.checks.results import AuthResults
-from mta.store.models import DmarcResultRow
+from mta.reports.dmarc_intake import ParsedReport
+from mta.store.models import DmarcReportReceived, DmarcResultRow
 from mta.store.rows import full_row
 
-__all__ = ["DMARC_RESULTS", "dmarc_row"]
+__all__ = ["DMARC_RESULTS", "REPORTS_RECEIVED", "dmarc_row", "received_row"]
 
 DMARC_RESULTS = DmarcResultRow.__table__
+REPORTS_RECEIVED = DmarcReportReceived.__table__
 
 _DKIM_RESULTS = ("none", "pass", "fail", "policy", "neutral", "temperror", "permerror")
 _SPF_RESULTS = ("none", "neutral", "pass", "fail", "softfail", "temperror", "permerror")
@@ -56,3 +61,13 @@ def dmarc_row(auth: AuthResults, *, source_ip: str, mail_from: str,
         spf_scope="helo" if spf and spf.identity == "helo" else "mfrom",
         spf_result=spf.result if spf and spf.result in _SPF_RESULTS else "none",
         reason=reason)
+
+
+def received_row(report: ParsedReport, message_id: uuid.UUID) -> dict[str, Any]:
+    """The `dmarc_reports_received` row of one report file of a mail to a report mailbox."""
+    return full_row(
+        REPORTS_RECEIVED, None, message_id=message_id, filename=report.filename,
+        status=report.status, error=report.error, org_name=report.org_name,
+        report_id=report.report_id, policy_domain=report.policy_domain,
+        period_begin=report.begin, period_end=report.end, messages=report.messages,
+        records=report.records)

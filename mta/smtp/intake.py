@@ -36,9 +36,10 @@ from mta.observe import metrics
 from mta.observe.events import event_rows, record_events_now
 from mta.queue.dsnparams import Dsn
 from mta.replies import Reply
+from mta.reports.dmarc_intake import parse_report_mail
 from mta.routing.recipients import RecipientDirectory, RecipientVerdict
 from mta.smtp.authcheck import Reverse, from_header, judge, run_checks, verdicts_of
-from mta.smtp.dmarcrow import DMARC_RESULTS, dmarc_row
+from mta.smtp.dmarcrow import DMARC_RESULTS, REPORTS_RECEIVED, dmarc_row, received_row
 from mta.smtp.headers import auth_results_field, header_value, prepend, received_field
 from mta.store.db import Database, Unit
 from mta.store.rows import EVENTS, MESSAGES, full_row
@@ -94,6 +95,8 @@ class Intake:
         # module does not depend on it): `route(...)` -> Routed(reply | stage()). None =
         # accepted mail stays stored as "received" for a later consumer.
         self.router: Any = None
+        self.report_addresses = {a.strip().lower()
+                                 for a in settings.dmarc_reports.intake_addresses}
 
     # -- questions during the session ----------------------------------------------------
 
@@ -115,6 +118,10 @@ class Intake:
         return replies.RBL_LISTED.format(ip=ip, zones=zones)
 
     async def recipient(self, address: str) -> RecipientVerdict:
+        if address.strip().lower() in self.report_addresses:  # DMARC reports about us
+            addr = address.strip().lower()
+            return RecipientVerdict("accepted", addr, addr.rpartition("@")[2],
+                                    report_intake=True)
         # routing (issue 5): bounces to our SRS addresses; forged/expired -> 550 5.1.1
         srs = self.router.srs_recipient(address) if self.router is not None else None
         if srs is not None:
@@ -242,7 +249,11 @@ class Intake:
                      "would_be": decision.would_be, "client_ip": client.ip,
                      "session_id": client.session_id, "size": len(raw)}))
         routed = None
-        if self.router is not None:
+        if txn.recipients[0].report_intake:  # the whole transaction: see session.rcpt
+            reports = parse_report_mail(raw)
+            unit.insert(REPORTS_RECEIVED, [received_row(r, message_id) for r in reports])
+            message["status"] = "report"
+        elif self.router is not None:
             try:
                 routed = await self.router.route(
                     mail_from=txn.mail_from, recipients=txn.recipients, raw=raw, auth=results,

@@ -484,6 +484,9 @@ class MxSession(SmtpSession):
         if any(r.address == verdict.address for r in txn.recipients):
             return await self.reply(replies.RECIPIENT_OK)  # a duplicate: deliver once
         policy = self.intake.policy_for(verdict.domain)
+        if txn.recipients and txn.recipients[0].report_intake != verdict.report_intake:
+            # A report mailbox's mail is parsed here, not routed: alone in its transaction.
+            return await self.reply(replies.RECIPIENT_NEEDS_OWN_TRANSACTION)
         if txn.policy is not None and policy != txn.policy:
             # One DATA reply covers every recipient, so a transaction keeps one policy.
             return await self.reply(replies.RECIPIENT_NEEDS_OWN_TRANSACTION)

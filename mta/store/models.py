@@ -564,3 +564,28 @@ class DmarcReportSent(Base):
     messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     destinations: Mapped[list] = mapped_column(JSONB, nullable=False)  # [{uri, outcome}]
     created_at: Mapped[datetime] = created_col()
+
+
+class DmarcReportReceived(Base):
+    """One aggregate report file another domain sent about ours (mta/reports/
+    dmarc_intake.py), or, with status `invalid`, one that could not be used and why.
+    `records`: the report's rows as parsed (source_ip, count, disposition, dkim, spf,
+    header_from, envelope_from, auth_dkim, auth_spf)."""
+
+    __tablename__ = "dmarc_reports_received"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = created_col()
+    message_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"))
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # ok | invalid
+    error: Mapped[str | None] = mapped_column(Text)
+    org_name: Mapped[str | None] = mapped_column(String(253))
+    report_id: Mapped[str | None] = mapped_column(String(253))
+    policy_domain: Mapped[str | None] = mapped_column(String(253))
+    period_begin: Mapped[datetime | None] = mapped_column(Timestamp)
+    period_end: Mapped[datetime | None] = mapped_column(Timestamp)
+    messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    records: Mapped[list] = mapped_column(JSONB, nullable=False)
+
+    __table_args__ = (Index("ix_dmarc_reports_received_period_begin", "period_begin"),)

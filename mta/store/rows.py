@@ -14,7 +14,14 @@ from typing import Any
 
 from sqlalchemy import DateTime, Table, text
 
-from mta.store.models import Delivery, DeliveryAttempt, DmarcResultRow, Event, Message
+from mta.store.models import (
+    Delivery,
+    DeliveryAttempt,
+    DmarcReportReceived,
+    DmarcResultRow,
+    Event,
+    Message,
+)
 
 __all__ = ["ATTEMPTS", "DELIVERIES", "EVENTS", "MESSAGES", "NEXT_DELIVERY_IDS", "full_row"]
 
@@ -28,7 +35,8 @@ EVENTS: Table = Event.__table__  # type: ignore[assignment]
 NEXT_DELIVERY_IDS = text("SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
                          "FROM generate_series(1, :n)")
 
-_SERIAL = {id(t): t.c.id for t in (DELIVERIES, ATTEMPTS, EVENTS, DmarcResultRow.__table__)}
+_SERIAL = {id(t): t.c.id for t in (DELIVERIES, ATTEMPTS, EVENTS, DmarcResultRow.__table__,
+                                    DmarcReportReceived.__table__)}
 
 
 def full_row(table: Table, now: datetime | None = None, /, **values: Any) -> dict[str, Any]:
