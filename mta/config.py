@@ -362,6 +362,15 @@ class TlsReportSettings:
 
     enabled: bool = True  # count the outcomes of this node's outbound sessions
     flush_interval: Duration = Duration(10)  # how often the counts go to the database
+    # Send yesterday's reports (UTC) to every domain that asks (_smtp._tls TXT), once
+    # across nodes; `mta reports tls send` sends a given day by hand.
+    send: bool = True
+    check_interval: Duration = Duration(3600)  # how often a node looks for a day to send
+    organization: str | None = None  # organization-name; null = the submitter
+    contact: str | None = None  # contact-info; null = the from address
+    submitter: str | None = None  # null = routing.forwarding_domain, else node.hostname
+    from_address: str | None = None  # null = noreply-tlsrpt@<submitter>
+    http_timeout: Duration = Duration(30)  # per https POST
 
 
 @dataclass

@@ -194,6 +194,12 @@ def build_services(ctx: NodeContext, role: WorkerRole | None = None) -> list[Ser
         from mta.webhooks.sender import WebhookSender
 
         services.append(WebhookSender(ctx))
+        if ctx.settings.tls_reports.send:
+            from mta.reports.tlsrpt_job import TlsReportJob
+            from mta.routing.forward import forwarding_signer
+
+            # RFC 8460 daily reports, once across nodes
+            services.append(TlsReportJob(ctx, sign=forwarding_signer(ctx.db, ctx.settings)))
     # One pool of outbound SMTP connections for the queue and in-session forwards.
     pool = ConnectionPool()
     workers = DeliveryWorkers(

@@ -53,6 +53,7 @@ from mta.signing.dkim import (
     normalize_line_endings,
     parse_message,
     sign_dkim,
+    sign_message,
 )
 from mta.signing.keys import KeyVault, SigningKey, generate_private_key, public_key_b64
 from mta.signing.srs import Srs
@@ -354,3 +355,19 @@ class Forwarder:
                             extra_keys=extra, new_from=new_from)
         return ForwardCopy(out, env_from, new_from is not None,
                            tuple(k.domain for k in (key, *extra)))
+
+
+def forwarding_signer(db: Database, settings: Settings):
+    """An async `raw -> raw` that DKIM-signs with the forwarding domain's key (generated
+    when missing), for mail the node itself sends (TLS reports); None when there is no
+    forwarding domain or no secret_key to keep a key with."""
+    domain = forwarding_domain(settings)
+    if domain is None or not settings.secret_key:
+        return None
+    keys = KeyStore(db, settings)
+
+    async def sign(raw: bytes) -> bytes:
+        key = await keys.key_for(domain, generate=True)
+        return sign_message(raw, [key]) if key is not None else raw
+
+    return sign

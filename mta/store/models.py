@@ -519,6 +519,18 @@ class TlsReportSession(Base):
     )
 
 
+class TlsReportRun(Base):
+    """One day's TLS reports, sent once across nodes: a node (or `mta reports tls send`)
+    takes the day with a lease, sends, and marks it finished."""
+
+    __tablename__ = "tls_report_runs"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    lease_owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    lease_until: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    summary: Mapped[dict | None] = mapped_column(JSONB)  # what was sent where, what failed
+
+
 # --- DMARC aggregate reporting (RFC 7489 §7.2; mta/reports/) --------------------------------
 
 

@@ -1,0 +1,94 @@
+"""Delivering one TLS report (RFC 8460 §5) to one `rua` URI.
+
+mailto: a multipart/report (report-type=tlsrpt) mail with the gzipped JSON as an
+`application/tlsrpt+gzip` attachment and the `TLS-Report-Domain` and
+`TLS-Report-Submitter` header fields, DKIM-signed with the forwarding domain's key when
+there is one, and queued like any other outbound mail (our own delivery path, retries
+and all). https: a POST of the gzipped JSON as `application/tlsrpt+gzip`; plain http is
+refused unless it goes to a loopback address (tests).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mta.queue.queue import PRIORITY_BULK, Recipient, enqueue
+from mta.reports.tlsrpt_build import Report, report_filename
+from mta.store.models import Message
+
+__all__ = ["CONTENT_TYPE", "SendError", "compose_mail", "post_report", "queue_mail"]
+
+CONTENT_TYPE = "application/tlsrpt+gzip"
+
+
+class SendError(Exception):
+    """This destination did not take the report."""
+
+
+def compose_mail(report: Report, *, to: str, sender: str, submitter: str,
+                 now: datetime) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or submitter)
+    # RFC 8460 §5.3: the subject and these two fields let a receiver sort reports.
+    msg["Subject"] = (f"Report Domain: {report.domain} Submitter: {submitter} "
+                      f"Report-ID: <{report.report_id}>")
+    msg["TLS-Report-Domain"] = report.domain
+    msg["TLS-Report-Submitter"] = submitter
+    msg.set_content(
+        f"This is an aggregate TLS report (RFC 8460) from {submitter} about the mail it "
+        f"sent to {report.domain} on {report.day.isoformat()}: "
+        f"{report.successes} successful and {report.failures} failed session(s).\n")
+    msg.add_attachment(report.gzipped(), maintype="application", subtype="tlsrpt+gzip",
+                       filename=report_filename(report, submitter))
+    msg.set_type("multipart/report")
+    msg.set_param("report-type", "tlsrpt")
+    return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+async def queue_mail(session: AsyncSession, raw: bytes, *, to: str, sender: str,
+                     now: datetime) -> Message:
+    """Queue the report mail in the caller's transaction."""
+    message = Message(direction="outbound", source="tlsrpt", mail_from=sender,
+                      rcpt_to=[to], raw=raw, size=len(raw), received_at=now,
+                      status="queued")
+    await enqueue(session, message, [Recipient(to)], now=now, priority=PRIORITY_BULK)
+    return message
+
+
+def mailto_address(uri: str) -> str:
+    return unquote(uri[len("mailto:"):].partition("?")[0]).strip()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def post_report(uri: str, report: Report, *, timeout: float,
+                      verify=True) -> int:
+    """POST the report; the HTTP status. SendError when it was not taken."""
+    parts = urlsplit(uri)
+    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        raise SendError(f"{uri}: plain http is only allowed to loopback")
+    try:
+        async with httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False,
+                                     follow_redirects=False) as client:
+            r = await client.post(uri, content=report.gzipped(),
+                                  headers={"Content-Type": CONTENT_TYPE})
+    except httpx.HTTPError as exc:
+        raise SendError(f"{uri}: {exc or type(exc).__name__}") from None
+    if not 200 <= r.status_code < 300:
+        raise SendError(f"{uri}: HTTP {r.status_code}")
+    return r.status_code
