@@ -9,7 +9,9 @@ as a server, write them again as a client, and xtext (§4) both ways. The listen
 
 Stored forms: RET `FULL` | `HDRS`; ENVID decoded (printable ASCII, ≤ 100 characters as
 sent); NOTIFY `NEVER` or a comma list of `SUCCESS`, `FAILURE`, `DELAY` in that order;
-ORCPT `addr-type;address` decoded (the form of the DSN's Original-Recipient field).
+ORCPT `addr-type;address` decoded (the form of the DSN's Original-Recipient field),
+except for the `utf-8` type, whose address stays in its utf-8-addr-xtext form (RFC 6533
+§3: `\\x{HEX}` escapes, no xtext `+XX`), ASCII either way.
 No parameter given: None, and our behaviour is what it was without DSN (failure DSNs,
 delay notices after `retry.delay_warning`).
 """
@@ -28,6 +30,9 @@ ORCPT_MAX = 500  # RFC 3461 §4.2
 _NOTIFY_ORDER = ("SUCCESS", "FAILURE", "DELAY")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+\Z")  # an atom (RFC 3461 §4.2)
 _HEX = re.compile(r"[0-9A-Fa-f]{2}\Z")
+# RFC 6533 §3 utf-8-addr-xtext: QCHARs (printable ASCII but "+", "=" and "\\") and
+# EmbeddedUnicodeChars `\x{HEX}`.
+_UTF8_ADDR_XTEXT = re.compile(r"(?:[!-*,-<>-\[\]-~]|\\x\{[0-9A-Fa-f]{2,6}\})+\Z")
 
 
 class DsnParamError(ValueError):
@@ -124,12 +129,19 @@ def parse_orcpt(value: str | None) -> str:
     addr_type, semi, encoded = value.partition(";")
     if not semi or not _ADDR_TYPE.match(addr_type) or not encoded:
         raise DsnParamError("ORCPT", "expected addr-type;xtext, e.g. rfc822;user@example.com")
+    if addr_type.lower() == "utf-8":
+        if not _UTF8_ADDR_XTEXT.match(encoded):
+            raise DsnParamError("ORCPT", "not utf-8-addr-xtext (RFC 6533)")
+        return f"utf-8;{encoded}"
     return f"{addr_type.lower()};{xtext_decode(encoded, 'ORCPT')}"
 
 
 def orcpt_param(orcpt: str) -> str:
-    """The ORCPT parameter value of a stored `addr-type;address`."""
+    """The ORCPT parameter value of a stored `addr-type;address` (a `utf-8` one is
+    stored in its parameter form already)."""
     addr_type, _, address = orcpt.partition(";")
+    if addr_type == "utf-8":
+        return orcpt
     return f"{addr_type};{xtext_encode(address)}"
 
 
@@ -154,7 +166,7 @@ def orcpt_for(address: str) -> str:
     `utf-8;...` with its non-ASCII characters as `\\x{HEX}` (RFC 6533 §3)."""
     if address.isascii():
         return f"rfc822;{address}"
-    return "utf-8;" + "".join(c if " " <= c <= "~" and c != "\\" else f"\\x{{{ord(c):X}}}"
+    return "utf-8;" + "".join(c if "!" <= c <= "~" and c not in "+=\\" else f"\\x{{{ord(c):X}}}"
                               for c in address)
 
 

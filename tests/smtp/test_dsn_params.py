@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from mta.queue.dsnparams import DsnParamError, parse_orcpt, xtext_decode, xtext_encode
+from mta.queue.dsnparams import (
+    DsnParamError,
+    orcpt_for,
+    orcpt_param,
+    parse_orcpt,
+    xtext_decode,
+    xtext_encode,
+)
 from tests.smtp.conftest import codes, make_message, raw_session
 
 
@@ -104,3 +111,15 @@ def test_xtext_round_trip() -> None:
     assert parse_orcpt("RFC822;first+2Blast@x.test") == "rfc822;first+last@x.test"
     with pytest.raises(DsnParamError):
         xtext_decode("a=b", "ENVID")
+
+
+def test_utf8_orcpt_is_utf8_addr_xtext() -> None:
+    """RFC 6533 §3: a utf-8 ORCPT escapes "+", "=", "\\" and space as \\x{HEX}, never
+    as xtext's +XX, and is passed on exactly as it was given."""
+    stored = orcpt_for("jörg+tag=x@x.test")
+    assert stored == "utf-8;j\\x{F6}rg\\x{2B}tag\\x{3D}x@x.test"
+    assert parse_orcpt(orcpt_param(stored)) == stored
+    assert orcpt_param(parse_orcpt("UTF-8;j\\x{F6}rg@x.test")) == "utf-8;j\\x{F6}rg@x.test"
+    for bad in ("utf-8;j+F6rg@x.test", "utf-8;a=b@x.test", "utf-8;a\\b@x.test"):
+        with pytest.raises(DsnParamError):
+            parse_orcpt(bad)
