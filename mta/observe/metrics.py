@@ -114,6 +114,15 @@ DANE_TLSA_LOOKUPS = Counter(
     "TLSA look-ups for MX hosts by state (dane: usable authenticated records | unusable | "
     "none | insecure: not authenticated | error: look-up failed, host not used)",
     ["state"])
+TLS_REPORT_SESSIONS = Counter(
+    "mta_tls_report_sessions_total",
+    "Outbound sessions by the TLS outcome a TLS report (RFC 8460) counts: policy_type "
+    "(sts | tlsa | no-policy-found) and result (success | an RFC 8460 result type)",
+    ["policy_type", "result"])
+TLS_REPORTS_SENT = Counter(
+    "mta_tls_reports_sent_total",
+    "Daily TLS reports by destination outcome (queued: mailto | posted: https | failed)",
+    ["status"])
 DANE_OUTCOMES = Counter(
     "mta_dane_outcomes_total",
     "DANE outcomes (verified: the certificate matched | mismatch | no_starttls | "
@@ -122,7 +131,7 @@ DANE_OUTCOMES = Counter(
     ["outcome"])
 
 __all__ += [
-    "BOUNCES_RECEIVED", "DANE_OUTCOMES", "DANE_TLSA_LOOKUPS", "DELIVERY_ATTEMPTS", "DELIVERY_ATTEMPT_SECONDS", "DELIVERY_SECONDS",
+    "BOUNCES_RECEIVED", "DANE_OUTCOMES", "TLS_REPORTS_SENT", "TLS_REPORT_SESSIONS", "DANE_TLSA_LOOKUPS", "DELIVERY_ATTEMPTS", "DELIVERY_ATTEMPT_SECONDS", "DELIVERY_SECONDS",
     "DSN_QUEUED", "OUTBOUND_CONNECTIONS", "QUEUE_DEPTH", "QUEUE_OLDEST_DUE_SECONDS",
     "SUPPRESSIONS_ADDED",
 ]

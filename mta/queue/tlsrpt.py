@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
 
+from mta.observe import metrics
 from mta.store.tlsrpt import add_session_counts
 
 __all__ = ["RESULT_TYPES", "SESSIONS", "SessionCounts", "SessionKey", "TlsSessionRecorder",
@@ -66,6 +67,7 @@ class SessionCounts:
             result: str, *, sending_ip: str = "", receiving_mx: str = "",
             receiving_ip: str = "", now: datetime | None = None) -> None:
         day = (now or datetime.now(UTC)).date()
+        metrics.TLS_REPORT_SESSIONS.labels(policy_type, result).inc()
         self._counts[SessionKey(day, domain, policy_type, policy_strings, result,
                                 sending_ip or "", receiving_mx or "", receiving_ip or "")] += 1
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from mta.dnscache import DnsError, DnsResolver
+from mta.observe import metrics
 from mta.reports.tlsrpt_build import Report, build_report
 from mta.reports.tlsrpt_policy import report_destinations
 from mta.reports.tlsrpt_send import (
@@ -108,6 +109,8 @@ async def send_day(db: Database, settings, resolver: DnsResolver, day: date, *,
         await finish_run(db, day, owner, datetime.now(UTC),
                          {"sent": [asdict(s) for s in out]})
     for s in out:
+        if not dry_run:
+            metrics.TLS_REPORTS_SENT.labels(s.status).inc()
         log.info("TLS report for %s %s: %s %s", s.domain, s.destination or "-", s.status,
                  s.detail, extra={"event": "tlsrpt.report", "domain": s.domain,
                                   "destination": s.destination, "status": s.status})

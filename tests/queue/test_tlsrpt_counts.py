@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from mta.config import Settings
+from mta.observe import metrics
 from mta.queue.dane import tlsa_for_certificate
 from mta.queue.tlsrpt import SessionCounts, TlsSessionRecorder
 from mta.store.tlsrpt import sessions_for_day
@@ -88,12 +89,15 @@ async def test_no_policy_sessions_with_and_without_tls(dns_server, make_sink, tl
                         "mx.other.test. 300 IN A 127.0.0.3")
     counts = SessionCounts()
     e = engine(dns_server, sink.port, tls_counts=counts)
+    plain = metrics.TLS_REPORT_SESSIONS.labels("no-policy-found", "starttls-not-supported")
+    before = plain._value.get()
     for domain in ("dest.test", "other.test"):
         [out] = await e.deliver(domain, "a@src.test", [f"ok@{domain}"], MSG)
         assert out.result == "delivered"
     assert rows(counts) == {
         ("dest.test", "no-policy-found", "success", "mx.dest.test"): 1,
         ("other.test", "no-policy-found", "starttls-not-supported", "mx.other.test"): 1}
+    assert plain._value.get() == before + 1
 
 
 async def test_dane_mismatch_and_required_without_records(validating_resolver, make_sink, tls):
