@@ -23,6 +23,7 @@ from mta.api import (
     activity,
     addresses,
     audit,
+    dmarc_reports,
     openapi,
     routing_settings,
     rules,
@@ -38,7 +39,8 @@ __all__ = ["install"]
 def install(app: Starlette) -> None:
     routes = [*routing_settings.routes(), *rules.routes(), *addresses.routes(),
               *sending_subdomains.routes(), *suppressions.routes(), *webhooks.routes(),
-              *activity.routes(), *audit.routes(), *openapi.routes()]
+              *activity.routes(), *audit.routes(), *dmarc_reports.routes(),
+              *openapi.routes()]
     # Plain routes with the prefix rather than one Mount: a Mount would claim every path
     # under /client/v4 and hide routes other modules (sending) add there.
     app.router.routes.extend(Route(API_PREFIX + r.path, r.endpoint, methods=r.methods)

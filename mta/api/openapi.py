@@ -138,6 +138,17 @@ SCHEMAS: dict[str, S] = {
         "actor": _obj({"id": _STR, "type": _STR}, ("id", "type")), "interface": _NSTR,
         "owner": _obj({"id": _NSTR}), "resource": _obj({"id": _NSTR, "type": _STR}),
         "oldValueJson": {}, "newValueJson": {}}, ("id", "when", "action", "actor", "resource")),
+    "DmarcReportDay": _obj({
+        "day": _STR, "policy_domain": _STR, "reports": _INT, "reporters": _arr(_STR),
+        "messages": _INT, "sources": _INT, "dmarc_pass": _INT, "spf_pass": _INT,
+        "spf_fail": _INT, "dkim_pass": _INT, "dkim_fail": _INT},
+        ("day", "policy_domain", "reports", "messages", "sources", "dmarc_pass")),
+    "DmarcReport": _obj({
+        "id": _INT, "received_at": _STR, "status": {"enum": ["ok", "invalid"]},
+        "error": _NSTR, "org_name": _NSTR, "report_id": _NSTR, "policy_domain": _NSTR,
+        "begin": _NSTR, "end": _NSTR, "messages": _INT, "filename": _STR,
+        "message_id": _NSTR, "records": _arr(_obj({}))},
+        ("id", "received_at", "status", "messages")),
     "Webhook": _obj({
         "id": _STR, "account_id": _STR, "url": _STR, "event_types": _arr(_STR),
         "description": _NSTR, "enabled": _BOOL, "created_at": _NSTR,
@@ -204,6 +215,9 @@ _PAGE = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 _ADMIN_PAGING = [_q("page", _PAGE), _q("per_page", {"type": "integer", "minimum": 5,
                                                      "maximum": 50})]
 _TIME = {"type": "string", "format": "date-time"}
+_DMARC_QUERY = [_q("days", {"type": "integer", "minimum": 1, "maximum": 366},
+                   "how far back, by time of receipt (default 7)"),
+                _q("domain", _STR, "one policy domain")]
 _ACTIVITY_QUERY = [
     _q("since", _TIME, "start of the range, inclusive (default: until - 24h)"),
     _q("until", _TIME, "end of the range, exclusive (default: now)"),
@@ -351,6 +365,17 @@ def _paths() -> dict[str, S]:
                            _q("page", _PAGE),
                            _q("per_page", {"type": "integer", "minimum": 1,
                                            "maximum": 1000})])},
+        f"{a}/reports/dmarc/days": {
+            "get": _op("DMARC aggregate reports received, per day and domain (an extension)",
+                       "Reports", _arr(_ref("DmarcReportDay")), info=_PAGE_INFO,
+                       query=_DMARC_QUERY)},
+        f"{a}/reports/dmarc/received": {
+            "get": _op("DMARC aggregate reports received, one per report file",
+                       "Reports", _arr(_ref("DmarcReport")), info=_PAGE_INFO,
+                       query=_DMARC_QUERY)},
+        f"{a}/reports/dmarc/received/{{report_id}}": {
+            "get": _op("One received DMARC aggregate report with its records", "Reports",
+                       _ref("DmarcReport"))},
         "/accounts/{account_id}/audit_logs": {
             "get": _op("Audit log of configuration changes", "Observability",
                        _arr(_ref("AuditEntry")), info=_PAGE_INFO, query=[

@@ -12,9 +12,24 @@ from typing import Any
 from sqlalchemy import select
 
 from mta.store.db import Database
-from mta.store.models import DmarcReportReceived
+from mta.store.models import DmarcReportReceived, RoutingDomain, SendingDomain, Zone
 
-__all__ = ["daily_summary", "report_detail", "report_list", "report_summary"]
+__all__ = ["account_domains", "daily_summary", "report_detail", "report_list",
+           "report_summary"]
+
+
+async def account_domains(db: Database, account_id: str) -> set[str]:
+    """The domains whose reports an account sees: its zones, their routing and sending
+    domains (a report names the policy domain, which may be the organizational one)."""
+    async with db.session() as s:
+        zones = (await s.execute(select(Zone.id, Zone.name).where(
+            Zone.account_id == account_id))).all()
+        ids = [z.id for z in zones]
+        names = {z.name for z in zones}
+        for model in (RoutingDomain, SendingDomain):
+            names.update((await s.execute(select(model.name).where(
+                model.zone_id.in_(ids)))).scalars())
+    return {n.lower() for n in names}
 
 
 def _row(r: DmarcReportReceived) -> dict[str, Any]:
@@ -25,12 +40,15 @@ def _row(r: DmarcReportReceived) -> dict[str, Any]:
             "message_id": str(r.message_id) if r.message_id else None}
 
 
-async def report_list(db: Database, since: datetime, domain: str | None = None
-                      ) -> list[DmarcReportReceived]:
-    """Reports received since `since` (invalid ones included), newest first."""
+async def report_list(db: Database, since: datetime, domain: str | None = None,
+                      domains: set[str] | None = None) -> list[DmarcReportReceived]:
+    """Reports received since `since`, newest first: invalid ones included unless
+    `domains` limits them to those policy domains."""
     q = select(DmarcReportReceived).where(DmarcReportReceived.received_at >= since)
     if domain:
         q = q.where(DmarcReportReceived.policy_domain == domain.lower())
+    if domains is not None:
+        q = q.where(DmarcReportReceived.policy_domain.in_(sorted(domains)))
     async with db.session() as s:
         return list((await s.execute(q.order_by(DmarcReportReceived.id.desc()))).scalars())
 
@@ -64,10 +82,11 @@ def daily_summary(reports: list[DmarcReportReceived]) -> list[dict[str, Any]]:
     return sorted(days.values(), key=lambda d: (d["day"], d["policy_domain"]), reverse=True)
 
 
-async def report_detail(db: Database, report_id: int) -> dict[str, Any] | None:
+async def report_detail(db: Database, report_id: int,
+                        domains: set[str] | None = None) -> dict[str, Any] | None:
     async with db.session() as s:
         r = await s.get(DmarcReportReceived, report_id)
-    if r is None:
+    if r is None or (domains is not None and r.policy_domain not in domains):
         return None
     return {**_row(r), "records": r.records}
 

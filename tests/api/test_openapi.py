@@ -92,9 +92,29 @@ def _resources(admin) -> dict[str, str]:
     subdomain = post(f"{zone}/sending/subdomains", {"name": "send.example.test"})
     # A loopback port nobody listens on: `test` is refused at once, never waits.
     webhook = post(f"{acct}/webhooks", {"url": f"http://127.0.0.1:{free_port()}/hook"})
+    # A DMARC report about the account's zone, as the MX stores one from its mailbox.
+    report = admin.db_run(_dmarc_report(admin.zone_name))
     return {"address_id": address["id"], "rule_id": rule["id"],
             "suppression_id": suppression["id"], "tag": subdomain["tag"],
-            "webhook_id": webhook["id"]}
+            "webhook_id": webhook["id"], "report_id": str(report)}
+
+
+def _dmarc_report(domain: str):
+    from datetime import UTC, datetime
+
+    from mta.store.models import DmarcReportReceived
+
+    async def add(s) -> int:
+        row = DmarcReportReceived(
+            filename="r.xml.gz", status="ok", org_name="google.com", report_id="r-1",
+            policy_domain=domain, period_begin=datetime(2026, 12, 6, tzinfo=UTC),
+            period_end=datetime(2026, 12, 6, 23, 59, 59, tzinfo=UTC), messages=1,
+            records=[{"source_ip": "192.0.2.1", "count": 1, "disposition": "none",
+                      "dkim": "pass", "spf": "pass", "header_from": domain}])
+        s.add(row)
+        await s.flush()
+        return row.id
+    return add
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(admin):
