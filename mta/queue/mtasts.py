@@ -51,6 +51,10 @@ class PolicyError(Exception):
     """A TXT record or policy document that does not follow RFC 8461."""
 
 
+class PolicyFetchError(PolicyError):
+    """The policy could not be fetched (no address, no connection, not HTTP 200)."""
+
+
 @dataclass(frozen=True)
 class Policy:
     id: str
@@ -152,6 +156,9 @@ class MtaSts:
         self._clock = clock
         self._cache: dict[str, Policy] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # The RFC 8460 result type of the last failed fetch per domain (TLS reporting);
+        # forgotten when a fetch succeeds.
+        self.fetch_failures: dict[str, str] = {}
 
     def cached(self, domain: str) -> Policy | None:
         """The unexpired cached policy for `domain`, without any network access."""
@@ -180,9 +187,15 @@ class MtaSts:
                 policy = await self._fetch(domain, policy_id)
             except (PolicyError, httpx.HTTPError, DnsError, OSError) as exc:
                 log.info("mta-sts: policy fetch for %s failed: %s", domain, exc)
+                self.fetch_failures[domain] = _failure_type(exc)
                 return cached
+            self.fetch_failures.pop(domain, None)
             self._cache[domain] = policy
             return policy
+
+    def fetch_failure(self, domain: str) -> str | None:
+        """Why the last policy fetch for `domain` failed (an RFC 8460 result type)."""
+        return self.fetch_failures.get(domain.lower().rstrip("."))
 
     async def _fetch(self, domain: str, policy_id: str) -> Policy:
         host = f"mta-sts.{domain}"
@@ -191,7 +204,7 @@ class MtaSts:
         addresses = (await self._resolver.addresses(host, "AAAA")
                      + await self._resolver.addresses(host, "A"))
         if not addresses:
-            raise PolicyError(f"{host} has no address")
+            raise PolicyFetchError(f"{host} has no address")
         last: Exception | None = None
         for address in addresses:
             try:
@@ -200,7 +213,7 @@ class MtaSts:
                 last = exc  # try the next address; any other error is the policy host's
                 continue
             return parse_policy(body, policy_id, fetched_at=self._clock())
-        raise PolicyError(f"could not connect to {host}: {last}")
+        raise PolicyFetchError(f"could not connect to {host}: {last}") from last
 
     async def _get(self, host: str, address: str) -> str:
         literal = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
@@ -214,7 +227,7 @@ class MtaSts:
             response = await client.send(request, stream=True)
             try:
                 if response.status_code != 200:
-                    raise PolicyError(f"{host} answered HTTP {response.status_code}")
+                    raise PolicyFetchError(f"{host} answered HTTP {response.status_code}")
                 body = b""
                 async for chunk in response.aiter_bytes():
                     body += chunk
@@ -226,3 +239,16 @@ class MtaSts:
             return body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PolicyError(f"{host} policy is not UTF-8") from exc
+
+
+def _failure_type(exc: BaseException) -> str:
+    """RFC 8460 §4.3.2: a certificate the fetch could not verify, a policy that does not
+    parse, or any other trouble getting it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return "sts-webpki-invalid"
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, PolicyError) and not isinstance(exc, PolicyFetchError):
+        return "sts-policy-invalid"
+    return "sts-policy-fetch-error"

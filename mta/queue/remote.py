@@ -183,6 +183,10 @@ class RemoteDelivery:
             if any(t.state == "dane" for t in route.dane.values()):
                 return route  # RFC 8461 §2: DANE takes precedence, MTA-STS is not consulted
         policy = await self.mtasts.policy(domain) if self.mtasts is not None else None
+        if policy is None and self.mtasts is not None:
+            failure = self.mtasts.fetch_failure(domain)
+            if failure is not None:  # a policy announced but not fetched: say so
+                self.record_tls(route, "", failure, policy_type="sts")
         if policy is None or policy.mode == "none":
             return route
         route.policy = policy
@@ -250,8 +254,9 @@ class RemoteDelivery:
         tlsa = route.dane.get(host)
         if policy_type == "tlsa" or (tlsa is not None and tlsa.enforced):
             kind, strings = "tlsa", tlsa_policy_strings(tlsa.records if tlsa else ())
-        elif route.policy is not None:
-            kind, strings = "sts", sts_policy_strings(route.policy)
+        elif route.policy is not None or policy_type == "sts":
+            kind = "sts"
+            strings = sts_policy_strings(route.policy) if route.policy is not None else ()
         else:
             kind, strings = "no-policy-found", ()
         self.tls_counts.add(route.domain, kind, strings, failure or SUCCESS,

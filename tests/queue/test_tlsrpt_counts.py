@@ -121,3 +121,37 @@ async def test_dane_mismatch_and_required_without_records(validating_resolver, m
     [key] = [k for k in counts._counts if k.domain == "dane.test"]
     assert key.policy_strings == (str(record),)
     assert sink.messages == []
+
+
+async def test_sts_policy_fetch_failures_are_typed(dns_server, make_sink, tls, policy_server):
+    from mta.queue.mtasts import MtaSts
+
+    sink = make_sink("127.0.0.2", tls_context=tls.server_context("mx.dest.test"))
+    dns_server.add_zone("dest.test. 300 IN MX 10 mx.dest.test.\n"
+                        "mx.dest.test. 300 IN A 127.0.0.2")
+    dns_server.add_txt("_mta-sts.dest.test", "v=STSv1; id=20240101;")
+    dns_server.add("mta-sts.dest.test", "A", "127.0.0.11")
+    counts = SessionCounts()
+
+    async def deliver(sts: MtaSts) -> None:
+        e = engine(dns_server, sink.port, verify_context=tls.client_context(),
+                   mtasts=sts, tls_counts=counts)
+        [out] = await e.deliver("dest.test", "a@src.test", ["ok@dest.test"], MSG)
+        assert out.result == "delivered"  # no policy fetched: delivered as without one
+
+    policy_server.serve("mta-sts.dest.test", "version: STSv1\r\nmode: sometimes\r\n")
+    await deliver(mtasts(dns_server, tls, policy_server))
+    # A policy host whose certificate we cannot verify.
+    import ssl
+
+    await deliver(MtaSts(e_resolver(dns_server), https_port=policy_server.port,
+                         ssl_context=ssl.create_default_context(), fetch_timeout=5.0))
+    failures = {k.result for k in counts._counts if k.receiving_mx == ""}
+    assert failures == {"sts-policy-invalid", "sts-webpki-invalid"}
+    assert all(k.policy_type == "sts" for k in counts._counts if k.receiving_mx == "")
+
+
+def e_resolver(dns_server):
+    from tests.queue.test_remote import resolver
+
+    return resolver(dns_server)
