@@ -4,8 +4,8 @@ Job: find where mail for a domain goes (MX with implicit-MX fallback, null MX pe
 RFC 7505, or a configured smart host), connect (IPv6 addresses of a host first, then
 IPv4), negotiate TLS (STARTTLS whenever offered; DANE per RFC 7672 where an MX host
 publishes DNSSEC-authenticated TLSA records — `dane.py` looks them up and matches them —
-and then MTA-STS is not consulted, RFC 8461 §2; otherwise MTA-STS per RFC 8461 when the
-domain publishes a policy), and run the SMTP transaction (`session.DeliverySession`
+and then MTA-STS is not consulted for that host, RFC 8461 §2; the destination's other
+hosts get MTA-STS per RFC 8461 when the domain publishes a policy), and run the SMTP transaction (`session.DeliverySession`
 over `smtpclient.SmtpClient`: MAIL, RCPT and DATA pipelined when the server offers
 PIPELINING). The result is a `RecipientOutcome` per recipient: 2xx delivered, 4xx /
 connection trouble / timeouts deferred, 5xx failed. Side effects: network only. This
@@ -180,8 +180,15 @@ class RemoteDelivery:
             failure = await self._dane_route(route, domain, mode)
             if failure is not None:
                 return failure
-            if any(t.state == "dane" for t in route.dane.values()):
-                return route  # RFC 8461 §2: DANE takes precedence, MTA-STS is not consulted
+        # RFC 8461 §2 / RFC 7672: DANE takes precedence *per host*. A host with usable
+        # authenticated TLSA records is verified by DANE alone; every other host of the
+        # destination stays under MTA-STS, or blocking the DANE host would let an
+        # attacker strip TLS on the rest despite an enforce policy.
+        by_dane = [h for h in route.hosts
+                   if h in route.dane and route.dane[h].state == "dane"]
+        others = [h for h in route.hosts if h not in by_dane]
+        if not others:
+            return route  # every host is DANE's: the policy is not even fetched
         policy = await self.mtasts.policy(domain) if self.mtasts is not None else None
         if policy is None and self.mtasts is not None:
             failure = self.mtasts.fetch_failure(domain)
@@ -189,16 +196,17 @@ class RemoteDelivery:
                 self.record_tls(route, "", failure, policy_type="sts")
         if policy is None or policy.mode == "none":
             return route
-        route.policy = policy
-        allowed = [h for h in hosts if policy.matches(h)]
-        skipped = [h for h in hosts if h not in allowed]
+        route.policy = policy  # `_levels` gives a DANE host "dane" whatever the policy
+        allowed = [h for h in others if policy.matches(h)]
+        skipped = [h for h in others if h not in allowed]
         if policy.mode == "enforce":
-            if not allowed:
+            if not allowed and not by_dane:
                 self.record_tls(route, "", "validation-failure")  # no MX the policy names
                 return _Route([], policy, failure=(
                     "deferred", None, f"MTA-STS enforce: no MX of {domain} matches the "
-                    f"policy ({', '.join(hosts)} vs {', '.join(policy.mx)})"))
-            route.hosts = allowed  # RFC 8461 §5: never deliver to an MX outside the policy
+                    f"policy ({', '.join(others)} vs {', '.join(policy.mx)})"))
+            # RFC 8461 §5: never deliver to an MX outside the policy (DANE hosts aside).
+            route.hosts = [h for h in route.hosts if h in by_dane or h in allowed]
         elif skipped:
             route.notes.append(f"MTA-STS testing: MX {', '.join(skipped)} not in policy")
         return route

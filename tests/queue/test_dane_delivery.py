@@ -286,6 +286,53 @@ async def test_dane_takes_precedence_over_mta_sts(
     assert policy_server.requests == []  # the policy was not even fetched
 
 
+def dane_and_sts_zone(port: int, cert: bytes) -> SignedZone:
+    """mx.dane.test (TLSA, at an address nobody listens on: an attacker blocks it) and
+    mx2.dane.test (no TLSA, 127.0.0.3), both named by an MTA-STS enforce policy."""
+    return signed(port, tlsa_for_certificate(cert), address="127.0.0.4", extra=f"""
+        dane.test.     300 IN MX 20 mx2.dane.test.
+        mx2.dane.test. 300 IN A 127.0.0.3
+        {sts_records("dane.test")}""")
+
+
+async def test_mta_sts_enforce_still_guards_the_hosts_without_tlsa(
+        validating_resolver, make_sink, tls, policy_server):
+    """DANE takes precedence per host: the DANE host being unreachable must not let the
+    other MX receive the mail in clear when MTA-STS says enforce."""
+    _, cert = server_cert(tls.ca, "mx.dane.test")
+    plain = make_sink("127.0.0.3")  # offers no STARTTLS
+    policy_server.serve("mta-sts.dane.test",
+                        "version: STSv1\nmode: enforce\nmx: *.dane.test\nmax_age: 86400\n")
+    resolver = validating_resolver(signed=[dane_and_sts_zone(plain.port, cert)])
+    e = engine(resolver, plain.port, verify_context=tls.client_context())
+    e.mtasts = MtaSts(e._resolver, https_port=policy_server.port,
+                      ssl_context=tls.client_context(), fetch_timeout=5.0)
+
+    [out] = await e.deliver("dane.test", "a@src.test", ["ok@dane.test"], MSG)
+
+    assert out.result == "deferred", out.detail
+    assert "mx2.dane.test does not offer STARTTLS, which MTA-STS enforce requires" in (
+        out.detail), out.detail
+    assert plain.messages == []
+
+
+async def test_host_without_tlsa_gets_verified_tls_under_mta_sts(
+        validating_resolver, make_sink, tls, policy_server):
+    _, cert = server_cert(tls.ca, "mx.dane.test")
+    good = make_sink("127.0.0.3", tls_context=tls.server_context("mx2.dane.test"))
+    policy_server.serve("mta-sts.dane.test",
+                        "version: STSv1\nmode: enforce\nmx: *.dane.test\nmax_age: 86400\n")
+    resolver = validating_resolver(signed=[dane_and_sts_zone(good.port, cert)])
+    e = engine(resolver, good.port, verify_context=tls.client_context())
+    e.mtasts = MtaSts(e._resolver, https_port=policy_server.port,
+                      ssl_context=tls.client_context(), fetch_timeout=5.0)
+
+    [out] = await e.deliver("dane.test", "a@src.test", ["ok@dane.test"], MSG)
+
+    assert out.result == "delivered" and out.mx_host == "mx2.dane.test", out.detail
+    assert good.wait_for(1)[0].tls
+
+
 async def test_unsigned_zone_keeps_mta_sts_enforce(
         dns_server, validating_resolver, make_sink, tls, policy_server):
     ctx, cert = server_cert(trustme.CA(), "mx.plain.test")  # a CA nobody trusts
