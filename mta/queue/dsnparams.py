@@ -21,7 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["ENVID_MAX", "ORCPT_MAX", "Dsn", "DsnParamError", "RcptDsn", "mail_params", "notify_wants",
+__all__ = ["ENVID_MAX", "ORCPT_MAX", "Dsn", "DsnParamError", "RcptDsn", "mail_params", "merge_notify",
+           "notify_wants",
            "orcpt_for", "orcpt_param", "parse_envid", "parse_notify", "parse_orcpt", "parse_ret", "rcpt_params", "success_dsn_due", "without_success",
            "xtext_decode", "xtext_encode"]
 
@@ -159,6 +160,17 @@ def without_success(notify: str | None) -> str | None:
     if notify is None or "SUCCESS" not in notify.split(","):
         return notify
     return ",".join(w for w in notify.split(",") if w != "SUCCESS") or "NEVER"
+
+
+def merge_notify(values: list[str | None]) -> str | None:
+    """One NOTIFY for a single next-hop recipient that stands for several original ones:
+    every event any of them wants (a recipient without NOTIFY wants what the server
+    chooses, failures and delays), NEVER only when none wants anything, None when none
+    gave NOTIFY. One recipient's NEVER must not silence another's FAILURE."""
+    if all(v is None for v in values):
+        return None
+    wanted = {e for v in values for e in _NOTIFY_ORDER if notify_wants(v, e)}
+    return ",".join(e for e in _NOTIFY_ORDER if e in wanted) or "NEVER"
 
 
 def orcpt_for(address: str) -> str:

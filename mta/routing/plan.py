@@ -19,6 +19,7 @@ from mta.observe.events import event_rows
 from mta.queue.dsnparams import (
     Dsn,
     RcptDsn,
+    merge_notify,
     notify_wants,
     orcpt_for,
     without_success,
@@ -83,17 +84,21 @@ class Plan:
     dsn: Dsn = field(default_factory=Dsn)  # RFC 3461: what the sender asked of DSNs
 
     def target_dsn(self, t: Target) -> RcptDsn:
-        """NOTIFY and ORCPT of a forward: those of the (first) recipient leading to it;
-        the recipient is rewritten, so ORCPT names it when the sender gave none
-        (RFC 3461 §4.2, §5.2.7.2). A recipient forwarded to several destinations is a
-        multiple-recipient alias (§5.2.7.3): its SUCCESS request is answered by one
-        `expanded` DSN (`expanded()`), not passed on to every destination."""
+        """NOTIFY and ORCPT of a forward. NOTIFY merges those of every recipient leading
+        to it (`merge_notify`: one recipient's NEVER must not silence another's FAILURE).
+        ORCPT is the first recipient's: the next hop takes one per RCPT, so its DSN
+        names that recipient even when it stands for several — acceptable, since every
+        DSN goes to the one envelope sender. The recipient is rewritten, so ORCPT names
+        it when the sender gave none (RFC 3461 §4.2, §5.2.7.2). A recipient forwarded to
+        several destinations is a multiple-recipient alias (§5.2.7.3): its SUCCESS
+        request is answered by one `expanded` DSN (`expanded()`), not passed on to every
+        destination."""
+        expanded = set(self.expanded())
+        notify = merge_notify([
+            without_success(self.dsn.rcpt(r).notify) if r in expanded
+            else self.dsn.rcpt(r).notify for r in t.recipients])
         first = t.recipients[0]
-        asked = self.dsn.rcpt(first)
-        notify = asked.notify
-        if first in self.expanded():
-            notify = without_success(notify)
-        return RcptDsn(notify, asked.orcpt or orcpt_for(first))
+        return RcptDsn(notify, self.dsn.rcpt(first).orcpt or orcpt_for(first))
 
     def expanded(self) -> list[str]:
         """The recipients forwarded to more than one destination that asked

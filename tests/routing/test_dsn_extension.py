@@ -153,3 +153,29 @@ async def test_forward_to_several_destinations_is_an_expanded_alias(world):
     assert head["Original-Envelope-Id"] == "many"
     assert (rcpt["Action"], rcpt["Final-Recipient"]) == ("expanded", "rfc822; multi@ours.test")
     assert len(await dsn_rows(w)) == 1
+
+
+async def test_recipients_sharing_a_forward_keep_each_others_failure_dsn(world):
+    """multi@ (NOTIFY=NEVER) and user@ (NOTIFY=FAILURE) both forward to dest@inbox.test:
+    the one forward carries both requests merged, so NEVER does not silence FAILURE."""
+    w = world
+    w.inbox.rcpt_replies["dest@inbox.test"] = "550 5.1.1 no such user"
+    client = aiosmtplib.SMTP(hostname=w.a.host, port=w.a.port, timeout=15,
+                             start_tls=False, local_hostname="client.test")
+    await client.connect()
+    try:
+        await client.mail("alice@sender.test", options=["RET=HDRS"])
+        await client.rcpt("multi@ours.test", options=["NOTIFY=NEVER"])  # first: its ORCPT
+        await client.rcpt("user@ours.test", options=["NOTIFY=FAILURE"])
+        await client.data(signed(w))
+    finally:
+        await client.quit()
+    async with w.db.session() as s:
+        rows = (await s.execute(select(Delivery))).scalars().all()
+    assert sorted((d.recipient, d.dsn_notify) for d in rows) == [
+        ("dest@inbox.test", "FAILURE"), ("other@inbox.test", "NEVER")]
+    await w.workers(w.a).run_once()  # two destinations: the forwards are queued
+    dsn = (await asyncio.to_thread(w.sender_mx.wait_for, 1))[0]
+    _, rcpt, _ = report(dsn.data)
+    assert rcpt["Action"] == "failed" and rcpt["Status"] == "5.1.1"
+    assert rcpt["Final-Recipient"] == "rfc822; dest@inbox.test"
