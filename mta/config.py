@@ -371,6 +371,10 @@ class TlsReportSettings:
     submitter: str | None = None  # null = routing.forwarding_domain, else node.hostname
     from_address: str | None = None  # null = noreply-tlsrpt@<submitter>
     http_timeout: Duration = Duration(30)  # per https POST
+    # Mailboxes whose mail is TLS reports about our domains (the rua=mailto: of our
+    # _smtp._tls records): the MX accepts, parses and keeps it (`mta reports tls list`),
+    # whatever the routing rules.
+    intake_addresses: list[str] = field(default_factory=list)
 
 
 @dataclass

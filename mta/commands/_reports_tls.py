@@ -1,9 +1,15 @@
-"""`mta reports tls send --date YYYY-MM-DD [--dry-run] [--json]`: one day's TLS reports
-(RFC 8460, docs/tls-reporting.md), sent now to every domain that asks, or with
-`--dry-run` printed (each domain's report and where it would go) without sending.
+"""`mta reports tls send|list|show` (RFC 8460, docs/tls-reporting.md).
 
-A day already sent (by a node's daily job or an earlier run) is not sent again: the
-command exits 1 and says so.
+`send --date YYYY-MM-DD [--dry-run] [--json]`: one day's TLS reports, sent now to every
+domain that asks, or with `--dry-run` printed (each domain's report and where it would
+go) without sending. A day already sent (by a node's daily job or an earlier run) is not
+sent again: the command exits 1 and says so.
+
+`list [--days N] [--domain D] [--reports] [--json]`: the TLS reports other domains sent
+to our report mailboxes (`tls_reports.intake_addresses`), per day, reporting
+organization and policy: successful and failed sessions, failures per type
+(`--reports`: one line per report file, invalid ones with why). `show ID [--json]`: one
+report's policies.
 """
 
 from __future__ import annotations
@@ -11,10 +17,16 @@ from __future__ import annotations
 import sys
 from datetime import UTC, date, datetime, timedelta
 
-from mta.commands._common import open_database, print_json, print_table
+from mta.commands._common import open_database, positive, print_json, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
+from mta.reports.tls_received import (
+    daily_summary,
+    report_detail,
+    report_list,
+    report_summary,
+)
 from mta.reports.tlsrpt_job import build_day, send_day
 from mta.routing.forward import forwarding_signer
 
@@ -53,8 +65,66 @@ async def _cmd_send(args, settings: Settings) -> int:
     return 0
 
 
+def _failures(failures: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(failures.items())) or "-"
+
+
+async def _cmd_list(args, settings: Settings) -> int:
+    since = datetime.now(UTC) - timedelta(days=args.days)
+    async with open_database(settings) as db:
+        reports = await report_list(db, since)
+    if args.reports:
+        rows = [report_summary(r) for r in reports]
+        if args.domain:
+            rows = [r for r in rows if args.domain.lower() in r["policy_domains"]]
+        if args.json:
+            print_json(rows)
+            return 0
+        print_table([[r["id"], r["received_at"].strftime("%Y-%m-%d %H:%M"), r["status"],
+                      r["org_name"] or "-", ", ".join(r["policy_domains"]) or "-",
+                      r["begin"].date().isoformat() if r["begin"] else "-", r["successful"],
+                      r["failed"], r["error"] or ""] for r in rows],
+                    ["ID", "RECEIVED", "STATUS", "REPORTER", "DOMAINS", "DAY", "SUCCESSFUL",
+                     "FAILED", "ERROR"], empty="no TLS reports received")
+        return 0
+    days = daily_summary(reports, args.domain)
+    if args.json:
+        print_json(days)
+        return 0
+    print_table([[d["day"], d["org_name"] or "-", d["policy_domain"], d["policy_type"],
+                  d["successful"], d["failed"], _failures(d["failures"])] for d in days],
+                ["DAY", "REPORTER", "DOMAIN", "POLICY", "SUCCESSFUL", "FAILED", "FAILURES"],
+                empty="no TLS reports received")
+    invalid = sum(1 for r in reports if r.status != "ok")
+    if invalid:
+        print(f"\n{invalid} report file(s) could not be used: mta reports tls list --reports")
+    return 0
+
+
+async def _cmd_show(args, settings: Settings) -> int:
+    async with open_database(settings) as db:
+        detail = await report_detail(db, args.id)
+    if detail is None:
+        raise CliError(f"no received TLS report {args.id} (see mta reports tls list "
+                       "--reports)")
+    if args.json:
+        print_json(detail)
+        return 0
+    for key in ("id", "status", "error", "org_name", "report_id", "begin", "end",
+                "successful", "failed", "filename"):
+        if detail[key] is not None:
+            print(f"{key}: {detail[key]}")
+    print()
+    print_table([[p["policy_domain"], p["policy_type"], ", ".join(p["mx_host"]) or "-",
+                  p["successful"], p["failed"], _failures(p["failures"])]
+                 for p in detail["policies"]],
+                ["DOMAIN", "POLICY", "MX", "SUCCESSFUL", "FAILED", "FAILURES"],
+                empty="no policies")
+    return 0
+
+
 def register(kinds) -> None:
-    tls = kinds.add_parser("tls", help="TLS reports (RFC 8460) of our outbound sessions")
+    tls = kinds.add_parser("tls", help="TLS reports (RFC 8460): ours, and those about us")
     sub = tls.add_subparsers(dest="reports_tls_command", required=True)
     send = sub.add_parser("send", help="send one day's reports now (default: yesterday)")
     send.add_argument("--date", help="the day, YYYY-MM-DD (UTC)")
@@ -62,3 +132,13 @@ def register(kinds) -> None:
                       help="build the reports and show where they would go; send nothing")
     send.add_argument("--json", action="store_true")
     send.set_defaults(func=_cmd_send)
+    c = sub.add_parser("list", help="reports received about our domains, per day")
+    c.add_argument("--days", type=positive, default=7, help="this many days back (7)")
+    c.add_argument("--domain", help="only this policy domain")
+    c.add_argument("--reports", action="store_true", help="one line per report file")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=_cmd_list)
+    c = sub.add_parser("show", help="one received report and its policies")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=_cmd_show)

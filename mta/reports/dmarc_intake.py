@@ -14,15 +14,15 @@ Element names are read without their namespace: RFC 7489 reports carry
 
 from __future__ import annotations
 
-import email
 import io
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import policy
 from typing import Any
 from xml.etree import ElementTree as ET
+
+from mta.reports.intake_mail import ReportError, gunzip, report_files
 
 __all__ = ["MAX_XML", "ParsedReport", "parse_report_mail"]
 
@@ -32,10 +32,6 @@ MAX_RECORDS = 10_000  # <record>s per report
 _XML_TYPES = ("text/xml", "application/xml")
 _GZIP_TYPES = ("application/gzip", "application/x-gzip", "application/gzip-compressed")
 _ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
-
-
-class ReportError(ValueError):
-    pass
 
 
 @dataclass
@@ -53,17 +49,6 @@ class ParsedReport:
     @property
     def messages(self) -> int:
         return sum(r["count"] for r in self.records)
-
-
-def _gunzip(data: bytes) -> bytes:
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = d.decompress(data, MAX_XML + 1)
-    except zlib.error as exc:
-        raise ReportError(f"not gzip data: {exc}") from None
-    if len(out) > MAX_XML:
-        raise ReportError(f"decompresses to more than {MAX_XML} bytes")
-    return out
 
 
 def _unzip(data: bytes) -> bytes:
@@ -162,7 +147,7 @@ def _parse_xml(xml: bytes, out: ParsedReport) -> None:
 def _one(filename: str, kind: str, data: bytes) -> ParsedReport:
     out = ParsedReport(filename=filename[:255])
     try:
-        xml = _gunzip(data) if kind == "gzip" else _unzip(data) if kind == "zip" else data
+        xml = gunzip(data, MAX_XML) if kind == "gzip" else _unzip(data) if kind == "zip" else data
         if len(xml) > MAX_XML:
             raise ReportError(f"more than {MAX_XML} bytes of XML")
         _parse_xml(xml, out)
@@ -171,30 +156,12 @@ def _one(filename: str, kind: str, data: bytes) -> ParsedReport:
     return out
 
 
+def _invalid(filename: str, why: str) -> ParsedReport:
+    return ParsedReport(filename[:255], "invalid", why)
+
+
 def parse_report_mail(raw: bytes) -> list[ParsedReport]:
     """Every report file of the mail `raw`, parsed; one `invalid` entry when it holds
     none. Never raises for what a sender wrote."""
-    try:
-        msg = email.message_from_bytes(raw, policy=policy.compat32)
-    except Exception as exc:  # the email package raises assorted errors on odd input
-        return [ParsedReport("", "invalid", f"unreadable message: {exc}")]
-    found: list[ParsedReport] = []
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
-        filename = part.get_filename() or ""
-        kind = _kind(part.get_content_type(), filename)
-        if kind is None:
-            continue
-        if len(found) >= MAX_FILES:
-            found.append(ParsedReport(filename, "invalid", f"more than {MAX_FILES} files"))
-            break
-        try:
-            data = part.get_payload(decode=True) or b""
-        except Exception as exc:
-            found.append(ParsedReport(filename, "invalid", f"undecodable part: {exc}"))
-            continue
-        found.append(_one(filename or f"report.{kind}", kind, data))
-    return found or [ParsedReport("", "invalid", "no gzip, zip or XML report in the mail")]
-
-
+    return report_files(raw, kind_of=_kind, parse=_one, invalid=_invalid,
+                        max_files=MAX_FILES, none_found="no gzip, zip or XML report in the mail")

@@ -52,9 +52,10 @@ class RecipientVerdict:
     match: RuleMatch | None = None
     # issue 4: a bounce/complaint to our return path, consumed by mta.queue.bounces (no rule)
     bounce: bool = False
-    # a DMARC aggregate report mailbox (dmarc_reports.intake_addresses): parsed and kept
-    # by the MX itself (mta/reports/dmarc_intake.py), no rule
-    report_intake: bool = False
+    # a report mailbox, parsed and kept by the MX itself, no rule: "dmarc"
+    # (dmarc_reports.intake_addresses, mta/reports/dmarc_intake.py) or "tls"
+    # (tls_reports.intake_addresses, mta/reports/tls_intake.py)
+    report_intake: str | None = None
 
 
 class RecipientDirectory:

@@ -37,6 +37,9 @@ from mta.observe.events import event_rows, record_events_now
 from mta.queue.dsnparams import Dsn
 from mta.replies import Reply
 from mta.reports.dmarc_intake import parse_report_mail
+from mta.reports.tls_intake import parse_tls_report_mail
+from mta.reports.tls_received import TLS_REPORTS_RECEIVED
+from mta.reports.tls_received import received_row as tls_received_row
 from mta.routing.recipients import RecipientDirectory, RecipientVerdict
 from mta.smtp.authcheck import Reverse, from_header, judge, run_checks, verdicts_of
 from mta.smtp.dmarcrow import DMARC_RESULTS, REPORTS_RECEIVED, dmarc_row, received_row
@@ -95,8 +98,11 @@ class Intake:
         # module does not depend on it): `route(...)` -> Routed(reply | stage()). None =
         # accepted mail stays stored as "received" for a later consumer.
         self.router: Any = None
-        self.report_addresses = {a.strip().lower()
+        # report mailbox -> the kind of report its mail is parsed as
+        self.report_addresses = {a.strip().lower(): "dmarc"
                                  for a in settings.dmarc_reports.intake_addresses}
+        self.report_addresses.update({a.strip().lower(): "tls"
+                                      for a in settings.tls_reports.intake_addresses})
 
     # -- questions during the session ----------------------------------------------------
 
@@ -118,10 +124,10 @@ class Intake:
         return replies.RBL_LISTED.format(ip=ip, zones=zones)
 
     async def recipient(self, address: str) -> RecipientVerdict:
-        if address.strip().lower() in self.report_addresses:  # DMARC reports about us
-            addr = address.strip().lower()
+        addr = address.strip().lower()
+        if addr in self.report_addresses:  # DMARC or TLS reports about us
             return RecipientVerdict("accepted", addr, addr.rpartition("@")[2],
-                                    report_intake=True)
+                                    report_intake=self.report_addresses[addr])
         # routing (issue 5): bounces to our SRS addresses; forged/expired -> 550 5.1.1
         srs = self.router.srs_recipient(address) if self.router is not None else None
         if srs is not None:
@@ -249,7 +255,12 @@ class Intake:
                      "would_be": decision.would_be, "client_ip": client.ip,
                      "session_id": client.session_id, "size": len(raw)}))
         routed = None
-        if txn.recipients[0].report_intake:  # the whole transaction: see session.rcpt
+        intake = txn.recipients[0].report_intake  # the whole transaction: session.rcpt
+        if intake == "tls":
+            unit.insert(TLS_REPORTS_RECEIVED, [tls_received_row(r, message_id)
+                                               for r in parse_tls_report_mail(raw)])
+            message["status"] = "report"
+        elif intake == "dmarc":
             reports = parse_report_mail(raw)
             unit.insert(REPORTS_RECEIVED, [received_row(r, message_id) for r in reports])
             message["status"] = "report"

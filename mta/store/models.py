@@ -601,3 +601,28 @@ class DmarcReportReceived(Base):
     records: Mapped[list] = mapped_column(JSONB, nullable=False)
 
     __table_args__ = (Index("ix_dmarc_reports_received_period_begin", "period_begin"),)
+
+
+class TlsReportReceived(Base):
+    """One TLS report (RFC 8460) another domain sent about ours (mta/reports/
+    tls_intake.py), or, with status `invalid`, one that could not be used and why.
+    `policies`: per policy, policy_type, policy_domain, mx_host, successful, failed and
+    failures {result-type: failed sessions}."""
+
+    __tablename__ = "tls_reports_received"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = created_col()
+    message_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"))
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # ok | invalid
+    error: Mapped[str | None] = mapped_column(Text)
+    org_name: Mapped[str | None] = mapped_column(String(253))
+    report_id: Mapped[str | None] = mapped_column(String(253))
+    period_begin: Mapped[datetime | None] = mapped_column(Timestamp)
+    period_end: Mapped[datetime | None] = mapped_column(Timestamp)
+    successful: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    failed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    policies: Mapped[list] = mapped_column(JSONB, nullable=False)
+
+    __table_args__ = (Index("ix_tls_reports_received_period_begin", "period_begin"),)

@@ -21,6 +21,7 @@ from mta.store.models import (
     DmarcResultRow,
     Event,
     Message,
+    TlsReportReceived,
 )
 
 __all__ = ["ATTEMPTS", "DELIVERIES", "EVENTS", "MESSAGES", "NEXT_DELIVERY_IDS", "full_row"]
@@ -36,7 +37,8 @@ NEXT_DELIVERY_IDS = text("SELECT nextval(pg_get_serial_sequence('deliveries', 'i
                          "FROM generate_series(1, :n)")
 
 _SERIAL = {id(t): t.c.id for t in (DELIVERIES, ATTEMPTS, EVENTS, DmarcResultRow.__table__,
-                                    DmarcReportReceived.__table__)}
+                                    DmarcReportReceived.__table__,
+                                    TlsReportReceived.__table__)}
 
 
 def full_row(table: Table, now: datetime | None = None, /, **values: Any) -> dict[str, Any]:
