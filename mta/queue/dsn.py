@@ -27,6 +27,7 @@ from typing import Literal
 
 from mta.canon import fold_words
 from mta.queue.dsnparams import orcpt_for
+from mta.queue.intl import utf8_headers
 from mta.queue.outcome import RecipientOutcome, Reply
 
 __all__ = ["ArfReport", "DsnRecipient", "ParsedDsnRecipient", "compose_dsn", "dsn_allowed",
@@ -158,14 +159,21 @@ def compose_dsn(reporting_mta: str, original_raw: bytes, envelope_from: str,
     status.append(f"Arrival-Date: {email.utils.format_datetime(arrival_date)}")
     blocks = ["\r\n".join(status)] + [_recipient_block(r) for r in recipients]
     what = "Undelivered message" if "failed" in actions else "Message"
+    # RFC 6533 §6.3, §6.4: an internationalised message (UTF-8 in its header section)
+    # comes back as message/global or message/global-headers, which makes the DSN one
+    # that needs SMTPUTF8 (`intl.needs_smtputf8`). The status fields stay ASCII
+    # (`_ascii`, utf-8-addr-xtext), so message/delivery-status serves either way.
+    intl = utf8_headers(original_raw)
     if ret == "FULL" and len(original_raw) <= RETURN_FULL_LIMIT:
         whole = _crlf(original_raw)
         whole = whole if whole.endswith(b"\r\n") else whole + b"\r\n"
-        returned = _part(boundary, "message/rfc822\r\nContent-Transfer-Encoding: "
+        kind = "message/global" if intl else "message/rfc822"
+        returned = _part(boundary, f"{kind}\r\nContent-Transfer-Encoding: "
                          f"{'7bit' if whole.isascii() else '8bit'}\r\nContent-Description: "
                          f"{what}", whole)
     else:
-        returned = _part(boundary, "text/rfc822-headers\r\nContent-Transfer-Encoding: "
+        kind = "message/global-headers" if intl else "text/rfc822-headers"
+        returned = _part(boundary, f"{kind}\r\nContent-Transfer-Encoding: "
                          f"{'7bit' if orig_headers.isascii() else '8bit'}\r\n"
                          f"Content-Description: {what} headers", orig_headers)
     parts = [
@@ -446,7 +454,8 @@ def parse_bounce(raw: bytes) -> list[ParsedDsnRecipient]:
 def _bounce_text(msg: email.message.Message) -> str:
     chunks = []
     for part in msg.walk():
-        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
+        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers",
+                                       "message/global", "message/global-headers"):
             break  # the original message starts here
         if part.get_content_type() == "text/plain":
             data = part.get_payload(decode=True) or b""

@@ -16,6 +16,7 @@ from mta.queue.dsn import (
     parse_bounce,
     parse_dsn,
 )
+from mta.queue.intl import needs_smtputf8
 from mta.queue.outcome import RecipientOutcome, Reply
 
 ORIGINAL = (b"From: Alice <alice@src.test>\r\nTo: bob@dest.test, carol@dest.test\r\n"
@@ -227,3 +228,30 @@ def test_fallback_parser_on_exim_style_and_standard_dsn():
     [p] = parse_bounce(standard)
     assert (p.recipient, p.source) == ("bob@dest.test", "dsn")
     assert parse_bounce(ORIGINAL) == []  # an ordinary message is not a bounce
+
+
+INTL = ("From: Jörg <jörg@src.test>\r\nTo: bob@dest.test\r\nSubject: Grüße\r\n"
+        "Message-ID: <intl-1@src.test>\r\n\r\nHallo\r\n").encode()
+
+
+def test_dsn_about_an_internationalised_message_returns_it_as_message_global():
+    """RFC 6533 §6: UTF-8 header fields come back in message/global (RET=FULL) or
+    message/global-headers, and such a DSN needs SMTPUTF8 although its own header
+    section is ASCII."""
+    failed = DsnRecipient.from_outcome(
+        RecipientOutcome("bob@dest.test", "failed", Reply(550, "5.1.1", "no such user")),
+        "failed")
+    for ret, kind in (("FULL", "message/global"), ("HDRS", "message/global-headers")):
+        raw = compose_dsn("mta.src.test", INTL, "jörg@src.test", [failed], ARRIVED,
+                          "postmaster@src.test", ret=ret)
+        msg = email.message_from_bytes(raw)
+        types = [p.get_content_type() for p in msg.get_payload()]
+        assert types == ["text/plain", "message/delivery-status", kind], ret
+        assert msg.get_payload()[2]["Content-Transfer-Encoding"] == "8bit"
+        assert "Subject: Grüße".encode() in raw
+        assert needs_smtputf8("", ["bob@src.test"], raw), ret
+    # An ASCII original keeps message/rfc822, and its DSN needs no SMTPUTF8.
+    plain = compose([failed], ret="FULL")
+    assert [p.get_content_type() for p in email.message_from_bytes(plain).get_payload()] == [
+        "text/plain", "message/delivery-status", "message/rfc822"]
+    assert not needs_smtputf8("", ["bob@src.test"], plain)
