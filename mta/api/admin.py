@@ -29,6 +29,7 @@ from mta.api import (
     rules,
     sending_subdomains,
     suppressions,
+    tls_reports,
     webhooks,
 )
 from mta.api.envelope import API_PREFIX, install_error_handlers
@@ -40,7 +41,7 @@ def install(app: Starlette) -> None:
     routes = [*routing_settings.routes(), *rules.routes(), *addresses.routes(),
               *sending_subdomains.routes(), *suppressions.routes(), *webhooks.routes(),
               *activity.routes(), *audit.routes(), *dmarc_reports.routes(),
-              *openapi.routes()]
+              *tls_reports.routes(), *openapi.routes()]
     # Plain routes with the prefix rather than one Mount: a Mount would claim every path
     # under /client/v4 and hide routes other modules (sending) add there.
     app.router.routes.extend(Route(API_PREFIX + r.path, r.endpoint, methods=r.methods)

@@ -24,22 +24,22 @@ from mta.api.auth import require
 from mta.api.envelope import api_error, ok, ok_all, query_int
 from mta.reports import dmarc_received as received
 
-__all__ = ["routes"]
+__all__ = ["json_value", "report_scope", "routes"]
 
 READ = "analytics:read"
 
 
-def _json(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _json(v) for k, v in value.items()}
+        return {k: json_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json(v) for v in value]
+        return [json_value(v) for v in value]
     return value
 
 
-async def _scope(request: Request) -> tuple[Any, set[str], datetime, str | None]:
+async def report_scope(request: Request) -> tuple[Any, set[str], datetime, str | None]:
     account_id = request.path_params["account_id"]
     await require(request, READ, account_id=account_id)
     days = query_int(request, "days", 7, 1, 366)
@@ -50,15 +50,15 @@ async def _scope(request: Request) -> tuple[Any, set[str], datetime, str | None]
 
 
 async def days(request: Request) -> JSONResponse:
-    db, domains, since, domain = await _scope(request)
+    db, domains, since, domain = await report_scope(request)
     reports = await received.report_list(db, since, domain, domains)
-    return ok_all(_json(received.daily_summary(reports)))
+    return ok_all(json_value(received.daily_summary(reports)))
 
 
 async def list_(request: Request) -> JSONResponse:
-    db, domains, since, domain = await _scope(request)
+    db, domains, since, domain = await report_scope(request)
     reports = await received.report_list(db, since, domain, domains)
-    return ok_all([_json(received.report_summary(r)) for r in reports])
+    return ok_all([json_value(received.report_summary(r)) for r in reports])
 
 
 async def get(request: Request) -> JSONResponse:
@@ -72,7 +72,7 @@ async def get(request: Request) -> JSONResponse:
             db, int(raw), await received.account_domains(db, account_id))
     if detail is None:
         raise api_error("E_NOT_FOUND", f"DMARC report {raw} not found")
-    return ok(_json(detail))
+    return ok(json_value(detail))
 
 
 def routes() -> list[Route]:

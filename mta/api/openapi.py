@@ -149,6 +149,17 @@ SCHEMAS: dict[str, S] = {
         "begin": _NSTR, "end": _NSTR, "messages": _INT, "filename": _STR,
         "message_id": _NSTR, "records": _arr(_obj({}))},
         ("id", "received_at", "status", "messages")),
+    "TlsReportDay": _obj({
+        "day": _STR, "org_name": _NSTR, "policy_domain": _STR, "policy_type": _STR,
+        "reports": _INT, "successful": _INT, "failed": _INT,
+        "failures": {"type": "object", "additionalProperties": _INT}},
+        ("day", "policy_domain", "policy_type", "reports", "successful", "failed")),
+    "TlsReport": _obj({
+        "id": _INT, "received_at": _STR, "status": {"enum": ["ok", "invalid"]},
+        "error": _NSTR, "org_name": _NSTR, "report_id": _NSTR, "begin": _NSTR,
+        "end": _NSTR, "successful": _INT, "failed": _INT, "policy_domains": _arr(_STR),
+        "filename": _STR, "message_id": _NSTR, "policies": _arr(_obj({}))},
+        ("id", "received_at", "status", "successful", "failed")),
     "Webhook": _obj({
         "id": _STR, "account_id": _STR, "url": _STR, "event_types": _arr(_STR),
         "description": _NSTR, "enabled": _BOOL, "created_at": _NSTR,
@@ -376,6 +387,16 @@ def _paths() -> dict[str, S]:
         f"{a}/reports/dmarc/received/{{report_id}}": {
             "get": _op("One received DMARC aggregate report with its records", "Reports",
                        _ref("DmarcReport"))},
+        f"{a}/reports/tls/days": {
+            "get": _op("TLS reports (RFC 8460) received, per day, reporter and policy "
+                       "(an extension)", "Reports", _arr(_ref("TlsReportDay")),
+                       info=_PAGE_INFO, query=_DMARC_QUERY)},
+        f"{a}/reports/tls/received": {
+            "get": _op("TLS reports received, one per report file", "Reports",
+                       _arr(_ref("TlsReport")), info=_PAGE_INFO, query=_DMARC_QUERY)},
+        f"{a}/reports/tls/received/{{report_id}}": {
+            "get": _op("One received TLS report with the account's policies", "Reports",
+                       _ref("TlsReport"))},
         "/accounts/{account_id}/audit_logs": {
             "get": _op("Audit log of configuration changes", "Observability",
                        _arr(_ref("AuditEntry")), info=_PAGE_INFO, query=[

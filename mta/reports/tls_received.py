@@ -17,7 +17,7 @@ from mta.store.models import TlsReportReceived
 from mta.store.rows import full_row
 
 __all__ = ["TLS_REPORTS_RECEIVED", "daily_summary", "received_row", "report_detail",
-           "report_list", "report_summary"]
+           "report_list", "report_summary", "visible"]
 
 TLS_REPORTS_RECEIVED = TlsReportReceived.__table__
 
@@ -47,11 +47,17 @@ async def report_list(db: Database, since: datetime) -> list[TlsReportReceived]:
         return list((await s.execute(q.order_by(TlsReportReceived.id.desc()))).scalars())
 
 
-def daily_summary(reports: list[TlsReportReceived],
-                  domain: str | None = None) -> list[dict[str, Any]]:
+def visible(r: TlsReportReceived, domains: set[str]) -> bool:
+    """Whether a report names one of `domains` (an account's: see
+    dmarc_received.account_domains); an invalid one names none."""
+    return any(p["policy_domain"] in domains for p in r.policies)
+
+
+def daily_summary(reports: list[TlsReportReceived], domain: str | None = None,
+                  domains: set[str] | None = None) -> list[dict[str, Any]]:
     """One entry per (day the report covers, reporting organization, policy domain,
     policy type): reports, successful and failed sessions, failed sessions per failure
-    type. `domain`: only that policy domain."""
+    type. `domain`: only that policy domain; `domains`: only those."""
     days: dict[tuple, dict[str, Any]] = {}
     for r in reports:
         if r.status != "ok" or r.period_begin is None:
@@ -60,6 +66,8 @@ def daily_summary(reports: list[TlsReportReceived],
         seen: set[tuple] = set()
         for p in r.policies:
             if domain and p["policy_domain"] != domain.lower():
+                continue
+            if domains is not None and p["policy_domain"] not in domains:
                 continue
             key = (day, r.org_name, p["policy_domain"], p["policy_type"])
             d = days.setdefault(key, {"day": day, "org_name": r.org_name,
@@ -79,9 +87,13 @@ def daily_summary(reports: list[TlsReportReceived],
     return sorted(ordered, key=lambda d: d["day"], reverse=True)
 
 
-async def report_detail(db: Database, report_id: int) -> dict[str, Any] | None:
+async def report_detail(db: Database, report_id: int,
+                        domains: set[str] | None = None) -> dict[str, Any] | None:
+    """One report with its policies; with `domains`, only if it names one of them, and
+    only their policies."""
     async with db.session() as s:
         r = await s.get(TlsReportReceived, report_id)
-    if r is None:
+    if r is None or (domains is not None and not visible(r, domains)):
         return None
-    return {**report_summary(r), "policies": r.policies}
+    return {**report_summary(r), "policies": [
+        p for p in r.policies if domains is None or p["policy_domain"] in domains]}

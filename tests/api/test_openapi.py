@@ -94,6 +94,8 @@ def _resources(admin) -> dict[str, str]:
     webhook = post(f"{acct}/webhooks", {"url": f"http://127.0.0.1:{free_port()}/hook"})
     # A DMARC report about the account's zone, as the MX stores one from its mailbox.
     report = admin.db_run(_dmarc_report(admin.zone_name))
+    # and a TLS report under the same id: {report_id} names one in both paths
+    admin.db_run(_tls_report(admin.zone_name, report))
     return {"address_id": address["id"], "rule_id": rule["id"],
             "suppression_id": suppression["id"], "tag": subdomain["tag"],
             "webhook_id": webhook["id"], "report_id": str(report)}
@@ -114,6 +116,22 @@ def _dmarc_report(domain: str):
         s.add(row)
         await s.flush()
         return row.id
+    return add
+
+
+def _tls_report(domain: str, report_id: int):
+    from datetime import UTC, datetime
+
+    from mta.store.models import TlsReportReceived
+
+    async def add(s) -> None:
+        s.add(TlsReportReceived(
+            id=report_id, filename="r.json.gz", status="ok", org_name="Company-X",
+            report_id="t-1", period_begin=datetime(2026, 12, 6, tzinfo=UTC),
+            period_end=datetime(2026, 12, 6, 23, 59, 59, tzinfo=UTC), successful=1,
+            failed=0, policies=[{"policy_type": "sts", "policy_domain": domain,
+                                 "mx_host": [], "successful": 1, "failed": 0,
+                                 "failures": {}}]))
     return add
 
 
