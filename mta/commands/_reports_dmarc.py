@@ -21,14 +21,13 @@ import socket
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from mta.commands._common import (
-    CommandGroup,
-    open_database,
-    positive,
-    print_json,
-    print_table,
-)
+from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
+from mta.commands._reports_received import (
+    add_list_and_show,
+    print_invalid_count,
+    show_header,
+)
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.node import NodeContext
@@ -120,27 +119,17 @@ async def _cmd_list(args, settings: Settings) -> int:
                   f"{d['dkim_pass']}/{d['dkim_fail']}"] for d in days],
                 ["DAY", "DOMAIN", "REPORTERS", "MESSAGES", "SOURCES", "DMARC PASS",
                  "SPF PASS/FAIL", "DKIM PASS/FAIL"], empty="no DMARC reports received")
-    invalid = sum(1 for r in reports if r.status != "ok")
-    if invalid:
-        print(f"\n{invalid} report file(s) could not be used: mta reports dmarc list "
-              "--reports")
+    print_invalid_count(reports, "dmarc")
     return 0
 
 
 async def _cmd_show(args, settings: Settings) -> int:
-    async with open_database(settings) as db:
-        detail = await report_detail(db, args.id)
+    detail = await show_header(args, settings, report_detail, kind="dmarc",
+                               keys=("id", "status", "error", "org_name", "report_id",
+                                     "policy_domain", "begin", "end", "messages",
+                                     "filename"))
     if detail is None:
-        raise CliError(f"no received DMARC report {args.id} (see mta reports dmarc list "
-                       "--reports)")
-    if args.json:
-        print_json(detail)
         return 0
-    for key in ("id", "status", "error", "org_name", "report_id", "policy_domain", "begin",
-                "end", "messages", "filename"):
-        if detail[key] is not None:
-            print(f"{key}: {detail[key]}")
-    print()
     print_table([[r["source_ip"], r["count"], r["disposition"], r["spf"], r["dkim"],
                   r["header_from"], r["envelope_from"]] for r in detail["records"]],
                 ["SOURCE", "COUNT", "DISPOSITION", "SPF", "DKIM", "HEADER FROM",
@@ -150,14 +139,8 @@ async def _cmd_show(args, settings: Settings) -> int:
 
 def register(kinds) -> None:
     dmarc = CommandGroup(kinds, "dmarc", "DMARC aggregate reports (RFC 7489)")
-    c = dmarc.add("list", _cmd_list, "reports received about our domains, per day")
-    c.add_argument("--days", type=positive, default=7, help="this many days back (7)")
-    c.add_argument("--domain", help="only this policy domain")
-    c.add_argument("--reports", action="store_true", help="one line per report file")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
-    c = dmarc.add("show", _cmd_show, "one received report and its records")
-    c.add_argument("id", type=int)
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    add_list_and_show(dmarc, _cmd_list, _cmd_show,
+                      show_help="one received report and its records")
     c = dmarc.add("send", _cmd_send, "build and send one day's aggregate reports")
     c.add_argument("--date", type=_day, help="the UTC day (YYYY-MM-DD; default yesterday)")
     c.add_argument("--domain", help="only this policy domain")

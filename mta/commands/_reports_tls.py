@@ -17,8 +17,13 @@ from __future__ import annotations
 import sys
 from datetime import UTC, date, datetime, timedelta
 
-from mta.commands._common import open_database, positive, print_json, print_table
+from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
+from mta.commands._reports_received import (
+    add_list_and_show,
+    print_invalid_count,
+    show_header,
+)
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.reports.tls_received import (
@@ -95,26 +100,16 @@ async def _cmd_list(args, settings: Settings) -> int:
                   d["successful"], d["failed"], _failures(d["failures"])] for d in days],
                 ["DAY", "REPORTER", "DOMAIN", "POLICY", "SUCCESSFUL", "FAILED", "FAILURES"],
                 empty="no TLS reports received")
-    invalid = sum(1 for r in reports if r.status != "ok")
-    if invalid:
-        print(f"\n{invalid} report file(s) could not be used: mta reports tls list --reports")
+    print_invalid_count(reports, "tls")
     return 0
 
 
 async def _cmd_show(args, settings: Settings) -> int:
-    async with open_database(settings) as db:
-        detail = await report_detail(db, args.id)
+    detail = await show_header(args, settings, report_detail, kind="tls",
+                               keys=("id", "status", "error", "org_name", "report_id",
+                                     "begin", "end", "successful", "failed", "filename"))
     if detail is None:
-        raise CliError(f"no received TLS report {args.id} (see mta reports tls list "
-                       "--reports)")
-    if args.json:
-        print_json(detail)
         return 0
-    for key in ("id", "status", "error", "org_name", "report_id", "begin", "end",
-                "successful", "failed", "filename"):
-        if detail[key] is not None:
-            print(f"{key}: {detail[key]}")
-    print()
     print_table([[p["policy_domain"], p["policy_type"], ", ".join(p["mx_host"]) or "-",
                   p["successful"], p["failed"], _failures(p["failures"])]
                  for p in detail["policies"]],
@@ -124,21 +119,11 @@ async def _cmd_show(args, settings: Settings) -> int:
 
 
 def register(kinds) -> None:
-    tls = kinds.add_parser("tls", help="TLS reports (RFC 8460): ours, and those about us")
-    sub = tls.add_subparsers(dest="reports_tls_command", required=True)
-    send = sub.add_parser("send", help="send one day's reports now (default: yesterday)")
+    tls = CommandGroup(kinds, "tls", "TLS reports (RFC 8460): ours, and those about us")
+    send = tls.add("send", _cmd_send, "send one day's reports now (default: yesterday)")
     send.add_argument("--date", help="the day, YYYY-MM-DD (UTC)")
     send.add_argument("--dry-run", action="store_true",
                       help="build the reports and show where they would go; send nothing")
     send.add_argument("--json", action="store_true")
-    send.set_defaults(func=_cmd_send)
-    c = sub.add_parser("list", help="reports received about our domains, per day")
-    c.add_argument("--days", type=positive, default=7, help="this many days back (7)")
-    c.add_argument("--domain", help="only this policy domain")
-    c.add_argument("--reports", action="store_true", help="one line per report file")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.set_defaults(func=_cmd_list)
-    c = sub.add_parser("show", help="one received report and its policies")
-    c.add_argument("id", type=int)
-    c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.set_defaults(func=_cmd_show)
+    add_list_and_show(tls, _cmd_list, _cmd_show,
+                      show_help="one received report and its policies")
