@@ -353,6 +353,10 @@ class WebhookSettings:
     first_retry: Duration = Duration(10)  # backoff: doubles per attempt ...
     max_backoff: Duration = Duration(3600)  # ... up to this
     log_retention: Duration = Duration(7 * 86400)  # finished outbox rows older are deleted
+    # Endpoints on loopback/private addresses (and http:// to loopback): tests, a lab.
+    # Off, a tenant cannot make the node probe its own network.
+    allow_private_targets: bool = False
+    max_endpoints_per_account: int = 10  # each endpoint costs every message an outbox row
 
 
 @dataclass
@@ -375,6 +379,9 @@ class TlsReportSettings:
     # _smtp._tls records): the MX accepts, parses and keeps it (`mta reports tls list`),
     # whatever the routing rules.
     intake_addresses: list[str] = field(default_factory=list)
+    # POST reports to loopback/private addresses too (tests, a lab); off, a rua naming
+    # one is refused: any domain we deliver to picks it.
+    allow_private_targets: bool = False
 
 
 @dataclass

@@ -54,7 +54,8 @@ async def create(request: Request) -> JSONResponse:
     async with request.app.state.ctx.db.session() as s:
         try:
             row = await endpoints.create(s, account_id, url, event_types=types,
-                                         description=description)
+                                         description=description,
+                                         settings=request.app.state.ctx.settings.webhooks)
         except endpoints.EndpointError as exc:
             raise _invalid(exc) from None
         audit.record_row(s, p.actor, "create", "webhook", row, _AUDIT_FIELDS,
@@ -99,7 +100,7 @@ async def test(request: Request) -> JSONResponse:
     async with ctx.db.session() as s:
         row = await _endpoint(request, s, account_id)
         url, secret = row.url, row.secret
-    result = await send_test(account_id, url, secret, float(ctx.settings.webhooks.timeout))
+    result = await send_test(account_id, url, secret, ctx.settings.webhooks, ctx.resolver)
     return ok({"id": request.path_params["webhook_id"], "ok": result.ok,
                "status_code": result.status_code, "error": result.error,
                "duration_ms": round(result.seconds * 1000, 1)})

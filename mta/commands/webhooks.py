@@ -21,6 +21,7 @@ from mta.commands._common import (
 )
 from mta.commands._errors import CliError
 from mta.config import Settings
+from mta.dnscache import DnsResolver
 from mta.observe import audit
 from mta.webhooks import endpoints
 from mta.webhooks.payload import EVENT_TYPES
@@ -43,7 +44,8 @@ async def _cmd_create(args, settings: Settings) -> int:
         account = await find_account(s, args.account)
         try:
             row = await endpoints.create(s, account.id, args.url, event_types=args.event,
-                                         description=args.description)
+                                         description=args.description,
+                                         settings=settings.webhooks)
         except endpoints.EndpointError as exc:
             raise CliError(str(exc), exit_code=2) from None
         audit.record_row(s, audit.cli_actor(), "create", "webhook", row, _AUDIT_FIELDS,
@@ -83,7 +85,8 @@ async def _cmd_test(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         row = await _one(s, args.id)
         account_id, url, secret = row.account_id, row.url, row.secret
-    result = await send_test(account_id, url, secret, float(settings.webhooks.timeout))
+    result = await send_test(account_id, url, secret, settings.webhooks,
+                             DnsResolver.from_settings(settings.dns))
     out = {"id": args.id, "ok": result.ok, "status_code": result.status_code,
            "error": result.error, "duration_ms": round(result.seconds * 1000, 1)}
     if args.json:

@@ -101,7 +101,9 @@ async def send_day(db: Database, settings, resolver: DnsResolver, day: date, *,
                         await queue_mail(s, raw, to=to, sender=sender, now=now)
                     out.append(Sent(report.domain, uri, "queued"))
                 else:
-                    code = await post_report(uri, report, timeout=timeout, verify=verify)
+                    code = await post_report(
+                        uri, report, timeout=timeout, resolver=resolver, verify=verify,
+                        allow_private=settings.tls_reports.allow_private_targets)
                     out.append(Sent(report.domain, uri, "posted", f"HTTP {code}"))
             except SendError as exc:
                 out.append(Sent(report.domain, uri, "failed", str(exc)))

@@ -15,7 +15,7 @@ MAX_DESTINATIONS = 5  # a record cannot make us send one report to many places
 def parse_tlsrpt(records: list[str]) -> list[str]:
     """The `rua` URIs of the one TLSRPTv1 record (none when there is no record, or
     several: §3, like MTA-STS, treats that as no record). Only mailto: and https: URIs
-    (and http:, which the sender refuses unless it goes to loopback) are kept."""
+    (and http:, which the sender refuses unless private targets are allowed) are kept."""
     found = [r for r in records if r.replace(" ", "").startswith("v=TLSRPTv1;")]
     if len(found) != 1:
         return []

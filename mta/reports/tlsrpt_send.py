@@ -4,21 +4,22 @@ mailto: a multipart/report (report-type=tlsrpt) mail with the gzipped JSON as an
 `application/tlsrpt+gzip` attachment and the `TLS-Report-Domain` and
 `TLS-Report-Submitter` header fields, DKIM-signed with the forwarding domain's key when
 there is one, and queued like any other outbound mail (our own delivery path, retries
-and all). https: a POST of the gzipped JSON as `application/tlsrpt+gzip`; plain http is
-refused unless it goes to a loopback address (tests).
+and all). https: a POST of the gzipped JSON as `application/tlsrpt+gzip`, never to a non-public
+address unless `tls_reports.allow_private_targets` (mta.observe.egress).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mta.dnscache import DnsResolver
+from mta.observe import egress
 from mta.queue.queue import PRIORITY_BULK, Recipient, enqueue
 from mta.reports.tlsrpt_build import Report, report_filename
 from mta.store.models import Message
@@ -69,26 +70,24 @@ def mailto_address(uri: str) -> str:
     return unquote(uri[len("mailto:"):].partition("?")[0]).strip()
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-async def post_report(uri: str, report: Report, *, timeout: float,
-                      verify=True) -> int:
-    """POST the report; the HTTP status. SendError when it was not taken."""
-    parts = urlsplit(uri)
-    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
-        raise SendError(f"{uri}: plain http is only allowed to loopback")
+async def post_report(uri: str, report: Report, *, timeout: float, resolver: DnsResolver,
+                      allow_private: bool = False, verify=True) -> int:
+    """POST the report; the HTTP status. SendError when it was not taken. The `rua`
+    comes from the recipient domain's DNS: mta.observe.egress keeps it off our own
+    network (tls_reports.allow_private_targets)."""
     try:
         async with httpx.AsyncClient(timeout=timeout, verify=verify, trust_env=False,
                                      follow_redirects=False) as client:
-            r = await client.post(uri, content=report.gzipped(),
-                                  headers={"Content-Type": CONTENT_TYPE})
+            status = await egress.post(client, uri, content=report.gzipped(),
+                                       headers={"Content-Type": CONTENT_TYPE},
+                                       resolver=resolver, allow_private=allow_private,
+                                       timeout=timeout)
+    except egress.Refused as exc:
+        raise SendError(str(exc)) from None
     except httpx.HTTPError as exc:
         raise SendError(f"{uri}: {exc or type(exc).__name__}") from None
-    if not 200 <= r.status_code < 300:
-        raise SendError(f"{uri}: HTTP {r.status_code}")
-    return r.status_code
+    except TimeoutError:
+        raise SendError(f"{uri}: no answer within {timeout:g} s") from None
+    if not 200 <= status < 300:
+        raise SendError(f"{uri}: HTTP {status}")
+    return status

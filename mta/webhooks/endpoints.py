@@ -1,20 +1,21 @@
 """An account's webhook endpoints and their delivery logs: what the admin API
 (mta/api/webhooks.py) and `mta webhooks` share.
 
-URLs are https://, or http:// to a loopback address only (a receiver on the same host,
-tests): events carry addresses and subjects, which must not cross a network in clear.
+URLs are https:// to public addresses; with `webhooks.allow_private_targets` (tests, a
+lab) also to private ones and http:// to loopback (events carry addresses and subjects,
+which must not cross a network in clear). mta.observe.egress checks again at each POST.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mta.store.models import WebhookDelivery, WebhookEndpoint
+from mta.observe import egress
+from mta.store.models import Account, WebhookDelivery, WebhookEndpoint
 from mta.webhooks.payload import EVENT_TYPES
 from mta.webhooks.signature import new_secret
 
@@ -33,16 +34,7 @@ class EndpointError(ValueError):
         self.field = field
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def validate_url(url: str) -> str:
+def validate_url(url: str, *, allow_private: bool = False) -> str:
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
         raise EndpointError(f"url must be an https:// URL of at most {MAX_URL} characters",
                             "url")
@@ -54,11 +46,18 @@ def validate_url(url: str) -> str:
         raise EndpointError(f"url is not a valid URL: {exc}", "url") from None
     if not host or parts.username or parts.password:
         raise EndpointError("url must name a host and carry no credentials", "url")
-    if parts.scheme == "https":
-        return url
-    if parts.scheme == "http" and _loopback(host):
-        return url
-    raise EndpointError("url must be https:// (http:// only to a loopback address)", "url")
+    # What the URL alone tells (scheme, an address literal); a name is checked again,
+    # resolved, at each POST.
+    try:
+        egress.check_url(url, allow_private=allow_private)
+        if parts.scheme == "http" and not egress.is_loopback_literal(host):
+            raise egress.Refused(url)  # events are not sent to a name in clear either
+    except egress.Refused:
+        raise EndpointError(
+            "url must be https:// to a public address" + (
+                " (http:// only to a loopback address)" if allow_private else ""),
+            "url") from None
+    return url
 
 
 def validate_types(types: list[str] | None) -> list[str]:
@@ -70,10 +69,23 @@ def validate_types(types: list[str] | None) -> list[str]:
     return sorted(set(types), key=EVENT_TYPES.index)
 
 
-async def create(session: AsyncSession, account_id: str, url: str, *,
+async def create(session: AsyncSession, account_id: str, url: str, *, settings: Any,
                  event_types: list[str] | None = None,
                  description: str | None = None) -> WebhookEndpoint:
-    row = WebhookEndpoint(account_id=account_id, url=validate_url(url), secret=new_secret(),
+    """`settings`: the `webhooks` section (private targets, the cap per account)."""
+    url = validate_url(url, allow_private=settings.allow_private_targets)
+    # Each endpoint adds an outbox row to every message's transaction (the events
+    # trigger), so their number is bounded. Locking the account row serialises creates,
+    # so the bound holds under concurrency.
+    await session.execute(select(Account.id).where(Account.id == account_id)
+                          .with_for_update())
+    limit = settings.max_endpoints_per_account
+    count = (await session.execute(select(func.count()).select_from(WebhookEndpoint).where(
+        WebhookEndpoint.account_id == account_id))).scalar_one()
+    if count >= limit:
+        raise EndpointError(f"the account already has {limit} webhook endpoints "
+                            "(webhooks.max_endpoints_per_account)", "url")
+    row = WebhookEndpoint(account_id=account_id, url=url, secret=new_secret(),
                           event_types=validate_types(event_types), description=description)
     session.add(row)
     await session.flush()

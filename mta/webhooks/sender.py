@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from mta.observe import metrics
+from mta.dnscache import DnsResolver
+from mta.observe import egress, metrics
 from mta.webhooks import outbox
 from mta.webhooks.payload import body, event_body, test_body
 from mta.webhooks.signature import signed_headers
@@ -45,19 +46,24 @@ class PostResult:
 
 
 async def post_event(client: httpx.AsyncClient, url: str, secret: str, event_id: str,
-                     event_type: str, payload: dict[str, Any]) -> PostResult:
+                     event_type: str, payload: dict[str, Any], *, resolver: DnsResolver,
+                     allow_private: bool = False) -> PostResult:
     """One signed POST; any 2xx is success. Never raises for the endpoint's trouble.
     The client's timeout bounds the whole POST, not only each read, and the answer's
     body is never read (nothing in it matters): an endpoint that trickles its answer, or
-    sends an endless one, cannot hold a slot or fill the node's memory."""
+    sends an endless one, cannot hold a slot or fill the node's memory. The URL is a
+    tenant's: mta.observe.egress refuses our own network unless
+    `webhooks.allow_private_targets`, before any connection."""
     data = body(payload)
     headers = signed_headers(secret, data, event_id, event_type)
     headers["User-Agent"] = USER_AGENT
     started = time.monotonic()
     try:
-        async with asyncio.timeout(client.timeout.read):
-            async with client.stream("POST", url, content=data, headers=headers) as r:
-                status = r.status_code
+        status = await egress.post(client, url, content=data, headers=headers,
+                                   resolver=resolver, allow_private=allow_private,
+                                   timeout=client.timeout.read)
+    except egress.Refused as exc:
+        result = PostResult(False, None, f"refused: {exc}", time.monotonic() - started)
     except (httpx.HTTPError, TimeoutError) as exc:
         error = (f"{type(exc).__name__}: {exc}".rstrip(": ") if isinstance(exc, httpx.HTTPError)
                  else f"no answer within {client.timeout.read:g} s")
@@ -78,13 +84,16 @@ def http_client(timeout: float) -> httpx.AsyncClient:
                              trust_env=False)
 
 
-async def send_test(account_id: str, url: str, secret: str, timeout: float) -> PostResult:
-    """POST a `test` event now (the admin API's and the CLI's `test`); nothing is stored."""
+async def send_test(account_id: str, url: str, secret: str, settings: Any,
+                    resolver: DnsResolver) -> PostResult:
+    """POST a `test` event now (the admin API's and the CLI's `test`); nothing is stored.
+    `settings`: the `webhooks` section."""
     event_id = f"test-{uuid.uuid4().hex}"
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    async with http_client(timeout) as client:
+    async with http_client(float(settings.timeout)) as client:
         return await post_event(client, url, secret, event_id, "test",
-                                test_body(account_id, event_id, now))
+                                test_body(account_id, event_id, now), resolver=resolver,
+                                allow_private=settings.allow_private_targets)
 
 
 class WebhookSender:
@@ -177,7 +186,9 @@ class WebhookSender:
         try:
             assert self._client is not None
             result = await post_event(self._client, c.url, c.secret, str(c.event_id),
-                                      c.event_type, event_body(c.event_type, c.event))
+                                      c.event_type, event_body(c.event_type, c.event),
+                                      resolver=self.ctx.resolver,
+                                      allow_private=self.settings.allow_private_targets)
             await self._record(c, result)
         except asyncio.CancelledError:
             raise

@@ -149,6 +149,8 @@ def write_config(directory: Path, db_url: str, dns_nameserver: dict, **overrides
         "dns": {"nameservers": [dns_nameserver], "timeout": "2s", "cache_size": 0},
         "logging": {"level": "warning", "format": "text"},
         "secret_key": "test-secret-key-not-for-production",
+        # Webhook receivers in these tests are on loopback.
+        "webhooks": {"allow_private_targets": True},
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value}

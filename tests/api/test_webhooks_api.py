@@ -3,6 +3,7 @@ secret shown once, tokens and accounts kept apart, and `test` against a real rec
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -110,3 +111,48 @@ def test_test_reports_a_dead_endpoint(admin):
     admin.cli("webhooks", "delete", made["id"], expect=1)  # gone: says so, exit 1
     admin.cli("webhooks", "create", "http://hooks.example.com/x", "--account", "acme",
               expect=2)  # clear text off the host: a usage error
+
+
+def test_a_tenant_cannot_point_the_node_at_its_own_network(make_admin, dns_server):
+    """Without webhooks.allow_private_targets, an address literal of our own network is
+    refused at creation, and a name resolving to one is refused at `test` (and at every
+    POST) before any connection: an account:admin token cannot probe ports."""
+    from tests.reports.test_tlsrpt_send import Listener
+
+    admin = make_admin(webhooks={"allow_private_targets": False})
+    c = admin.http(ADMIN)
+    path = f"/accounts/{admin.account_id}/email/webhooks"
+    listener = Listener()
+    loop = asyncio.new_event_loop()
+    try:
+        port = loop.run_until_complete(listener.start("127.0.0.1"))
+        for url in (f"http://127.0.0.1:{port}/x", f"https://127.0.0.1:{port}/x",
+                    "https://10.0.0.1/x", f"https://[::1]:{port}/x",
+                    f"https://[::ffff:127.0.0.1]:{port}/x"):
+            r = c.post(path, json={"url": url})
+            assert r.status_code == 400, (url, r.text)
+            assert r.json()["errors"][0]["source"] == {"pointer": "/url"}
+        dns_server.add("inside.test", "A", "127.0.0.1")
+        made = c.post(path, json={"url": f"https://inside.test:{port}/x"}).json()["result"]
+        r = c.post(f"{path}/{made['id']}/test").json()["result"]
+        loop.run_until_complete(asyncio.sleep(0.2))  # a connection would be counted
+        assert r["ok"] is False and r["status_code"] is None
+        assert r["error"].startswith("refused:") and listener.connections == 0
+    finally:
+        listener.close()
+        loop.close()
+
+
+def test_endpoints_per_account_are_capped(make_admin):
+    admin = make_admin(webhooks={"max_endpoints_per_account": 2})
+    c = admin.http(ADMIN)
+    path = f"/accounts/{admin.account_id}/email/webhooks"
+    for i in range(2):
+        assert c.post(path, json={"url": f"https://hooks{i}.example.com/x"}).status_code == 200
+    r = c.post(path, json={"url": "https://hooks9.example.com/x"})
+    assert r.status_code == 400
+    err = r.json()["errors"][0]
+    assert err["code"] == 10001 and "max_endpoints_per_account" in err["message"] + str(err)
+    admin.cli("webhooks", "create", "https://hooks9.example.com/x",
+              "--account", admin.account_id, expect=2)  # the CLI holds the cap too
+    assert len(c.get(path).json()["result"]) == 2

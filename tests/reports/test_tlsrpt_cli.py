@@ -34,7 +34,8 @@ def test_send_dry_run_then_real_then_refused(tmp_path, db_url, dns_server, recei
     dns_server.add_txt("_smtp._tls.dest.test", f"v=TLSRPTv1; rua={receiver.url}")
     cli = Cli(write_config(tmp_path / "mta.yaml", db_url,
                            dns={"nameservers": [dns_server.nameserver]},
-                           node={"hostname": "mta.src.test"}))
+                           node={"hostname": "mta.src.test"},
+                           tls_reports={"allow_private_targets": True}))
 
     out, _ = cli("reports", "tls", "send", "--date", DAY.isoformat(), "--dry-run", "--json")
     dry = json.loads(out)

@@ -6,6 +6,7 @@ sink) and POSTed to a loopback HTTP receiver."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import gzip
 import json
@@ -105,6 +106,7 @@ async def test_daily_report_mailed_and_posted_and_valid(
     assert (ok.result, refused.result) == ("delivered", "deferred") and not plain.messages
     settings = settings_for_tests()
     settings.tls_reports.organization = "Src Test Mail"
+    settings.tls_reports.allow_private_targets = True  # the receiver is on loopback
     await TlsSessionRecorder(SimpleNamespace(settings=settings, db=db), counts).flush()
 
     day = datetime.now(UTC).date()
@@ -160,12 +162,88 @@ async def test_http_off_loopback_is_refused_and_dry_run_sends_nothing(
 
     resolver = DnsResolver([dns_server.nameserver], timeout=1.0, cache_size=0)
     settings = settings_for_tests()
+    settings.tls_reports.allow_private_targets = True
     day = datetime.now(UTC).date()
     dry = await send_day(db, settings, resolver, day, dry_run=True)
     assert [s.status for s in dry] == ["dry-run", "dry-run"] and receiver.posts == []
     sent = await send_day(db, settings, resolver, day, owner="node-a")
-    assert [(s.status, "loopback" in s.detail) for s in sent] == [
+    assert [(s.status, "plain http" in s.detail) for s in sent] == [
         ("failed", True), ("posted", False)]
     report = json.loads(gzip.decompress(receiver.posts[0][2]))
     validate(report)
     assert report["policies"][0]["summary"]["total-successful-session-count"] == 1
+
+
+class Listener:
+    """A TCP listener that counts the connections it gets (and answers none)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.servers: list = []
+
+    async def start(self, host: str) -> int:
+        def count(reader, writer) -> None:
+            self.connections += 1
+            writer.close()
+        server = await asyncio.start_server(count, host, 0)
+        self.servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()
+
+
+async def test_a_rua_naming_our_own_network_is_refused_without_a_connection(
+        db, dns_server, receiver):
+    """Any domain we deliver to picks its rua: it must not make the node POST to its
+    loopback services or internal hosts, unless the operator allows private targets."""
+    from mta.dnscache import DnsResolver
+    from mta.store.tlsrpt import add_session_counts
+
+    counts = SessionCounts()
+    counts.add("far.test", "no-policy-found", (), "success", receiving_mx="mx.far.test")
+    await add_session_counts(db, counts.take().items())
+    listener = Listener()
+    v4 = await listener.start("127.0.0.1")
+    v6 = await listener.start("::1")
+    dns_server.add("inside.far.test", "A", "127.0.0.1")
+    resolver = DnsResolver([dns_server.nameserver], timeout=1.0, cache_size=0)
+    settings = settings_for_tests()
+    day = datetime.now(UTC).date()
+    try:
+        # A record holds at most 5 destinations: two days' worth of them.
+        for ruas in ([f"https://127.0.0.1:{v4}/r", "https://10.0.0.1/r",
+                      f"https://[::1]:{v6}/r", f"https://inside.far.test:{v4}/r",
+                      f"http://127.0.0.1:{v4}/r"],
+                     [f"https://[::ffff:127.0.0.1]:{v4}/r", receiver.url]):
+            dns_server.remove("_smtp._tls.far.test", "TXT")
+            dns_server.add_txt("_smtp._tls.far.test", "v=TLSRPTv1; rua=" + ",".join(ruas))
+            sent = await _again(db, settings, resolver, day)
+            assert [s.status for s in sent] == ["failed"] * len(ruas)
+            assert all("not a public address" in s.detail or "non-public" in s.detail
+                       or "plain http" in s.detail for s in sent), [s.detail for s in sent]
+        assert listener.connections == 0 and receiver.posts == []
+
+        # Allowed, the same day (another day's run) reaches the loopback receiver, by
+        # name too, and the TLS attempts do connect.
+        dns_server.add("rcv.far.test", "A", receiver.url.split("/")[2].split(":")[0])
+        port = receiver.url.split("/")[2].split(":")[1]
+        dns_server.remove("_smtp._tls.far.test", "TXT")
+        dns_server.add_txt("_smtp._tls.far.test", f"v=TLSRPTv1; rua=https://127.0.0.1:{v4}/r,"
+                           f"http://rcv.far.test:{port}/tlsrpt")
+        settings.tls_reports.allow_private_targets = True
+        sent = await _again(db, settings, resolver, day)
+        assert [s.status for s in sent] == ["failed", "posted"]
+        assert listener.connections == 1 and len(receiver.posts) == 1
+    finally:
+        listener.close()
+
+
+async def _again(db, settings, resolver, day):
+    """The day was done: forget that, so it can be sent again."""
+    from sqlalchemy import text
+
+    async with db.session() as s:
+        await s.execute(text("DELETE FROM tls_report_runs"))
+    return await send_day(db, settings, resolver, day, owner="node-a")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from mta.config import WebhookSettings
 from mta.observe.events import event_rows, record_events
 from mta.store.models import Account, Message, WebhookDelivery
 from mta.webhooks import endpoints, outbox
@@ -33,7 +34,7 @@ async def account(db, name: str = "acme") -> str:
 async def endpoint(db, account_id: str, types: list[str] | None = None) -> str:
     async with db.session() as s:
         return (await endpoints.create(s, account_id, "https://hooks.example/x",
-                                       event_types=types)).id
+                                       event_types=types, settings=WebhookSettings())).id
 
 
 async def message(db, account_id: str) -> uuid.UUID:
