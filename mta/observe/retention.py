@@ -18,7 +18,6 @@ read again under the lock, so a delivery requeued at that moment keeps its messa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Exists, delete, exists, select
 
+from mta.background import cancel_and_wait
 from mta.store.db import Database
 from mta.store.models import ACTIVE_STATUSES, AuditEntry, Delivery, Event, Message
 
@@ -145,11 +145,8 @@ class RetentionJob:
             self._task = asyncio.create_task(self._loop(), name="retention")
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()  # a cancelled batch rolls back: nothing half-done remains
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # A cancelled batch rolls back: nothing half-done remains.
+        await cancel_and_wait(self._task)
         self._task = None
 
     def describe(self) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
 
+from mta.background import cancel_and_wait
 from mta.observe import metrics
 from mta.store.tlsrpt import add_session_counts
 
@@ -127,11 +128,8 @@ class TlsSessionRecorder:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(Exception):  # the database may be gone at shutdown
             await self.flush()
 

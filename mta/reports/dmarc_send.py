@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 
+from mta.background import cancel_and_wait
 from mta.errors import MtaError
 from mta.observe import metrics
 from mta.reports.dmarc_aggregate import (
@@ -184,10 +184,8 @@ class DmarcReportJob:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def describe(self) -> dict:
         return {"service": self.name}

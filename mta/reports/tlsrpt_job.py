@@ -11,13 +11,13 @@ taker (a destination may then get a report twice, never none). A destination tha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from mta.background import cancel_and_wait
 from mta.dnscache import DnsError, DnsResolver
 from mta.observe import metrics
 from mta.reports.tlsrpt_build import Report, build_report
@@ -133,11 +133,8 @@ class TlsReportJob:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def describe(self) -> dict:
         return {"worker": self.name,

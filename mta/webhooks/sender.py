@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from mta.background import cancel_and_wait
 from mta.dnscache import DnsResolver
 from mta.observe import egress, metrics
 from mta.webhooks import outbox
@@ -122,11 +123,8 @@ class WebhookSender:
         self._task = asyncio.create_task(self._loop(), name="webhooks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         # POSTs still out are abandoned: their leases run out and they are sent again.
         for t in list(self._posts):
             t.cancel()
