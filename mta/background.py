@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["LoopService", "cancel_and_wait"]
 
 
 async def cancel_and_wait(task: asyncio.Task | None) -> None:
@@ -17,3 +17,21 @@ async def cancel_and_wait(task: asyncio.Task | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class LoopService:
+    """A node service whose work is one task running `_loop`, named after the service,
+    from `start` until `stop`."""
+
+    name: str
+    _task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _loop(self) -> None:
+        raise NotImplementedError

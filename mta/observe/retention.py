@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Exists, delete, exists, select
 
-from mta.background import cancel_and_wait
+from mta.background import LoopService
 from mta.store.db import Database
 from mta.store.models import ACTIVE_STATUSES, AuditEntry, Delivery, Event, Message
 
@@ -129,25 +129,20 @@ async def run_once(db: Database, settings, now: datetime) -> RetentionReport:
     return report
 
 
-class RetentionJob:
-    """A node service running `run_once` every `observe.retention_interval`."""
+class RetentionJob(LoopService):
+    """A node service running `run_once` every `observe.retention_interval`. `stop`
+    cancels a batch under way, which rolls back: nothing half-done remains."""
 
     name = "retention"
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
-        self._task: asyncio.Task | None = None
         self.last_run: datetime | None = None
         self.last_report: RetentionReport | None = None
 
     async def start(self) -> None:
         if self.ctx.settings.observe.retention_enabled:
-            self._task = asyncio.create_task(self._loop(), name="retention")
-
-    async def stop(self) -> None:
-        # A cancelled batch rolls back: nothing half-done remains.
-        await cancel_and_wait(self._task)
-        self._task = None
+            await super().start()
 
     def describe(self) -> dict:
         o = self.ctx.settings.observe

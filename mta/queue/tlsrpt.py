@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
 
-from mta.background import cancel_and_wait
+from mta.background import LoopService
 from mta.observe import metrics
 from mta.store.tlsrpt import add_session_counts
 
@@ -114,7 +114,7 @@ def classify_tls_error(exc: BaseException | str) -> str:
     return "validation-failure"
 
 
-class TlsSessionRecorder:
+class TlsSessionRecorder(LoopService):
     """A node service: flushes SESSIONS into the database now and then."""
 
     name = "tls-report-recorder"
@@ -122,14 +122,9 @@ class TlsSessionRecorder:
     def __init__(self, ctx, counts: SessionCounts = SESSIONS) -> None:
         self.ctx = ctx
         self.counts = counts
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await super().stop()
         with contextlib.suppress(Exception):  # the database may be gone at shutdown
             await self.flush()
 

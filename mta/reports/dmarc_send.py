@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 
-from mta.background import cancel_and_wait
+from mta.background import LoopService
 from mta.errors import MtaError
 from mta.observe import metrics
 from mta.reports.dmarc_aggregate import (
@@ -170,7 +170,7 @@ async def purge_results(db: Any, cutoff: datetime) -> int:
                 ).rowcount or 0
 
 
-class DmarcReportJob:
+class DmarcReportJob(LoopService):
     """The daily DMARC aggregate reports of this node (see the module comment)."""
 
     name = "dmarc-reports"
@@ -178,14 +178,6 @@ class DmarcReportJob:
     def __init__(self, ctx: Any, service: Any) -> None:
         self.ctx = ctx
         self.service = service
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self.name)
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
 
     def describe(self) -> dict:
         return {"service": self.name}

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from mta.background import cancel_and_wait
+from mta.background import LoopService
 from mta.dnscache import DnsError, DnsResolver
 from mta.observe import metrics
 from mta.reports.tlsrpt_build import Report, build_report
@@ -119,7 +119,7 @@ async def send_day(db: Database, settings, resolver: DnsResolver, day: date, *,
     return out
 
 
-class TlsReportJob:
+class TlsReportJob(LoopService):
     """A node service: now and then, send yesterday's reports if no one has."""
 
     name = "tls-report-sender"
@@ -127,14 +127,6 @@ class TlsReportJob:
     def __init__(self, ctx, sign: Signer | None = None) -> None:
         self.ctx = ctx
         self.sign = sign
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self.name)
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
 
     def describe(self) -> dict:
         return {"worker": self.name,

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from mta.background import cancel_and_wait
+from mta.background import LoopService
 from mta.dnscache import DnsResolver
 from mta.observe import egress, metrics
 from mta.webhooks import outbox
@@ -97,7 +97,7 @@ async def send_test(account_id: str, url: str, secret: str, settings: Any,
                                 allow_private=settings.allow_private_targets)
 
 
-class WebhookSender:
+class WebhookSender(LoopService):
     """A node service (mta/node.py): one loop claiming due events while POSTs are in
     flight below `webhooks.concurrency`, and below `webhooks.per_endpoint` for each
     endpoint, so a slow endpoint delays its own events and no other endpoint's."""
@@ -111,7 +111,6 @@ class WebhookSender:
         self.node_id: str = ctx.node_id
         self.clock = getattr(ctx, "clock", None) or (lambda: datetime.now(UTC))
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._posts: set[asyncio.Task] = set()
         self._per_endpoint: defaultdict[str, int] = defaultdict(int)  # POSTs in flight
         self._client: httpx.AsyncClient | None = None
@@ -120,11 +119,10 @@ class WebhookSender:
         if not self.settings.enabled:
             return
         self._client = http_client(float(self.settings.timeout))
-        self._task = asyncio.create_task(self._loop(), name="webhooks")
+        await super().start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await super().stop()
         # POSTs still out are abandoned: their leases run out and they are sent again.
         for t in list(self._posts):
             t.cancel()
