@@ -24,7 +24,7 @@ from mta.api.auth import require
 from mta.api.envelope import api_error, ok, ok_all, query_int
 from mta.reports import dmarc_received as received
 
-__all__ = ["json_value", "report_scope", "routes"]
+__all__ = ["json_value", "report_by_id", "report_routes", "report_scope", "routes"]
 
 READ = "analytics:read"
 
@@ -61,22 +61,33 @@ async def list_(request: Request) -> JSONResponse:
     return ok_all([json_value(received.report_summary(r)) for r in reports])
 
 
-async def get(request: Request) -> JSONResponse:
+async def report_by_id(request: Request, report_detail, kind: str) -> JSONResponse:
+    """GET .../received/{report_id}: one report, by `report_detail(db, id, domains)` with
+    the account's domains, or a 404 when there is none the account may see."""
     account_id = request.path_params["account_id"]
     await require(request, READ, account_id=account_id)
     db = request.app.state.ctx.db
     raw = request.path_params["report_id"]
     detail = None
     if raw.isdigit() and len(raw) < 19:
-        detail = await received.report_detail(
-            db, int(raw), await received.account_domains(db, account_id))
+        detail = await report_detail(db, int(raw),
+                                     await received.account_domains(db, account_id))
     if detail is None:
-        raise api_error("E_NOT_FOUND", f"DMARC report {raw} not found")
+        raise api_error("E_NOT_FOUND", f"{kind} report {raw} not found")
     return ok(json_value(detail))
 
 
-def routes() -> list[Route]:
-    a = "/accounts/{account_id}/email/reports/dmarc"
+def report_routes(kind: str, days, list_, get) -> list[Route]:
+    """The three routes of one kind of received reports (`dmarc`, `tls`)."""
+    a = f"/accounts/{{account_id}}/email/reports/{kind}"
     return [Route(a + "/days", days, methods=["GET"]),
             Route(a + "/received", list_, methods=["GET"]),
             Route(a + "/received/{report_id}", get, methods=["GET"])]
+
+
+async def get(request: Request) -> JSONResponse:
+    return await report_by_id(request, received.report_detail, "DMARC")
+
+
+def routes() -> list[Route]:
+    return report_routes("dmarc", days, list_, get)

@@ -19,11 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mta.api.auth import require
-from mta.api.dmarc_reports import READ, json_value, report_scope
-from mta.api.envelope import api_error, ok, ok_all
+from mta.api.dmarc_reports import json_value, report_by_id, report_routes, report_scope
+from mta.api.envelope import ok_all
 from mta.reports import tls_received as received
-from mta.reports.dmarc_received import account_domains
 
 __all__ = ["routes"]
 
@@ -44,21 +42,8 @@ async def list_(request: Request) -> JSONResponse:
 
 
 async def get(request: Request) -> JSONResponse:
-    account_id = request.path_params["account_id"]
-    await require(request, READ, account_id=account_id)
-    db = request.app.state.ctx.db
-    raw = request.path_params["report_id"]
-    detail = None
-    if raw.isdigit() and len(raw) < 19:
-        detail = await received.report_detail(db, int(raw),
-                                               await account_domains(db, account_id))
-    if detail is None:
-        raise api_error("E_NOT_FOUND", f"TLS report {raw} not found")
-    return ok(json_value(detail))
+    return await report_by_id(request, received.report_detail, "TLS")
 
 
 def routes() -> list[Route]:
-    a = "/accounts/{account_id}/email/reports/tls"
-    return [Route(a + "/days", days, methods=["GET"]),
-            Route(a + "/received", list_, methods=["GET"]),
-            Route(a + "/received/{report_id}", get, methods=["GET"])]
+    return report_routes("tls", days, list_, get)
