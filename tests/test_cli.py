@@ -8,21 +8,17 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mta import __version__
+from tests.harness.cli import ROUTING, run_mta
 
 
 def mta(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
-    return subprocess.run([sys.executable, "-m", "mta", *args], capture_output=True,
-                          text=True, timeout=120, env={**base, **(env or {})})
+    return run_mta(*args, env=env, timeout=120)
 
 
 def write_config(path: Path, db_url: str, **extra) -> Path:
@@ -146,19 +142,6 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path, db_url):
     return Cli(write_config(tmp_path / "mta.yaml", db_url))
-
-
-ROUTING = """
-version: 1
-accounts:
-  - account: acme
-    destination_addresses: [you@inbox.test]
-    zones:
-      - name: example.test
-        routing: true
-        rules:
-          - {name: hello, to: hello@example.test, forward: [you@inbox.test]}
-"""
 
 
 def test_account_names_are_unique(cli, db_url):

@@ -6,11 +6,9 @@ forwarded copy's Received header; `mta queue hold` stops a delivery that is due 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import smtplib
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -18,18 +16,7 @@ from sqlalchemy import update
 
 from mta.store.db import Database
 from mta.store.models import Delivery
-
-ROUTING = """
-version: 1
-accounts:
-  - account: acme
-    destination_addresses: [you@inbox.test]
-    zones:
-      - name: example.test
-        routing: true
-        rules:
-          - {name: hello, to: hello@example.test, forward: [you@inbox.test]}
-"""
+from tests.harness.cli import ROUTING, run_mta
 
 MESSAGE = (b"From: Alice <alice@sender.test>\r\nTo: hello@example.test\r\n"
            b"Subject: queue tools\r\nMessage-ID: <qt-1@sender.test>\r\n\r\n"
@@ -37,9 +24,7 @@ MESSAGE = (b"From: Alice <alice@sender.test>\r\nTo: hello@example.test\r\n"
 
 
 def mta(cfg, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
-    done = subprocess.run([sys.executable, "-m", "mta", *args, "--config", str(cfg)],
-                          capture_output=True, timeout=60, env=env)
+    done = run_mta(*args, config=cfg, text=False)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done
 

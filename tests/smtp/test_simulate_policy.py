@@ -5,31 +5,17 @@ decided; given results are used instead of DNS."""
 from __future__ import annotations
 
 import json
-import os
 import smtplib
 import subprocess
-import sys
 
-ROUTING = """
-version: 1
-accounts:
-  - account: acme
-    destination_addresses: [you@inbox.test]
-    zones:
-      - name: example.test
-        routing: true
-        rules:
-          - {name: hello, to: hello@example.test, forward: [you@inbox.test]}
-"""
+from tests.harness.cli import ROUTING, run_mta
 
 MESSAGE = (b"From: Alice <alice@sender.test>\r\nTo: hello@example.test\r\n"
            b"Subject: spf fail\r\nMessage-ID: <sim-1@sender.test>\r\n\r\nhello\r\n")
 
 
 def mta(cfg, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
-    return subprocess.run([sys.executable, "-m", "mta", *args, "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return run_mta(*args, config=cfg)
 
 
 def test_simulate_agrees_with_the_mx_on_an_spf_failure(make_node, dns_server, db_url,
