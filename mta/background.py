@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+from collections.abc import Awaitable, Callable
 
-__all__ = ["LoopService", "cancel_and_wait"]
+__all__ = ["LoopService", "cancel_and_wait", "run_every"]
 
 
 async def cancel_and_wait(task: asyncio.Task | None) -> None:
@@ -35,3 +37,20 @@ class LoopService:
 
     async def _loop(self) -> None:
         raise NotImplementedError
+
+
+async def run_every(run: Callable[[], Awaitable[object]], interval: float, *, spread: float,
+                    failed: Callable[[Exception], None]) -> None:
+    """Await `run()` every INTERVAL seconds until cancelled. The first run comes after a
+    random 1 to min(SPREAD, INTERVAL) seconds, so that nodes started together spread
+    their runs; a run that fails is handed to FAILED (to log it) and the next one tries
+    again, the node staying up."""
+    await asyncio.sleep(random.uniform(1.0, min(spread, interval)))
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failed(exc)
+        await asyncio.sleep(interval)

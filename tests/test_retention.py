@@ -124,7 +124,7 @@ async def test_the_node_service_runs_the_job(db, db_url, monkeypatch):
     assert await record_events_now(db, rows)
     ctx = NodeContext(settings=s, db=db, resolver=DnsResolver.from_settings(s.dns),
                       node_id="retention-test")
-    monkeypatch.setattr("mta.observe.retention.random.uniform", lambda a, b: 0.05)
+    monkeypatch.setattr("mta.background.random.uniform", lambda a, b: 0.05)
     job = RetentionJob(ctx)
     await job.start()
     try:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Exists, delete, exists, select
 
-from mta.background import LoopService
+from mta.background import LoopService, run_every
 from mta.store.db import Database
 from mta.store.models import ACTIVE_STATUSES, AuditEntry, Delivery, Event, Message
 
@@ -163,15 +162,8 @@ class RetentionJob(LoopService):
         return report
 
     async def _loop(self) -> None:
-        interval = max(float(self.ctx.settings.observe.retention_interval), 1.0)
         # Nodes started together spread their first runs over a short while.
-        await asyncio.sleep(random.uniform(1.0, min(60.0, interval)))
-        while True:
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the next run tries again; the node stays up
-                log.warning("retention run failed: %s", exc,
-                            extra={"event": "retention.failed"})
-            await asyncio.sleep(interval)
+        await run_every(self.run, max(float(self.ctx.settings.observe.retention_interval), 1.0),
+                        spread=60.0, failed=lambda exc: log.warning(
+                            "retention run failed: %s", exc,
+                            extra={"event": "retention.failed"}))

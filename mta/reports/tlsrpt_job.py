@@ -10,14 +10,12 @@ taker (a destination may then get a report twice, never none). A destination tha
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from mta.background import LoopService
+from mta.background import LoopService, run_every
 from mta.dnscache import DnsError, DnsResolver
 from mta.observe import metrics
 from mta.reports.tlsrpt_build import Report, build_report
@@ -142,16 +140,10 @@ class TlsReportJob(LoopService):
                               owner=self.ctx.node_id, sign=self.sign)
 
     async def _loop(self) -> None:
-        interval = max(float(self.ctx.settings.tls_reports.check_interval), 1.0)
         # Nodes started together spread their first looks over a while; the counts of
-        # the day's last minutes reach the table within a flush interval anyway.
-        await asyncio.sleep(random.uniform(1.0, min(300.0, interval)))
-        while True:
-            try:
-                await self.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the lease runs out; the next look tries again
-                log.warning("TLS reports not sent: %s", exc,
-                            extra={"event": "tlsrpt.send_failed"})
-            await asyncio.sleep(interval)
+        # the day's last minutes reach the table within a flush interval anyway. A look
+        # that fails leaves its lease to run out; the next look tries again.
+        await run_every(self.run, max(float(self.ctx.settings.tls_reports.check_interval), 1.0),
+                        spread=300.0, failed=lambda exc: log.warning(
+                            "TLS reports not sent: %s", exc,
+                            extra={"event": "tlsrpt.send_failed"}))
