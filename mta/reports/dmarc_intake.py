@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from mta.reports.intake_mail import ReportError, gunzip, report_files
+from mta.reports.intake_mail import ReportError, ReportFile, gunzip, report_files
 
 __all__ = ["MAX_XML", "ParsedReport", "parse_report_mail"]
 
@@ -35,15 +35,8 @@ _ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-
 
 
 @dataclass
-class ParsedReport:
-    filename: str
-    status: str = "ok"  # ok | invalid
-    error: str | None = None
-    org_name: str | None = None
-    report_id: str | None = None
+class ParsedReport(ReportFile):
     policy_domain: str | None = None
-    begin: datetime | None = None
-    end: datetime | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
 
     @property

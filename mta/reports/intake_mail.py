@@ -8,12 +8,27 @@ from __future__ import annotations
 import email
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from email import policy
 from typing import TypeVar
 
-__all__ = ["ReportError", "gunzip", "report_files"]
+__all__ = ["ReportError", "ReportFile", "gunzip", "report_files"]
 
 T = TypeVar("T")
+
+
+@dataclass
+class ReportFile:
+    """What every parsed report file says (DMARC, TLS): the kind adds its own content."""
+
+    filename: str
+    status: str = "ok"  # ok | invalid
+    error: str | None = None
+    org_name: str | None = None
+    report_id: str | None = None
+    begin: datetime | None = None
+    end: datetime | None = None
 
 
 class ReportError(ValueError):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mta.reports.intake_mail import ReportError, gunzip, report_files
+from mta.reports.intake_mail import ReportError, ReportFile, gunzip, report_files
 
 __all__ = ["MAX_JSON", "ParsedTlsReport", "parse_tls_report_mail"]
 
@@ -31,14 +31,7 @@ _JSON_TYPES = ("application/tlsrpt+json", "application/json")
 
 
 @dataclass
-class ParsedTlsReport:
-    filename: str
-    status: str = "ok"  # ok | invalid
-    error: str | None = None
-    org_name: str | None = None
-    report_id: str | None = None
-    begin: datetime | None = None
-    end: datetime | None = None
+class ParsedTlsReport(ReportFile):
     # one entry per policy: policy_type, policy_domain, mx_host, successful, failed,
     # failures {result-type: failed sessions}
     policies: list[dict[str, Any]] = field(default_factory=list)
