@@ -149,12 +149,8 @@ def _one(filename: str, kind: str, data: bytes) -> ParsedReport:
     return out
 
 
-def _invalid(filename: str, why: str) -> ParsedReport:
-    return ParsedReport(filename[:255], "invalid", why)
-
-
 def parse_report_mail(raw: bytes) -> list[ParsedReport]:
     """Every report file of the mail `raw`, parsed; one `invalid` entry when it holds
     none. Never raises for what a sender wrote."""
-    return report_files(raw, kind_of=_kind, parse=_one, invalid=_invalid,
+    return report_files(raw, kind_of=_kind, parse=_one, invalid=ParsedReport.invalid,
                         max_files=MAX_FILES, none_found="no gzip, zip or XML report in the mail")

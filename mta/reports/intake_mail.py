@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
-from typing import TypeVar
+from typing import Self, TypeVar
 
 __all__ = ["ReportError", "ReportFile", "gunzip", "report_files"]
 
@@ -29,6 +29,12 @@ class ReportFile:
     report_id: str | None = None
     begin: datetime | None = None
     end: datetime | None = None
+
+    @classmethod
+    def invalid(cls, filename: str, why: str) -> Self:
+        """A file that cannot be used, and why (the column keeps 255 characters of its
+        name)."""
+        return cls(filename[:255], "invalid", why)
 
 
 class ReportError(ValueError):

@@ -139,12 +139,8 @@ def _one(filename: str, kind: str, data: bytes) -> ParsedTlsReport:
     return out
 
 
-def _invalid(filename: str, why: str) -> ParsedTlsReport:
-    return ParsedTlsReport(filename[:255], "invalid", why)
-
-
 def parse_tls_report_mail(raw: bytes) -> list[ParsedTlsReport]:
     """Every TLS report file of the mail `raw`, parsed; one `invalid` entry when it
     holds none. Never raises for what a sender wrote."""
-    return report_files(raw, kind_of=_kind, parse=_one, invalid=_invalid,
+    return report_files(raw, kind_of=_kind, parse=_one, invalid=ParsedTlsReport.invalid,
                         max_files=MAX_FILES, none_found="no TLS report (JSON, gzip) in the mail")
