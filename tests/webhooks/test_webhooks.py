@@ -270,12 +270,20 @@ def test_a_slow_endpoint_does_not_delay_smtp_acceptance(make_node, make_sink, dn
     baseline = [smtp_send(node.port("mx"), f"warm{i}") for i in range(3)]
     receiver.wait_for(lambda ev: len(ev) >= 3)
     receiver.hold.clear()  # from now on the endpoint never answers
-    took = [smtp_send(node.port("mx"), f"m{i}") for i in range(10)]
+    # Two messages whose events take both of the sender's slots; only once they hang
+    # is the endpoint really holding the sender up.
+    for i in range(2):
+        smtp_send(node.port("mx"), f"hold{i}")
+    deadline = time.monotonic() + 15
+    while receiver.in_flight < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert receiver.in_flight == 2, "the sender was not held up: nothing tested"
+    took = [smtp_send(node.port("mx"), f"m{i}") for i in range(10)]
+    assert receiver.in_flight == 2  # still hanging while the mail went through
     # The endpoint holds every POST for the whole test (timeout 20 s); mail that waited
     # for it would take that long.
     assert max(took) < 5, (baseline, took)
-    assert len(sink.wait_for(13, 30)) >= 13  # the mail itself went on
+    assert len(sink.wait_for(15, 30)) >= 15  # the mail itself went on
 
 
 def test_retries_are_bounded_then_the_event_is_marked_failed(make_node, make_sink, dns_server,
