@@ -578,13 +578,12 @@ class DmarcReportSent(Base):
     created_at: Mapped[datetime] = created_col()
 
 
-class DmarcReportReceived(Base):
-    """One aggregate report file another domain sent about ours (mta/reports/
-    dmarc_intake.py), or, with status `invalid`, one that could not be used and why.
-    `records`: the report's rows as parsed (source_ip, count, disposition, dkim, spf,
-    header_from, envelope_from, auth_dkim, auth_spf)."""
+class ReceivedReportColumns:
+    """The columns every table of received reports has (DMARC, TLS): one report file
+    another domain sent about ours, with the mail it came in (what mta/reports/
+    intake_mail.py's ReportFile holds), or, with status `invalid`, one that could not be
+    used and why. Each table adds the report's own content."""
 
-    __tablename__ = "dmarc_reports_received"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     received_at: Mapped[datetime] = created_col()
     message_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -594,35 +593,28 @@ class DmarcReportReceived(Base):
     error: Mapped[str | None] = mapped_column(Text)
     org_name: Mapped[str | None] = mapped_column(String(253))
     report_id: Mapped[str | None] = mapped_column(String(253))
-    policy_domain: Mapped[str | None] = mapped_column(String(253))
-    period_begin: Mapped[datetime | None] = mapped_column(Timestamp)
+    # index named by the convention: ix_<table>_period_begin
+    period_begin: Mapped[datetime | None] = mapped_column(Timestamp, index=True)
     period_end: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class DmarcReportReceived(ReceivedReportColumns, Base):
+    """One aggregate report file (mta/reports/dmarc_intake.py). `records`: the report's
+    rows as parsed (source_ip, count, disposition, dkim, spf, header_from, envelope_from,
+    auth_dkim, auth_spf)."""
+
+    __tablename__ = "dmarc_reports_received"
+    policy_domain: Mapped[str | None] = mapped_column(String(253))
     messages: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     records: Mapped[list] = mapped_column(JSONB, nullable=False)
 
-    __table_args__ = (Index("ix_dmarc_reports_received_period_begin", "period_begin"),)
 
-
-class TlsReportReceived(Base):
-    """One TLS report (RFC 8460) another domain sent about ours (mta/reports/
-    tls_intake.py), or, with status `invalid`, one that could not be used and why.
-    `policies`: per policy, policy_type, policy_domain, mx_host, successful, failed and
-    failures {result-type: failed sessions}."""
+class TlsReportReceived(ReceivedReportColumns, Base):
+    """One TLS report (RFC 8460, mta/reports/tls_intake.py). `policies`: per policy,
+    policy_type, policy_domain, mx_host, successful, failed and failures {result-type:
+    failed sessions}."""
 
     __tablename__ = "tls_reports_received"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    received_at: Mapped[datetime] = created_col()
-    message_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="SET NULL"))
-    filename: Mapped[str] = mapped_column(String(255), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # ok | invalid
-    error: Mapped[str | None] = mapped_column(Text)
-    org_name: Mapped[str | None] = mapped_column(String(253))
-    report_id: Mapped[str | None] = mapped_column(String(253))
-    period_begin: Mapped[datetime | None] = mapped_column(Timestamp)
-    period_end: Mapped[datetime | None] = mapped_column(Timestamp)
     successful: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     failed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     policies: Mapped[list] = mapped_column(JSONB, nullable=False)
-
-    __table_args__ = (Index("ix_tls_reports_received_period_begin", "period_begin"),)
