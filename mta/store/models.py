@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -60,6 +61,13 @@ def created_col() -> Mapped[datetime]:
     return mapped_column(Timestamp, server_default=func.now(), nullable=False)
 
 
+def parent_col(target: str) -> Mapped[Any]:
+    """The key of the row this one belongs to (`target`, e.g. "accounts.id"): deleted
+    with that row (ON DELETE CASCADE), and indexed, as a parent's rows are looked up by
+    it (and the cascade finds them by it)."""
+    return mapped_column(ForeignKey(target, ondelete="CASCADE"), index=True)
+
+
 def modified_col() -> Mapped[datetime]:
     return mapped_column(Timestamp, server_default=func.now(), onupdate=func.now(),
                          nullable=False)
@@ -82,8 +90,7 @@ class ApiToken(Base):
 
     __tablename__ = "api_tokens"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
-                                            index=True)
+    account_id: Mapped[str] = parent_col("accounts.id")
     name: Mapped[str] = mapped_column(String(255), nullable=False)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True, nullable=False)
     permissions: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False,
@@ -102,8 +109,7 @@ class Zone(Base):
 
     __tablename__ = "zones"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
-                                            index=True)
+    account_id: Mapped[str] = parent_col("accounts.id")
     name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
     routing_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False,
                                                   server_default=text("false"))
@@ -125,7 +131,7 @@ class RoutingDomain(Base):
 
     __tablename__ = "routing_domains"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"), index=True)
+    zone_id: Mapped[str] = parent_col("zones.id")
     name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
     enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[datetime] = created_col()
@@ -141,7 +147,7 @@ class RoutingRule(Base):
 
     __tablename__ = "routing_rules"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"), index=True)
+    zone_id: Mapped[str] = parent_col("zones.id")
     name: Mapped[str] = mapped_column(String(256), nullable=False, server_default="")
     priority: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
@@ -167,8 +173,7 @@ class DestinationAddress(Base):
 
     __tablename__ = "destination_addresses"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
-                                            index=True)
+    account_id: Mapped[str] = parent_col("accounts.id")
     email: Mapped[str] = mapped_column(String(320), nullable=False)
     verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
     verification_token_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
@@ -191,7 +196,7 @@ class SendingDomain(Base):
 
     __tablename__ = "sending_domains"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"), index=True)
+    zone_id: Mapped[str] = parent_col("zones.id")
     name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
     dkim_selector: Mapped[str] = mapped_column(String(63), nullable=False)
     return_path_domain: Mapped[str] = mapped_column(String(253), nullable=False)
@@ -301,8 +306,7 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"),
-                                                  index=True)
+    message_id: Mapped[uuid.UUID] = parent_col("messages.id")
     recipient: Mapped[str] = mapped_column(Text, nullable=False)
     domain: Mapped[str] = mapped_column(String(253), nullable=False)
     envelope_from: Mapped[str] = mapped_column(Text, nullable=False)  # SRS/VERP per delivery
@@ -336,8 +340,7 @@ class Delivery(Base):
 class DeliveryAttempt(Base):
     __tablename__ = "delivery_attempts"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"),
-                                             index=True)
+    delivery_id: Mapped[int] = parent_col("deliveries.id")
     started_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
     finished_at: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
     node: Mapped[str | None] = mapped_column(String(128))
@@ -427,8 +430,7 @@ class WebhookEndpoint(Base):
 
     __tablename__ = "webhook_endpoints"
     id: Mapped[str] = mapped_column(Tag, primary_key=True, default=new_tag)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
-                                            index=True)
+    account_id: Mapped[str] = parent_col("accounts.id")
     url: Mapped[str] = mapped_column(Text, nullable=False)
     secret: Mapped[str] = mapped_column(Text, nullable=False)
     event_types: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False,
