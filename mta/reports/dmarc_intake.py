@@ -14,24 +14,25 @@ Element names are read without their namespace: RFC 7489 reports carry
 
 from __future__ import annotations
 
-import io
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from mta.reports.intake_mail import ReportError, ReportFile, gunzip, report_files
+from mta.reports.intake_mail import FileKind, ReportError, ReportFile, report_files
 
 __all__ = ["MAX_XML", "ParsedReport", "parse_report_mail"]
 
 MAX_XML = 8 << 20  # bytes of XML per report file, after decompression
 MAX_FILES = 8  # report files per mail
 MAX_RECORDS = 10_000  # <record>s per report
-_XML_TYPES = ("text/xml", "application/xml")
-_GZIP_TYPES = ("application/gzip", "application/x-gzip", "application/gzip-compressed")
-_ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
+_KINDS = (
+    FileKind("gzip", ("application/gzip", "application/x-gzip", "application/gzip-compressed"),
+             (".gz", ".gzip")),
+    FileKind("zip", ("application/zip", "application/x-zip-compressed", "application/x-zip"),
+             (".zip",)),
+    FileKind("xml", ("text/xml", "application/xml"), (".xml",)),
+)
 
 
 @dataclass
@@ -42,34 +43,6 @@ class ParsedReport(ReportFile):
     @property
     def messages(self) -> int:
         return sum(r["count"] for r in self.records)
-
-
-def _unzip(data: bytes) -> bytes:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if len(members) != 1:
-            raise ReportError(f"a zip report holds one file, this one {len(members)}")
-        # The size in the directory may lie: read at most MAX_XML + 1 bytes anyway.
-        with archive.open(members[0]) as f:
-            out = f.read(MAX_XML + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
-            RuntimeError) as exc:
-        raise ReportError(f"not a usable zip file: {exc}") from None
-    if len(out) > MAX_XML:
-        raise ReportError(f"decompresses to more than {MAX_XML} bytes")
-    return out
-
-
-def _kind(ctype: str, filename: str) -> str | None:
-    name = filename.lower()
-    if ctype in _GZIP_TYPES or name.endswith((".gz", ".gzip")):
-        return "gzip"
-    if ctype in _ZIP_TYPES or name.endswith(".zip"):
-        return "zip"
-    if ctype in _XML_TYPES or name.endswith(".xml"):
-        return "xml"
-    return None
 
 
 def _local(tag: str) -> str:
@@ -113,15 +86,16 @@ def _parse_xml(xml: bytes, out: ParsedReport) -> None:
     out.policy_domain = _text(root, "policy_published", "domain").lower()[:253] or None
     if not out.org_name or not out.report_id or not out.policy_domain:
         raise ReportError("org_name, report_id and policy_published/domain are required")
+    records: list[dict[str, Any]] = []  # the entry's only once all are read
     for rec in (c for c in root if _local(c.tag) == "record"):
-        if len(out.records) >= MAX_RECORDS:
+        if len(records) >= MAX_RECORDS:
             raise ReportError(f"more than {MAX_RECORDS} records")
         try:
             count = int(_text(rec, "row", "count"))
         except ValueError:
             raise ReportError("a record's count is not a number") from None
         auth = _child(rec, "auth_results")
-        out.records.append({
+        records.append({
             "source_ip": _text(rec, "row", "source_ip"),
             "count": max(count, 0),
             "disposition": _text(rec, "row", "policy_evaluated", "disposition"),
@@ -135,22 +109,12 @@ def _parse_xml(xml: bytes, out: ParsedReport) -> None:
             "auth_spf": [{"domain": _text(s, "domain"), "result": _text(s, "result")}
                          for s in (auth if auth is not None else []) if _local(s.tag) == "spf"],
         })
-
-
-def _one(filename: str, kind: str, data: bytes) -> ParsedReport:
-    out = ParsedReport(filename=filename[:255])
-    try:
-        xml = gunzip(data, MAX_XML) if kind == "gzip" else _unzip(data) if kind == "zip" else data
-        if len(xml) > MAX_XML:
-            raise ReportError(f"more than {MAX_XML} bytes of XML")
-        _parse_xml(xml, out)
-    except ReportError as exc:
-        out.status, out.error, out.records = "invalid", str(exc)[:500], []
-    return out
+    out.records = records
 
 
 def parse_report_mail(raw: bytes) -> list[ParsedReport]:
     """Every report file of the mail `raw`, parsed; one `invalid` entry when it holds
     none. Never raises for what a sender wrote."""
-    return report_files(raw, kind_of=_kind, parse=_one, invalid=ParsedReport.invalid,
-                        max_files=MAX_FILES, none_found="no gzip, zip or XML report in the mail")
+    return report_files(raw, ParsedReport, kinds=_KINDS, parse=_parse_xml, limit=MAX_XML,
+                        what="XML", max_files=MAX_FILES,
+                        none_found="no gzip, zip or XML report in the mail")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mta.reports.intake_mail import ReportError, ReportFile, gunzip, report_files
+from mta.reports.intake_mail import FileKind, ReportError, ReportFile, report_files
 
 __all__ = ["MAX_JSON", "ParsedTlsReport", "parse_tls_report_mail"]
 
@@ -26,8 +26,11 @@ MAX_JSON = 4 << 20  # bytes of JSON per report file, after decompression
 MAX_FILES = 8  # report files per mail
 MAX_POLICIES = 1_000  # policies per report
 MAX_DETAILS = 1_000  # failure-details per policy
-_GZIP_TYPES = ("application/tlsrpt+gzip", "application/gzip", "application/x-gzip")
-_JSON_TYPES = ("application/tlsrpt+json", "application/json")
+_KINDS = (
+    FileKind("gzip", ("application/tlsrpt+gzip", "application/gzip", "application/x-gzip"),
+             (".json.gz", ".json.gzip")),
+    FileKind("json", ("application/tlsrpt+json", "application/json"), (".json",)),
+)
 
 
 @dataclass
@@ -43,15 +46,6 @@ class ParsedTlsReport(ReportFile):
     @property
     def failed(self) -> int:
         return sum(p["failed"] for p in self.policies)
-
-
-def _kind(ctype: str, filename: str) -> str | None:
-    name = filename.lower()
-    if ctype in _GZIP_TYPES or name.endswith((".json.gz", ".json.gzip")):
-        return "gzip"
-    if ctype in _JSON_TYPES or name.endswith(".json"):
-        return "json"
-    return None
 
 
 def _str(obj: dict, key: str, limit: int = 253) -> str:
@@ -124,23 +118,12 @@ def _parse_json(data: bytes, out: ParsedTlsReport) -> None:
         raise ReportError("policies is missing or empty")
     if len(policies) > MAX_POLICIES:
         raise ReportError(f"more than {MAX_POLICIES} policies")
-    out.policies = [_policy(p) for p in policies]
-
-
-def _one(filename: str, kind: str, data: bytes) -> ParsedTlsReport:
-    out = ParsedTlsReport(filename=filename[:255])
-    try:
-        body = gunzip(data, MAX_JSON) if kind == "gzip" else data
-        if len(body) > MAX_JSON:
-            raise ReportError(f"more than {MAX_JSON} bytes of JSON")
-        _parse_json(body, out)
-    except ReportError as exc:
-        out.status, out.error, out.policies = "invalid", str(exc)[:500], []
-    return out
+    out.policies = [_policy(p) for p in policies]  # the entry's only once all are read
 
 
 def parse_tls_report_mail(raw: bytes) -> list[ParsedTlsReport]:
     """Every TLS report file of the mail `raw`, parsed; one `invalid` entry when it
     holds none. Never raises for what a sender wrote."""
-    return report_files(raw, kind_of=_kind, parse=_one, invalid=ParsedTlsReport.invalid,
-                        max_files=MAX_FILES, none_found="no TLS report (JSON, gzip) in the mail")
+    return report_files(raw, ParsedTlsReport, kinds=_KINDS, parse=_parse_json,
+                        limit=MAX_JSON, what="JSON", max_files=MAX_FILES,
+                        none_found="no TLS report (JSON, gzip) in the mail")
