@@ -80,17 +80,24 @@ def _sub(parent: ET.Element, tag: str, text: Any = None) -> ET.Element:
     return el
 
 
+def _group(parent: ET.Element, tag: str, **children: Any) -> ET.Element:
+    """A `tag` element under `parent` holding one text element per keyword, in the
+    order given (the schema's), none for a value of None."""
+    el = _sub(parent, tag)
+    for name, text in children.items():
+        if text is not None:
+            _sub(el, name, text)
+    return el
+
+
 def report_xml(rep: AggregateReport, *, org_name: str, email: str, report_id: str) -> bytes:
     ET.register_namespace("", NAMESPACE)
     root = ET.Element(f"{{{NAMESPACE}}}feedback")
     _sub(root, "version", "1.0")
-    meta = _sub(root, "report_metadata")
-    _sub(meta, "org_name", org_name)
-    _sub(meta, "email", email)
-    _sub(meta, "report_id", report_id)
-    dates = _sub(meta, "date_range")
-    _sub(dates, "begin", int(rep.begin.timestamp()))
-    _sub(dates, "end", int(rep.end.timestamp()) - 1)  # inclusive: the period's last second
+    meta = _group(root, "report_metadata", org_name=org_name, email=email,
+                  report_id=report_id)
+    _group(meta, "date_range", begin=int(rep.begin.timestamp()),
+           end=int(rep.end.timestamp()) - 1)  # inclusive: the period's last second
     try:
         policy = parse_dmarc_record(rep.record)
         p, sp, pct, adkim, aspf = policy.p, policy.sp, policy.pct, policy.adkim, policy.aspf
@@ -98,41 +105,22 @@ def report_xml(rep: AggregateReport, *, org_name: str, email: str, report_id: st
         p, sp, pct, adkim, aspf = "none", "none", 100, "r", "r"
     fo = next((part.partition("=")[2].strip() for part in rep.record.split(";")
                if part.strip().lower().startswith("fo=")), "0")
-    pub = _sub(root, "policy_published")
-    _sub(pub, "domain", rep.policy_domain)
-    _sub(pub, "adkim", adkim)
-    _sub(pub, "aspf", aspf)
-    _sub(pub, "p", p)
-    _sub(pub, "sp", sp)
-    _sub(pub, "pct", pct)
-    _sub(pub, "fo", fo or "0")
+    _group(root, "policy_published", domain=rep.policy_domain, adkim=adkim, aspf=aspf, p=p,
+           sp=sp, pct=pct, fo=fo or "0")
     for key, count in sorted(rep.rows.items(), key=lambda kv: (-kv[1], kv[0])):
         (ip, header_from, envelope_from, disposition, dkim_eval, spf_eval, reason, dkim,
          spf_domain, spf_scope, spf_result) = key
         rec = _sub(root, "record")
-        row = _sub(rec, "row")
-        _sub(row, "source_ip", ip)
-        _sub(row, "count", count)
-        ev = _sub(row, "policy_evaluated")
-        _sub(ev, "disposition", disposition)
-        _sub(ev, "dkim", dkim_eval)
-        _sub(ev, "spf", spf_eval)
+        row = _group(rec, "row", source_ip=ip, count=count)
+        evaluated = _group(row, "policy_evaluated", disposition=disposition, dkim=dkim_eval,
+                           spf=spf_eval)
         if reason:
-            _sub(_sub(ev, "reason"), "type", reason)
-        ids = _sub(rec, "identifiers")
-        _sub(ids, "envelope_from", envelope_from)
-        _sub(ids, "header_from", header_from)
+            _group(evaluated, "reason", type=reason)
+        _group(rec, "identifiers", envelope_from=envelope_from, header_from=header_from)
         auth = _sub(rec, "auth_results")
         for d_domain, d_selector, d_result in dkim:
-            d = _sub(auth, "dkim")
-            _sub(d, "domain", d_domain)
-            if d_selector:
-                _sub(d, "selector", d_selector)
-            _sub(d, "result", d_result)
-        spf = _sub(auth, "spf")
-        _sub(spf, "domain", spf_domain)
-        _sub(spf, "scope", spf_scope)
-        _sub(spf, "result", spf_result)
+            _group(auth, "dkim", domain=d_domain, selector=d_selector or None, result=d_result)
+        _group(auth, "spf", domain=spf_domain, scope=spf_scope, result=spf_result)
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
