@@ -11,7 +11,6 @@ taker (a destination may then get a report twice, never none). A destination tha
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -20,13 +19,7 @@ from mta.dnscache import DnsError, DnsResolver
 from mta.observe import metrics
 from mta.reports.tlsrpt_build import Report, build_report
 from mta.reports.tlsrpt_policy import report_destinations
-from mta.reports.tlsrpt_send import (
-    SendError,
-    compose_mail,
-    mailto_address,
-    post_report,
-    queue_mail,
-)
+from mta.reports.tlsrpt_send import SendError, Signer, mail_report, post_report
 from mta.store.db import Database
 from mta.store.tlsrpt import claim_run, domains_for_day, finish_run, sessions_for_day
 
@@ -34,9 +27,6 @@ __all__ = ["Sent", "TlsReportJob", "build_day", "send_day"]
 
 log = logging.getLogger("mta.tlsrpt")
 LEASE = timedelta(minutes=30)
-# DKIM-signs a report mail (RFC 8460 §5.3); the caller builds it from the forwarding
-# domain's key (mta.routing.forward.forwarding_signer), which lives above this layer.
-Signer = Callable[[bytes], Awaitable[bytes]]
 
 
 @dataclass
@@ -90,13 +80,8 @@ async def send_day(db: Database, settings, resolver: DnsResolver, day: date, *,
                 continue
             try:
                 if uri.lower().startswith("mailto:"):
-                    to = mailto_address(uri)
-                    raw = compose_mail(report, to=to, sender=sender, submitter=submitter,
-                                       now=now)
-                    if sign is not None:
-                        raw = await sign(raw)
-                    async with db.session() as s:
-                        await queue_mail(s, raw, to=to, sender=sender, now=now)
+                    await mail_report(db, uri, report, sender=sender, submitter=submitter,
+                                      now=now, sign=sign)
                     out.append(Sent(report.domain, uri, "queued"))
                 else:
                     code = await post_report(

@@ -10,6 +10,7 @@ address unless `tls_reports.allow_private_targets` (mta.observe.egress).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -22,11 +23,16 @@ from mta.dnscache import DnsResolver
 from mta.observe import egress
 from mta.queue.queue import PRIORITY_BULK, Recipient, enqueue
 from mta.reports.tlsrpt_build import Report, report_filename
+from mta.store.db import Database
 from mta.store.models import Message
 
-__all__ = ["CONTENT_TYPE", "SendError", "compose_mail", "post_report", "queue_mail"]
+__all__ = ["CONTENT_TYPE", "SendError", "Signer", "compose_mail", "mail_report", "post_report",
+           "queue_mail"]
 
 CONTENT_TYPE = "application/tlsrpt+gzip"
+# DKIM-signs a report mail (RFC 8460 §5.3); the caller builds it from the forwarding
+# domain's key (mta.routing.forward.forwarding_signer), which lives above this layer.
+Signer = Callable[[bytes], Awaitable[bytes]]
 
 
 class SendError(Exception):
@@ -68,6 +74,17 @@ async def queue_mail(session: AsyncSession, raw: bytes, *, to: str, sender: str,
 
 def mailto_address(uri: str) -> str:
     return unquote(uri[len("mailto:"):].partition("?")[0]).strip()
+
+
+async def mail_report(db: Database, uri: str, report: Report, *, sender: str,
+                      submitter: str, now: datetime, sign: Signer | None = None) -> None:
+    """Queue the report mail to the `mailto:` URI, signed by `sign` when given."""
+    to = mailto_address(uri)
+    raw = compose_mail(report, to=to, sender=sender, submitter=submitter, now=now)
+    if sign is not None:
+        raw = await sign(raw)
+    async with db.session() as s:
+        await queue_mail(s, raw, to=to, sender=sender, now=now)
 
 
 async def post_report(uri: str, report: Report, *, timeout: float, resolver: DnsResolver,
