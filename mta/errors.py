@@ -2,7 +2,7 @@
 
 An `MtaError` carries a stable string code (`E_SENDER_NOT_VERIFIED` ...), a human message
 and optionally the request field at fault. Boundaries translate it, and only through
-`ERRORS`: the HTTP API with `rest_error_body()` and `ErrorSpec.http_status`, the SMTP
+`ERRORS`: the HTTP API with `rest_error_body()` and `MtaError.http_status`, the SMTP
 listeners with `ErrorSpec.smtp`, the Python binding by raising the error itself (the
 reference's Workers `send()` throws errors with the same string codes).
 
@@ -86,18 +86,6 @@ class ErrorSpec:
     description: str
     rest: RestError
     smtp: Reply
-
-    @property
-    def http_status(self) -> int:
-        return self.rest.http_status
-
-    @property
-    def api_code(self) -> int:
-        return self.rest.code
-
-    @property
-    def api_message(self) -> str:
-        return self.rest.message
 
     @property
     def temporary(self) -> bool:
@@ -214,7 +202,7 @@ class MtaError(Exception):
 
     @property
     def http_status(self) -> int:
-        return self.spec.http_status
+        return self.spec.rest.http_status
 
     @property
     def smtp_reply(self) -> Reply:
@@ -238,11 +226,11 @@ def rest_error_body(err: MtaError, area: str = "sending") -> dict[str, Any]:
     gets 10001 can still see which rule failed; `source.pointer` is the SDK's own slot for
     the field, as a JSON pointer.
     """
-    message = err.spec.api_message
+    message = err.spec.rest.message
     if area != "sending" and message.startswith("email.sending."):
         message = f"email.{area}." + message.removeprefix("email.sending.")
     entry: dict[str, Any] = {
-        "code": err.spec.api_code,
+        "code": err.spec.rest.code,
         "message": message,
         "error_code": err.code,
         "detail": err.message,

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from mta.errors import MtaError, rest_error_body
 from mta.store.db import DatabaseUnavailable, is_unavailable
+from mta.text import is_utf8
 
 __all__ = [
     "API_PREFIX",
@@ -133,7 +134,7 @@ def _check_text(value: Any) -> None:
     """PostgreSQL text holds neither NUL nor lone surrogates (`"\\ud800"` is valid JSON):
     refuse them here as a validation error instead of failing in the database."""
     if isinstance(value, str):
-        if "\x00" in value or not value.isascii() and _unencodable(value):
+        if "\x00" in value or not value.isascii() and not is_utf8(value):
             raise api_error("E_VALIDATION_ERROR",
                             "strings must not contain NUL or unpaired surrogate characters")
     elif isinstance(value, dict):
@@ -143,14 +144,6 @@ def _check_text(value: Any) -> None:
     elif isinstance(value, list):
         for v in value:
             _check_text(v)
-
-
-def _unencodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 _MISSING = object()

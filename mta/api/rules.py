@@ -83,16 +83,22 @@ def _in_zone(zone: Zone, address: str) -> bool:
     return domain == zone.name or domain.endswith("." + zone.name)
 
 
+def _objects(raw: list, field: str, what: str) -> list[tuple[str, dict]]:
+    """The entries of the list `field`, each with where it stands (`field[i]`) for errors;
+    api_error when the list is empty or an entry is not an object."""
+    if not raw:
+        raise api_error("E_VALIDATION_ERROR", f"at least one {what} is required", field=field)
+    entries = [(f"{field}[{i}]", entry) for i, entry in enumerate(raw)]
+    for where, entry in entries:
+        if not isinstance(entry, dict):
+            raise api_error("E_VALIDATION_ERROR", f"each {what} is an object", field=where)
+    return entries
+
+
 def matchers(zone: Zone, raw: list, *, catch_all: bool) -> list[dict]:
     """A rule's matchers, validated against the zone (api_error when invalid)."""
-    if not raw:
-        raise api_error("E_VALIDATION_ERROR", "at least one matcher is required",
-                        field="matchers")
     out: list[dict] = []
-    for i, m in enumerate(raw):
-        where = f"matchers[{i}]"
-        if not isinstance(m, dict):
-            raise api_error("E_VALIDATION_ERROR", "a matcher is an object", field=where)
+    for where, m in _objects(raw, "matchers", "matcher"):
         kind = m.get("type")
         if catch_all:
             if kind != "all":
@@ -143,13 +149,9 @@ def pattern(zone: Zone, raw: Any) -> Pattern:
 
 async def actions(session: AsyncSession, account_id: str, raw: list) -> list[dict]:
     """A rule's actions, validated against the account (api_error when invalid)."""
-    if not raw:
-        raise api_error("E_VALIDATION_ERROR", "at least one action is required",
-                        field="actions")
     out: list[dict] = []
-    for i, a in enumerate(raw):
-        where = f"actions[{i}]"
-        if not isinstance(a, dict) or a.get("type") not in ACTION_TYPES:
+    for where, a in _objects(raw, "actions", "action"):
+        if a.get("type") not in ACTION_TYPES:
             raise api_error("E_VALIDATION_ERROR", "action type must be forward, worker or drop",
                             field=f"{where}.type")
         kind = a["type"]

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mta.api import rules as api_rules
 from mta.config import ConfigError, Settings
-from mta.declarative.spec import ActionSpec, CatchAllSpec, RuleSpec
+from mta.declarative.spec import ActionSpec, CatchAllSpec, RouteActions, RuleSpec
 from mta.errors import MtaError
 from mta.observe import audit
 from mta.store.models import RoutingRule, Zone
@@ -39,14 +39,17 @@ class RuleReconciler:
     _api: Callable[..., ConfigError]
     record: Callable[..., None]
 
-    def _raw_actions(self, spec: RuleSpec | CatchAllSpec, path: str) -> tuple[list, str | None]:
-        """The API form of a rule's actions, and the shorthand key used (for errors)."""
-        given = [k for k in ("forward", "worker", "drop", "actions")
-                 if getattr(spec, k) is not None]
+    def _one_key(self, spec: object, path: str, keys: tuple[str, ...]) -> str:
+        """The one of `keys` that `spec` sets; an error naming them unless exactly one is."""
+        given = [k for k in keys if getattr(spec, k) is not None]
         if len(given) != 1:
-            raise self.err(path, "give exactly one of forward, worker, drop or actions"
+            raise self.err(path, f"give exactly one of {', '.join(keys[:-1])} or {keys[-1]}"
                            + (f" (got {', '.join(given)})" if given else ""))
-        kind = given[0]
+        return given[0]
+
+    def _raw_actions(self, spec: RouteActions, path: str) -> tuple[list, str | None]:
+        """The API form of a rule's actions, and the shorthand key used (for errors)."""
+        kind = self._one_key(spec, path, ("forward", "worker", "drop", "actions"))
         if kind == "drop":
             if spec.drop is not True:
                 raise self.err(f"{path}.drop", "drop takes true (or leave it out)")
@@ -55,7 +58,7 @@ class RuleReconciler:
             return [{"type": kind, "value": getattr(spec, kind)}], kind
         return [_action_dict(a) for a in spec.actions or []], None
 
-    async def _actions(self, zone: Zone, spec: RuleSpec | CatchAllSpec, path: str,
+    async def _actions(self, zone: Zone, spec: RouteActions, path: str,
                        targets: set[str] | None) -> list[dict]:
         raw, shorthand = self._raw_actions(spec, path)
         try:
@@ -101,11 +104,7 @@ class RuleReconciler:
                     audit.snapshot(rule, RULE_FIELDS))
 
     def _raw_matchers(self, spec: RuleSpec, path: str) -> tuple[list, str | None]:
-        given = [k for k in ("to", "matchers", "wildcard", "regex")
-                 if getattr(spec, k) is not None]
-        if len(given) != 1:
-            raise self.err(path, "give exactly one of to, matchers, wildcard or regex"
-                           + (f" (got {', '.join(given)})" if given else ""))
+        self._one_key(spec, path, ("to", "matchers", "wildcard", "regex"))
         if spec.to is not None:
             return [{"type": "literal", "field": "to", "value": spec.to}], "to"
         return [{k: v for k, v in vars(m).items() if v is not None}

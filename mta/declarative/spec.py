@@ -35,7 +35,8 @@ from mta.config import ConfigError
 from mta.yamlschema import build, line
 
 __all__ = ["AccountSpec", "ActionSpec", "CatchAllSpec", "Document", "Loaded", "MatcherSpec",
-           "RuleSpec", "SendingDomainSpec", "ZoneSpec", "load_document", "load_text"]
+           "RouteActions", "RuleSpec", "SendingDomainSpec", "ZoneSpec", "load_document",
+           "load_text"]
 
 
 @dataclass
@@ -52,9 +53,10 @@ class ActionSpec:
 
 
 @dataclass
-class CatchAllSpec:
-    enabled: bool = False
-    # One of these (the shorthand) or `actions` (the admin API's form).
+class RouteActions:
+    """What a rule or the catch-all does: one of the shorthand keys (`forward`, `worker`,
+    `drop`) or `actions` (the admin API's form)."""
+
     forward: list[str] | None = None
     worker: list[str] | None = None
     drop: bool | None = None
@@ -62,7 +64,12 @@ class CatchAllSpec:
 
 
 @dataclass
-class RuleSpec:
+class CatchAllSpec(RouteActions):
+    enabled: bool = False
+
+
+@dataclass
+class RuleSpec(RouteActions):
     name: str = ""
     id: str | None = None  # only for rules whose name is empty or shared in the database
     priority: int = 0
@@ -72,10 +79,6 @@ class RuleSpec:
     # Or a pattern instead of matchers (mta/routing/patterns.py): one of these two.
     wildcard: str | None = None  # sales-*@example.com
     regex: str | None = None  # RE2, matched against the whole address
-    forward: list[str] | None = None
-    worker: list[str] | None = None
-    drop: bool | None = None
-    actions: list[ActionSpec] | None = None
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Literal
 import re2
 
 from mta.routing.address import normalize_domain
+from mta.text import is_utf8
 
 __all__ = ["KINDS", "MAX_PATTERN_LENGTH", "MAX_PROGRAM_SIZE", "Pattern", "PatternError",
            "compiled"]
@@ -119,7 +120,7 @@ class Pattern:
         if not isinstance(value, str) or not value.strip():
             raise PatternError("E_PATTERN_INVALID", "a pattern needs a value")
         value = value.strip()
-        if not _is_utf8(value):
+        if not is_utf8(value):
             raise PatternError("E_PATTERN_INVALID", "the pattern is not valid Unicode text")
         if len(value) > MAX_PATTERN_LENGTH:
             raise PatternError("E_PATTERN_TOO_LONG",
@@ -140,14 +141,6 @@ class Pattern:
             return self.program.fullmatch(address) is not None
         except UnicodeEncodeError:  # an undecodable byte kept as a surrogate: no match
             return False
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _normal_wildcard(value: str) -> str:

@@ -172,21 +172,25 @@ class SmtpSession:
     # -- commands every listener has -----------------------------------------------------
 
     async def ehlo(self, arg: str | None) -> None:
-        if not arg:
-            return await self.reply(replies.HELO_SYNTAX.format(verb="EHLO"))
-        self._reset()
-        self.client.helo = arg.split()[0]
-        self.extended = True
-        await self.conn.send_lines(replies.ehlo_lines(
-            self.hostname, f"greets {self.client.helo}", self.extensions()))
+        if await self._greeted(arg, "EHLO", extended=True):
+            await self.conn.send_lines(replies.ehlo_lines(
+                self.hostname, f"greets {self.client.helo}", self.extensions()))
 
     async def helo(self, arg: str | None) -> None:
+        if await self._greeted(arg, "HELO", extended=False):
+            await self.reply(replies.HELO_OK.format(hostname=self.hostname,
+                                                    helo=self.client.helo))
+
+    async def _greeted(self, arg: str | None, verb: str, *, extended: bool) -> bool:
+        """EHLO or HELO: a fresh transaction under the name the client gave (RFC 5321
+        4.1.4); False, with a 501 sent, when it gave none."""
         if not arg:
-            return await self.reply(replies.HELO_SYNTAX.format(verb="HELO"))
+            await self.reply(replies.HELO_SYNTAX.format(verb=verb))
+            return False
         self._reset()
         self.client.helo = arg.split()[0]
-        self.extended = False
-        await self.reply(replies.HELO_OK.format(hostname=self.hostname, helo=self.client.helo))
+        self.extended = extended
+        return True
 
     async def rset(self, arg: str | None) -> None:
         self._reset()

@@ -92,22 +92,22 @@ def test_every_send_code_is_in_the_table() -> None:
 
 @pytest.mark.parametrize("api_code", sorted(REST_TABLE))
 def test_every_rest_row_is_reachable_with_its_status_and_message(api_code: int) -> None:
-    specs = [s for s in ERRORS.values() if s.api_code == api_code]
+    specs = [s for s in ERRORS.values() if s.rest.code == api_code]
     assert specs, f"no error code maps to REST {api_code}"
     for spec in specs:
-        assert (spec.http_status, spec.api_message) == REST_TABLE[api_code]
+        assert (spec.rest.http_status, spec.rest.message) == REST_TABLE[api_code]
 
 
 def test_table_uses_only_documented_rest_rows() -> None:
     for spec in ERRORS.values():
-        assert REST_TABLE[spec.api_code] == (spec.http_status, spec.api_message), spec.code
+        assert REST_TABLE[spec.rest.code] == (spec.rest.http_status, spec.rest.message), spec.code
 
 
 @pytest.mark.parametrize("code", sorted(DOCUMENTED))
 def test_documented_mappings(code: str) -> None:
     status, api_code, smtp = DOCUMENTED[code]
     spec = ERRORS[code]
-    assert (spec.http_status, spec.api_code) == (status, api_code)
+    assert (spec.rest.http_status, spec.rest.code) == (status, api_code)
     if smtp:
         assert (spec.smtp.code, spec.smtp.enhanced) == smtp
 
