@@ -19,12 +19,14 @@ delay notices after `retry.delay_warning`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["ENVID_MAX", "ORCPT_MAX", "Dsn", "DsnParamError", "RcptDsn", "mail_params", "merge_notify",
-           "notify_wants",
-           "orcpt_for", "orcpt_param", "parse_envid", "parse_notify", "parse_orcpt", "parse_ret", "rcpt_params", "success_dsn_due", "without_success",
-           "xtext_decode", "xtext_encode"]
+__all__ = ["ENVID_MAX", "ORCPT_MAX", "Dsn", "DsnParamError", "RcptDsn", "mail_params",
+           "merge_notify", "notify_wants", "orcpt_for", "orcpt_param", "parse_envid",
+           "parse_notify", "parse_orcpt", "parse_ret", "rcpt_params", "read_mail_params",
+           "read_rcpt_params", "success_dsn_due", "without_success", "xtext_decode",
+           "xtext_encode"]
 
 ENVID_MAX = 100  # RFC 3461 §4.4
 ORCPT_MAX = 500  # RFC 3461 §4.2
@@ -135,6 +137,21 @@ def parse_orcpt(value: str | None) -> str:
             raise DsnParamError("ORCPT", "not utf-8-addr-xtext (RFC 6533)")
         return f"utf-8;{encoded}"
     return f"{addr_type.lower()};{xtext_decode(encoded, 'ORCPT')}"
+
+
+def read_mail_params(params: Mapping[str, str | None]) -> tuple[str | None, str | None]:
+    """RET and ENVID among MAIL's parameters, in their stored forms (None: not given);
+    DsnParamError when one is invalid."""
+    ret = parse_ret(params["RET"]) if "RET" in params else None
+    envid = parse_envid(params["ENVID"]) if "ENVID" in params else None
+    return ret, envid
+
+
+def read_rcpt_params(params: Mapping[str, str | None]) -> RcptDsn:
+    """NOTIFY and ORCPT among RCPT's parameters; DsnParamError when one is invalid."""
+    notify = parse_notify(params["NOTIFY"]) if "NOTIFY" in params else None
+    orcpt = parse_orcpt(params["ORCPT"]) if "ORCPT" in params else None
+    return RcptDsn(notify, orcpt)
 
 
 def orcpt_param(orcpt: str) -> str:

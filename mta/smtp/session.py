@@ -28,15 +28,7 @@ from typing import Protocol
 from mta import replies
 from mta.checks.rbl import RblResult
 from mta.config import Settings
-from mta.queue.dsnparams import (
-    Dsn,
-    DsnParamError,
-    RcptDsn,
-    parse_envid,
-    parse_notify,
-    parse_orcpt,
-    parse_ret,
-)
+from mta.queue.dsnparams import Dsn, DsnParamError, RcptDsn, read_mail_params, read_rcpt_params
 from mta.replies import Reply
 from mta.smtp import chunking
 from mta.smtp.address import Path, PathError, parse_path
@@ -327,12 +319,10 @@ class SmtpSession:
         one was refused (the reply has been sent). `_mail_params_ok` has already refused
         them where DSN is not offered (after HELO)."""
         try:
-            ret = parse_ret(params["RET"]) if "RET" in params else None
-            envid = parse_envid(params["ENVID"]) if "ENVID" in params else None
+            return read_mail_params(params)
         except DsnParamError as exc:
             await self.reply(replies.DSN_PARAMETER.format(param=exc.param, detail=exc.detail))
             return None
-        return ret, envid
 
     async def _rcpt_path(self, arg: str | None, utf8: bool = False
                          ) -> tuple[Path, RcptDsn] | None:
@@ -349,12 +339,10 @@ class SmtpSession:
             await self.reply(replies.UNKNOWN_PARAMETER.format(detail=unknown[0]))
             return None
         try:
-            notify = parse_notify(path.params["NOTIFY"]) if "NOTIFY" in path.params else None
-            orcpt = parse_orcpt(path.params["ORCPT"]) if "ORCPT" in path.params else None
+            return path, read_rcpt_params(path.params)
         except DsnParamError as exc:
             await self.reply(replies.DSN_PARAMETER.format(param=exc.param, detail=exc.detail))
             return None
-        return path, RcptDsn(notify, orcpt)
 
 
 class MxSession(SmtpSession):
