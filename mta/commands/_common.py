@@ -24,8 +24,9 @@ from mta.store.accounts import resolve_account
 from mta.store.db import Database
 from mta.store.models import Account
 
-__all__ = ["CommandGroup", "account_filter", "account_ref", "find_account", "open_database",
-           "parse_when", "positive", "print_json", "print_table", "table"]
+__all__ = ["CommandGroup", "account_filter", "account_ref", "add_json_option", "find_account",
+           "open_database", "parse_when", "positive", "print_json", "print_list", "print_table",
+           "table"]
 
 
 @asynccontextmanager
@@ -115,11 +116,19 @@ class CommandGroup:
         parser = sub.add_parser(name, help=help)
         self._subparsers = parser.add_subparsers(dest=f"{name}_command", required=True)
 
-    def add(self, name: str, func, help: str) -> argparse.ArgumentParser:
-        """One subcommand, run as `func(args, settings)`; its parser, for its arguments."""
+    def add(self, name: str, func, help: str, *, json: bool = False) -> argparse.ArgumentParser:
+        """One subcommand, run as `func(args, settings)`; its parser, for its arguments.
+        `json`: it takes `--json` (`add_json_option`)."""
         parser = self._subparsers.add_parser(name, help=help)
         parser.set_defaults(func=func)
+        if json:
+            add_json_option(parser)
         return parser
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """`--json` (`args.json`): print JSON for programs instead of text for people."""
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def parse_when(value: str, now: datetime) -> datetime:
@@ -146,7 +155,7 @@ def positive(value: str) -> int:
 # --- output ------------------------------------------------------------------------------
 
 
-# Every list command prints through these two: a table for people, `--json` for programs.
+# Every list command prints through `print_list`: a table for people, `--json` for programs.
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
@@ -172,3 +181,17 @@ def print_table(rows: list[list[Any]], header: list[str], *, empty: str | None =
 def print_json(value: Any) -> None:
     """`--json` output: indented, times and ids as strings."""
     print(json.dumps(value, indent=2, default=str))
+
+
+def print_list(args, value: Any, rows: list[list[Any]], header: list[str], *,
+               footer: str | None = None, **table_options: Any) -> int:
+    """A list command's output, and its exit code (0): `value` as JSON with `--json`, else
+    the table of `rows` (`print_table`'s `table_options`) and `footer`, when there is one,
+    after it."""
+    if args.json:
+        print_json(value)
+        return 0
+    print_table(rows, header, **table_options)
+    if footer is not None:
+        print(footer)
+    return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from mta.commands._common import CommandGroup, open_database, print_json, print_table
+from mta.commands._common import CommandGroup, open_database, print_list
 from mta.commands._errors import CliError, confirm_delete
 from mta.config import Settings
 from mta.observe import audit
@@ -65,12 +65,10 @@ async def _cmd_create(args, settings: Settings) -> int:
 async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         rows = (await s.execute(select(Account).order_by(Account.created_at))).scalars().all()
-    if args.json:
-        print_json([{"id": r.id, "name": r.name, "created_at": r.created_at} for r in rows])
-        return 0
-    print_table([[r.id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.name] for r in rows],
-                ["ID", "CREATED", "NAME"])
-    return 0
+    return print_list(args, [{"id": r.id, "name": r.name, "created_at": r.created_at}
+                             for r in rows],
+                      [[r.id, f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.name] for r in rows],
+                      ["ID", "CREATED", "NAME"])
 
 
 async def _cmd_rename(args, settings: Settings) -> int:
@@ -132,8 +130,7 @@ def register(sub) -> None:
     ps = CommandGroup(sub, "accounts", "accounts (tenants)")
     c = ps.add("create", _cmd_create, "create an account; prints its id")
     c.add_argument("name", help="a name no other account has")
-    c = ps.add("list", _cmd_list, "list accounts with their ids")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    ps.add("list", _cmd_list, "list accounts with their ids", json=True)
     c = ps.add("rename", _cmd_rename, "give an account another (unique) name")
     c.add_argument("account", help="account id or name")
     c.add_argument("new_name")

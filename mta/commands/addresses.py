@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_table
+from mta.commands._common import CommandGroup, find_account, open_database, print_list
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.observe import audit
@@ -76,13 +76,11 @@ async def _cmd_list(args, settings: Settings) -> int:
         rows = (await s.execute(select(DestinationAddress).where(
             DestinationAddress.account_id == account.id)
             .order_by(DestinationAddress.created_at))).scalars().all()
-    if args.json:
-        print_json([{"id": r.id, "email": r.email, "account_id": r.account_id,
-                     "verified_at": r.verified_at, "created_at": r.created_at} for r in rows])
-        return 0
-    print_table([[r.id, f"{r.verified_at:%Y-%m-%d %H:%M}" if r.verified_at else "pending",
-                  r.email] for r in rows], ["ID", "VERIFIED", "EMAIL"])
-    return 0
+    return print_list(args, [{"id": r.id, "email": r.email, "account_id": r.account_id,
+                              "verified_at": r.verified_at, "created_at": r.created_at}
+                             for r in rows],
+                      [[r.id, f"{r.verified_at:%Y-%m-%d %H:%M}" if r.verified_at else "pending",
+                        r.email] for r in rows], ["ID", "VERIFIED", "EMAIL"])
 
 
 async def _cmd_send_verification(args, settings: Settings) -> int:
@@ -123,6 +121,5 @@ def register(sub) -> None:
     c.add_argument("--pending", action="store_true",
                    help="every unverified address that was never mailed")
     c.set_defaults(secrets="create")
-    c = ps.add("list", _cmd_list, "list an account's destination addresses")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = ps.add("list", _cmd_list, "list an account's destination addresses", json=True)
     c.add_argument("--account", required=True, help="account id or name")

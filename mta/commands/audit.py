@@ -17,8 +17,7 @@ from mta.commands._common import (
     open_database,
     parse_when,
     positive,
-    print_json,
-    print_table,
+    print_list,
 )
 from mta.config import Settings
 from mta.observe import analytics
@@ -50,19 +49,17 @@ async def _cmd_list(args, settings: Settings) -> int:
         rows, total = await analytics.list_audit(
             s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
             newest_first=not args.oldest_first)
-    if args.json:
-        print_json({"entries": rows, "total": total})
-        return 0
-    print_table([[r["when"], f"{r['actor']['type']}:{r['actor']['id']}", r["action"]["type"],
-                  r["resource"]["type"], r["resource"]["id"] or "-", _change(r)] for r in rows],
-                ["WHEN", "ACTOR", "ACTION", "RESOURCE", "ID", "CHANGE"],
-                empty="no audit entries", page=args.page, per_page=args.limit, total=total)
-    return 0
+    return print_list(args, {"entries": rows, "total": total},
+                      [[r["when"], f"{r['actor']['type']}:{r['actor']['id']}",
+                        r["action"]["type"], r["resource"]["type"], r["resource"]["id"] or "-",
+                        _change(r)] for r in rows],
+                      ["WHEN", "ACTOR", "ACTION", "RESOURCE", "ID", "CHANGE"],
+                      empty="no audit entries", page=args.page, per_page=args.limit, total=total)
 
 
 def register(sub) -> None:
     au = CommandGroup(sub, "audit", "the audit log of configuration changes")
-    lst = au.add("list", _cmd_list, "audit entries, newest first")
+    lst = au.add("list", _cmd_list, "audit entries, newest first", json=True)
     lst.add_argument("--account", help="account id or name (default: every account)")
     lst.add_argument("--since", help="a time, a date or an age such as 7d")
     lst.add_argument("--until", help="end (exclusive): a time, a date or an age")
@@ -73,4 +70,3 @@ def register(sub) -> None:
     lst.add_argument("--limit", type=positive, default=50)
     lst.add_argument("--page", type=positive, default=1)
     lst.add_argument("--oldest-first", action="store_true")
-    lst.add_argument("--json", action="store_true", help="machine-readable output")

@@ -22,7 +22,13 @@ import json
 from sqlalchemy import select
 
 from mta.api.wellknown import POLICY_PATH, mta_sts_records
-from mta.commands._common import CommandGroup, open_database, print_json, print_table
+from mta.commands._common import (
+    CommandGroup,
+    add_json_option,
+    open_database,
+    print_json,
+    print_list,
+)
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
@@ -64,16 +70,13 @@ async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         rows = (await s.execute(select(SendingDomain, Zone.account_id).join(
             Zone, Zone.id == SendingDomain.zone_id).order_by(SendingDomain.name))).all()
-    if args.json:
-        print_json([{"name": d.name, "status": d.status, "enabled": d.enabled,
-                     "dkim_selector": d.dkim_selector, "return_path_domain":
-                     d.return_path_domain, "zone_id": d.zone_id, "account_id": account}
-                    for d, account in rows])
-        return 0
-    print_table([[d.name, d.status, "enabled" if d.enabled else "disabled", d.dkim_selector,
-                  d.return_path_domain, account] for d, account in rows],
-                ["NAME", "STATUS", "STATE", "SELECTOR", "BOUNCE", "ACCOUNT"])
-    return 0
+    return print_list(
+        args, [{"name": d.name, "status": d.status, "enabled": d.enabled,
+                "dkim_selector": d.dkim_selector, "return_path_domain": d.return_path_domain,
+                "zone_id": d.zone_id, "account_id": account} for d, account in rows],
+        [[d.name, d.status, "enabled" if d.enabled else "disabled", d.dkim_selector,
+          d.return_path_domain, account] for d, account in rows],
+        ["NAME", "STATUS", "STATE", "SELECTOR", "BOUNCE", "ACCOUNT"])
 
 
 async def _cmd_dns_mta_sts(args, settings: Settings) -> int:
@@ -184,8 +187,7 @@ def register(sub) -> None:
                    help="also an Ed25519 key (RFC 8463 dual signature)")
     c.add_argument("--zone", help="zone id (default: the zone containing the domain)")
     c.set_defaults(secrets="create")
-    c = ps.add("list", _cmd_list, "list sending domains and their status")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    ps.add("list", _cmd_list, "list sending domains and their status", json=True)
 
     d = sub.add_parser("dns", help="print a domain's DNS records (sending, routing, or the "
                                    "node's own) and check them live")
@@ -194,7 +196,7 @@ def register(sub) -> None:
                    help="this deployment's own records: the SPF include target and its "
                         "content, the SRS domain's MX and SPF, the forwarding DKIM key, "
                         "the MX hosts' TLSA (DANE) records")
-    d.add_argument("--json", action="store_true")
+    add_json_option(d)
     d.add_argument("--no-check", action="store_true", help="print only, do not query DNS")
     d.add_argument("--mta-sts", action="store_true",
                    help="the _mta-sts and _smtp._tls records (any receiving domain)")

@@ -19,8 +19,7 @@ from mta.commands._common import (
     open_database,
     parse_when,
     positive,
-    print_json,
-    print_table,
+    print_list,
 )
 from mta.commands._errors import CliError
 from mta.config import Settings
@@ -56,16 +55,13 @@ async def _cmd_list(args, settings: Settings) -> int:
         rows, total = await analytics.list_events(
             s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
             newest_first=not args.oldest_first)
-    if args.json:
-        print_json({"events": rows, "total": total})
-        return 0
-    print_table([[r["datetime"], r["direction"], r["status"], r["from"] or "-",
-                  r["to"] or "-", _auth(r), r["action"] or "-",
-                  (r["errorCause"] or "")[:30], r["queueId"] or "-"] for r in rows],
-                ["TIME", "DIR", "STATUS", "FROM", "TO", "SPF/DKIM/DMARC/ARC", "ACTION",
-                 "CAUSE", "QUEUE ID"],
-                empty="no events", page=args.page, per_page=args.limit, total=total)
-    return 0
+    return print_list(args, {"events": rows, "total": total},
+                      [[r["datetime"], r["direction"], r["status"], r["from"] or "-",
+                        r["to"] or "-", _auth(r), r["action"] or "-",
+                        (r["errorCause"] or "")[:30], r["queueId"] or "-"] for r in rows],
+                      ["TIME", "DIR", "STATUS", "FROM", "TO", "SPF/DKIM/DMARC/ARC", "ACTION",
+                       "CAUSE", "QUEUE ID"],
+                      empty="no events", page=args.page, per_page=args.limit, total=total)
 
 
 def _auth(row: dict) -> str:
@@ -85,18 +81,13 @@ async def _cmd_stats(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         f = await _filter(args, s, now)
         groups, total = await analytics.aggregate(s, f, dims, limit=args.limit)
-    if args.json:
-        print_json({"groups": groups, "total_events": total, "since": f.since,
-                    "until": f.until})
-        return 0
-    if not groups:
-        print("no events")
-        return 0
-    print_table([[*(g["dimensions"][d] if g["dimensions"][d] is not None else "-"
-                    for d in dims), g["count"]] for g in groups],
-                [*(d.upper() for d in dims), "COUNT"])
-    print(f"\n{total} event(s) from {f.since:%Y-%m-%d %H:%M} to {f.until:%Y-%m-%d %H:%M} UTC")
-    return 0
+    span = f"\n{total} event(s) from {f.since:%Y-%m-%d %H:%M} to {f.until:%Y-%m-%d %H:%M} UTC"
+    return print_list(args, {"groups": groups, "total_events": total, "since": f.since,
+                             "until": f.until},
+                      [[*(g["dimensions"][d] if g["dimensions"][d] is not None else "-"
+                          for d in dims), g["count"]] for g in groups],
+                      [*(d.upper() for d in dims), "COUNT"],
+                      empty="no events", footer=span if groups else None)
 
 
 def _common(p) -> None:
@@ -111,17 +102,16 @@ def _common(p) -> None:
     p.add_argument("--message-id", help="queue id (from the 250 reply) or Message-ID")
     p.add_argument("--event-type", choices=["incoming", "forward", "reply", "newEmail"])
     p.add_argument("--zone", help="zone id")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def register(sub) -> None:
     ev = CommandGroup(sub, "events", "the activity log (per-message events, aggregates)")
-    lst = ev.add("list", _cmd_list, "events, newest first")
+    lst = ev.add("list", _cmd_list, "events, newest first", json=True)
     _common(lst)
     lst.add_argument("--limit", type=positive, default=50, help="events per page (default 50)")
     lst.add_argument("--page", type=positive, default=1)
     lst.add_argument("--oldest-first", action="store_true")
-    st = ev.add("stats", _cmd_stats, "event counts grouped by dimensions")
+    st = ev.add("stats", _cmd_stats, "event counts grouped by dimensions", json=True)
     _common(st)
     st.add_argument("--by", action="append", metavar="DIMENSION",
                     help="status, date, hour, 5m, 15m, event_type, sending_domain, domain, "

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mta.commands._common import CommandGroup, open_database, print_json, print_table
+from mta.commands._common import CommandGroup, open_database, print_json, print_list
 from mta.commands._errors import CliError
 from mta.config import Settings, parse_duration
 from mta.observe import audit
@@ -81,15 +81,12 @@ async def _records(settings: Settings, domain: str | None) -> list[dict]:
 
 async def _cmd_list(args, settings: Settings) -> int:
     records = await _records(settings, args.domain)
-    if args.json:
-        print_json([{k: v for k, v in r.items() if k != "content"} for r in records])
-        return 0
-    print_table([[r["domain"], r["selector"], r["algorithm"], r["state"], r["purpose"],
-                  _when(r["not_before"] or r["created_at"]), _when(r["retired_at"])]
-                 for r in records],
-                ["DOMAIN", "SELECTOR", "ALGORITHM", "STATE", "PURPOSE", "SIGNS FROM",
-                 "PUBLISHED UNTIL"], empty="no DKIM keys")
-    return 0
+    return print_list(args, [{k: v for k, v in r.items() if k != "content"} for r in records],
+                      [[r["domain"], r["selector"], r["algorithm"], r["state"], r["purpose"],
+                        _when(r["not_before"] or r["created_at"]), _when(r["retired_at"])]
+                       for r in records],
+                      ["DOMAIN", "SELECTOR", "ALGORITHM", "STATE", "PURPOSE", "SIGNS FROM",
+                       "PUBLISHED UNTIL"], empty="no DKIM keys")
 
 
 async def _cmd_show(args, settings: Settings) -> int:
@@ -290,16 +287,14 @@ async def _cmd_import(args, settings: Settings) -> int:
 
 def register(sub) -> None:
     ks = CommandGroup(sub, "keys", "DKIM keys (sending domains and forwarded mail)")
-    c = ks.add("list", _cmd_list, "every DKIM key with its selector and state")
+    c = ks.add("list", _cmd_list, "every DKIM key with its selector and state", json=True)
     c.add_argument("--domain", help="only this domain's keys")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
-    c = ks.add("show", _cmd_show, "a domain's keys as the TXT records to publish")
+    c = ks.add("show", _cmd_show, "a domain's keys as the TXT records to publish", json=True)
     c.add_argument("domain")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
     for name, func, text in (
             ("rotate", _cmd_rotate, "a new key: publish it now, it signs after --delay"),
             ("import", _cmd_import, "store a PEM private key (RSA or Ed25519) made elsewhere")):
-        c = ks.add(name, func, text)
+        c = ks.add(name, func, text, json=True)
         c.add_argument("domain", help="a sending domain, or the forwarding domain")
         if name == "rotate":
             c.add_argument("--algorithm", choices=sorted(_ALGORITHMS),
@@ -318,4 +313,3 @@ def register(sub) -> None:
                             f"(default {DEFAULT_GRACE})")
         c.add_argument("--forwarding", action="store_true",
                        help="the forwarding key of a domain that is also a sending domain")
-        c.add_argument("--json", action="store_true", help="machine-readable output")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from mta.commands._common import CommandGroup, open_database, print_json, print_table
+from mta.commands._common import CommandGroup, open_database, print_json, print_list, print_table
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.queue import admin
@@ -68,15 +68,12 @@ async def _cmd_list(args, settings: Settings) -> int:
     # The queue id a sender was given: a forwarded copy's original.
     queue_ids = {d.id: (origin or d.message_id).hex for d, origin in found}
     rows = [d for d, _ in found]
-    if args.json:
-        print_json([dict(_delivery_dict(d), queue_id=queue_ids[d.id]) for d in rows])
-        return 0
-    print_table([[d.id, queue_ids[d.id], d.status, d.recipient, d.attempts,
-                  _ago(d.next_attempt_at, now) if d.status == "queued" else "-",
-                  _ago(d.created_at, now), (d.last_reply or "")[:60]] for d in rows],
-                ["ID", "QUEUE ID", "STATUS", "RECIPIENT", "TRIES", "NEXT", "QUEUED",
-                 "LAST REPLY"], empty="no deliveries match")
-    return 0
+    return print_list(args, [dict(_delivery_dict(d), queue_id=queue_ids[d.id]) for d in rows],
+                      [[d.id, queue_ids[d.id], d.status, d.recipient, d.attempts,
+                        _ago(d.next_attempt_at, now) if d.status == "queued" else "-",
+                        _ago(d.created_at, now), (d.last_reply or "")[:60]] for d in rows],
+                      ["ID", "QUEUE ID", "STATUS", "RECIPIENT", "TRIES", "NEXT", "QUEUED",
+                       "LAST REPLY"], empty="no deliveries match")
 
 
 def _attempt_line(a: DeliveryAttempt) -> str:
@@ -309,18 +306,16 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     qs = CommandGroup(sub, "queue", "the outbound delivery queue")
 
-    p = qs.add("list", _cmd_list, "list deliveries (queued ones by default)")
+    p = qs.add("list", _cmd_list, "list deliveries (queued ones by default)", json=True)
     p.add_argument("--status", default="queued",
                    help="queued (default), held, delivered, failed, expired, bounced, "
                         "complained, purged or all")
     p.add_argument("--domain")
     p.add_argument("--recipient", help="address (SQL ILIKE pattern)")
     p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
 
-    p = qs.add("show", _cmd_show, "a message with its deliveries and every attempt")
+    p = qs.add("show", _cmd_show, "a message with its deliveries and every attempt", json=True)
     p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
-    p.add_argument("--json", action="store_true")
 
     p = qs.add("cat", _cmd_cat, "print a stored message, headers and body (postcat -q)")
     p.add_argument("id", help="queue id (the 250 reply's), delivery id or Message-ID")
@@ -349,5 +344,4 @@ def register(sub) -> None:
     p.add_argument("--finished-before-days", type=float, default=None,
                    help="instead delete finished deliveries older than this many days")
 
-    p = qs.add("stats", _cmd_stats, "queue depth, age and busiest domains")
-    p.add_argument("--json", action="store_true")
+    qs.add("stats", _cmd_stats, "queue depth, age and busiest domains", json=True)

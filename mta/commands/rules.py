@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mta.commands._common import CommandGroup, open_database, print_json, print_table
+from mta.commands._common import CommandGroup, open_database, print_list
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.routing.patterns import Pattern, PatternError, compiled
@@ -53,20 +53,18 @@ async def _cmd_list(args, settings: Settings) -> int:
     if args.zone and not rows:
         raise CliError(f"zone {args.zone!r} has no rules, or no such zone; see "
                        "`mta zones list`")
-    if args.json:
-        print_json([{"zone": z.name, "id": r.id, "name": r.name, "kind": _kind(r),
-                     "priority": None if r.is_catch_all else r.priority,
-                     "enabled": r.enabled, "matchers": r.matchers,
-                     "pattern": None if r.pattern_type is None else
-                     {"type": r.pattern_type, "value": r.pattern},
-                     "actions": r.actions} for r, z in rows])
-        return 0
-    print_table([[z.name, r.id, "-" if r.is_catch_all else r.priority, _kind(r),
-                  "on" if r.enabled else "off", r.name or "-", _match(r), _actions(r)]
-                 for r, z in rows],
-                ["ZONE", "ID", "PRIORITY", "KIND", "ENABLED", "NAME", "MATCHES", "ACTIONS"],
-                empty="no rules")
-    return 0
+    return print_list(
+        args, [{"zone": z.name, "id": r.id, "name": r.name, "kind": _kind(r),
+                "priority": None if r.is_catch_all else r.priority,
+                "enabled": r.enabled, "matchers": r.matchers,
+                "pattern": None if r.pattern_type is None else
+                {"type": r.pattern_type, "value": r.pattern},
+                "actions": r.actions} for r, z in rows],
+        [[z.name, r.id, "-" if r.is_catch_all else r.priority, _kind(r),
+          "on" if r.enabled else "off", r.name or "-", _match(r), _actions(r)]
+         for r, z in rows],
+        ["ZONE", "ID", "PRIORITY", "KIND", "ENABLED", "NAME", "MATCHES", "ACTIONS"],
+        empty="no rules")
 
 
 async def _cmd_test(args, settings: Settings) -> int:
@@ -104,9 +102,9 @@ async def _cmd_check(args, settings: Settings) -> int:
 def register(sub) -> None:
     ps = CommandGroup(sub, "rules", "routing rules as the MX sees them (make them with "
                                     "`mta apply` or the admin API)")
-    c = ps.add("list", _cmd_list, "rules in matching order, literal and pattern together")
+    c = ps.add("list", _cmd_list, "rules in matching order, literal and pattern together",
+               json=True)
     c.add_argument("--zone", help="only this zone (id or name)")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
     c = ps.add("test", _cmd_test, "which rule takes ADDRESS now (the MX's own look-up)")
     c.add_argument("address")
     c = ps.add("check", _cmd_check, "validate a pattern without saving it")

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from mta.checks.policy import AuthVerdicts, effective_policy
-from mta.commands._common import open_database
+from mta.commands._common import add_json_option, open_database
 from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
@@ -111,7 +111,7 @@ def register(sub) -> None:
     p.add_argument("--dkim", choices=DKIM, help="take this DKIM result instead of checking")
     p.add_argument("--dmarc", choices=DMARC, help="take this DMARC result instead of checking")
     p.add_argument("--arc", choices=ARC, help="take this ARC result instead of checking")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(p)
     p.add_argument("message", help="the RFC 5322 message (.eml), or - for stdin")
     p.set_defaults(func=_cmd)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_table
+from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_list
 from mta.commands._errors import CliError
 from mta.config import Settings, parse_duration
 from mta.store import suppression
@@ -83,17 +83,13 @@ async def _cmd_list(args, settings: Settings) -> int:
             scope_type=args.scope, scope_value=args.domain,
             include_expired=args.include_expired, cursor=args.cursor, per_page=args.limit)
     items = [suppression.to_dict(e) for e in page.items]
-    if args.json:
-        print_json({"items": items, "cursor": page.cursor})
-        return 0
-    print_table([[d["id"], d["email"], d["reason"], _scope(d),
-                  d["expires_at"] or "permanent", "yes" if d["read_only"] else "",
-                  (d["note"] or "")[:40]] for d in items],
-                ["ID", "EMAIL", "REASON", "SCOPE", "EXPIRES", "READ-ONLY", "NOTE"],
-                empty="no suppressions")
-    if items and page.cursor:
-        print(f"\nmore: --cursor {page.cursor}")
-    return 0
+    more = f"\nmore: --cursor {page.cursor}" if items and page.cursor else None
+    return print_list(args, {"items": items, "cursor": page.cursor},
+                      [[d["id"], d["email"], d["reason"], _scope(d),
+                        d["expires_at"] or "permanent", "yes" if d["read_only"] else "",
+                        (d["note"] or "")[:40]] for d in items],
+                      ["ID", "EMAIL", "REASON", "SCOPE", "EXPIRES", "READ-ONLY", "NOTE"],
+                      empty="no suppressions", footer=more)
 
 
 def register(sub) -> None:
@@ -105,13 +101,12 @@ def register(sub) -> None:
         c.add_argument("--domain", help="the sending domain of a sending_domain scope "
                                         "(implies --scope sending_domain)")
 
-    c = ps.add("add", _cmd_add, "suppress an address")
+    c = ps.add("add", _cmd_add, "suppress an address", json=True)
     c.add_argument("email")
     common(c)
     c.add_argument("--reason", choices=suppression.REASONS, default="manual")
     c.add_argument("--expires", help="a duration (30d) or an ISO time; default permanent")
     c.add_argument("--note")
-    c.add_argument("--json", action="store_true")
 
     c = ps.add("remove", _cmd_remove, "lift a suppression (by id or address)")
     c.add_argument("target", help="suppression id or email address")
@@ -119,11 +114,10 @@ def register(sub) -> None:
     c.add_argument("--force", action="store_true",
                    help="also remove read-only (complaint) entries")
 
-    c = ps.add("list", _cmd_list, "list suppressions, newest first")
+    c = ps.add("list", _cmd_list, "list suppressions, newest first", json=True)
     common(c)
     c.add_argument("--reason", choices=suppression.REASONS)
     c.add_argument("--search", help="part of the address")
     c.add_argument("--include-expired", action="store_true")
     c.add_argument("--cursor")
     c.add_argument("--limit", type=int, default=100)
-    c.add_argument("--json", action="store_true")

@@ -15,8 +15,7 @@ from mta.commands._common import (
     account_filter,
     find_account,
     open_database,
-    print_json,
-    print_table,
+    print_list,
 )
 from mta.config import Settings, parse_duration
 from mta.observe import audit
@@ -60,16 +59,14 @@ async def _cmd_list(args, settings: Settings) -> int:
         account_id = await account_filter(s, args.account or None)
         rows = await list_tokens(s, account_id)
     now = datetime.now(UTC)
-    if args.json:
-        print_json([{"id": t.id, "account_id": t.account_id, "name": t.name,
-                     "permissions": list(t.permissions), "state": _state(t, now),
-                     "created_at": t.created_at, "last_used_at": t.last_used_at,
-                     "expires_at": t.expires_at, "revoked_at": t.revoked_at} for t in rows])
-        return 0
-    print_table([[t.id, t.account_id, _state(t, now), _when(t.last_used_at),
-                  _when(t.expires_at), t.name, ",".join(t.permissions)] for t in rows],
-                ["ID", "ACCOUNT", "STATE", "LAST USED", "EXPIRES", "NAME", "PERMISSIONS"])
-    return 0
+    return print_list(
+        args, [{"id": t.id, "account_id": t.account_id, "name": t.name,
+                "permissions": list(t.permissions), "state": _state(t, now),
+                "created_at": t.created_at, "last_used_at": t.last_used_at,
+                "expires_at": t.expires_at, "revoked_at": t.revoked_at} for t in rows],
+        [[t.id, t.account_id, _state(t, now), _when(t.last_used_at), _when(t.expires_at),
+          t.name, ",".join(t.permissions)] for t in rows],
+        ["ID", "ACCOUNT", "STATE", "LAST USED", "EXPIRES", "NAME", "PERMISSIONS"])
 
 
 async def _cmd_revoke(args, settings: Settings) -> int:
@@ -94,8 +91,7 @@ def register(sub) -> None:
     c.add_argument("--permission", action="append", choices=sorted(PERMISSIONS),
                    required=True, help="repeat for several")
     c.add_argument("--expires-in", help="lifetime such as 90d (default: no expiry)")
-    c = ps.add("list", _cmd_list, "list tokens (never their secrets)")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = ps.add("list", _cmd_list, "list tokens (never their secrets)", json=True)
     c.add_argument("--account", help="only this account's tokens (id or name)")
     c = ps.add("revoke", _cmd_revoke, "revoke a token at once")
     c.add_argument("id")

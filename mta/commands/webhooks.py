@@ -17,7 +17,7 @@ from mta.commands._common import (
     open_database,
     positive,
     print_json,
-    print_table,
+    print_list,
 )
 from mta.commands._errors import CliError
 from mta.config import Settings
@@ -67,18 +67,15 @@ async def _cmd_list(args, settings: Settings) -> int:
         rows = await endpoints.list_for(s, account_id)
         counts = await endpoints.stats(s, [r.id for r in rows])
         items = [endpoints.to_dict(r, counts[r.id]) for r in rows]
-    if args.json:
-        print_json(items)
-        return 0
-    print_table([[d["id"], d["account_id"], d["url"],
-                  "all" if len(d["event_types"]) == len(EVENT_TYPES)
-                  else ",".join(d["event_types"]),
-                  d["deliveries"]["pending"], d["deliveries"]["delivered"],
-                  d["deliveries"]["failed"], d["deliveries"]["last_status_code"] or "-"]
-                 for d in items],
-                ["ID", "ACCOUNT", "URL", "EVENTS", "PENDING", "DELIVERED", "FAILED", "LAST"],
-                empty="no webhooks")
-    return 0
+    return print_list(args, items,
+                      [[d["id"], d["account_id"], d["url"],
+                        "all" if len(d["event_types"]) == len(EVENT_TYPES)
+                        else ",".join(d["event_types"]),
+                        d["deliveries"]["pending"], d["deliveries"]["delivered"],
+                        d["deliveries"]["failed"], d["deliveries"]["last_status_code"] or "-"]
+                       for d in items],
+                      ["ID", "ACCOUNT", "URL", "EVENTS", "PENDING", "DELIVERED", "FAILED",
+                       "LAST"], empty="no webhooks")
 
 
 async def _cmd_test(args, settings: Settings) -> int:
@@ -118,43 +115,37 @@ async def _cmd_log(args, settings: Settings) -> int:
         except endpoints.EndpointError as exc:
             raise CliError(str(exc), exit_code=2) from None
         items = [endpoints.log_to_dict(r) for r in rows]
-    if args.json:
-        print_json({"items": items, "total": total})
-        return 0
-    print_table([[d["id"], d["created_at"], d["type"], d["recipient"] or "-", d["status"],
-                  d["attempts"], d["last_status_code"] or "-",
-                  (d["last_error"] or "")[:40]] for d in items],
-                ["ID", "CREATED", "TYPE", "RECIPIENT", "STATUS", "ATTEMPTS", "CODE", "ERROR"],
-                empty="no deliveries")
-    if total > len(items):
-        print(f"\n{len(items)} of {total}; more: --limit {total}")
-    return 0
+    more = f"\n{len(items)} of {total}; more: --limit {total}" if total > len(items) else None
+    return print_list(args, {"items": items, "total": total},
+                      [[d["id"], d["created_at"], d["type"], d["recipient"] or "-", d["status"],
+                        d["attempts"], d["last_status_code"] or "-",
+                        (d["last_error"] or "")[:40]] for d in items],
+                      ["ID", "CREATED", "TYPE", "RECIPIENT", "STATUS", "ATTEMPTS", "CODE",
+                       "ERROR"], empty="no deliveries", footer=more)
 
 
 def register(sub) -> None:
     g = CommandGroup(sub, "webhooks", "delivery-event webhook endpoints of accounts")
 
-    c = g.add("create", _cmd_create, "add an endpoint; prints its signing secret once")
+    c = g.add("create", _cmd_create, "add an endpoint; prints its signing secret once",
+              json=True)
     c.add_argument("url", help="https:// (http:// only to a loopback address)")
     c.add_argument("--account", required=True, help="account id or name")
     c.add_argument("--event", action="append", choices=EVENT_TYPES,
                    help="an event type to send (repeat; default: all)")
     c.add_argument("--description")
-    c.add_argument("--json", action="store_true")
 
-    c = g.add("list", _cmd_list, "endpoints with their pending, delivered, failed counts")
+    c = g.add("list", _cmd_list, "endpoints with their pending, delivered, failed counts",
+              json=True)
     c.add_argument("--account", help="account id or name (default: every account)")
-    c.add_argument("--json", action="store_true")
 
-    c = g.add("test", _cmd_test, "POST a signed test event to an endpoint now")
+    c = g.add("test", _cmd_test, "POST a signed test event to an endpoint now", json=True)
     c.add_argument("id")
-    c.add_argument("--json", action="store_true")
 
     c = g.add("delete", _cmd_delete, "delete an endpoint, its log and undelivered events")
     c.add_argument("id")
 
-    c = g.add("log", _cmd_log, "an endpoint's delivery log, newest first")
+    c = g.add("log", _cmd_log, "an endpoint's delivery log, newest first", json=True)
     c.add_argument("id")
     c.add_argument("--status", choices=endpoints.LOG_STATUSES)
     c.add_argument("--limit", type=positive, default=50)
-    c.add_argument("--json", action="store_true")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mta.commands._common import CommandGroup, find_account, open_database, print_json, print_table
+from mta.commands._common import CommandGroup, find_account, open_database, print_list
 from mta.commands._errors import CliError, confirm_delete
 from mta.config import Settings
 from mta.observe import audit
@@ -164,14 +164,12 @@ async def _cmd_list(args, settings: Settings) -> int:
             account = await find_account(s, args.account)
             query = query.where(Zone.account_id == account.id)
         rows = (await s.execute(query)).scalars().all()
-    if args.json:
-        print_json([{"id": z.id, "name": z.name, "account_id": z.account_id,
-                     "routing_enabled": z.routing_enabled, "routing_status": z.routing_status,
-                     "created_at": z.created_at} for z in rows])
-        return 0
-    print_table([[z.id, z.account_id, "on" if z.routing_enabled else "off", z.routing_status,
-                  z.name] for z in rows], ["ID", "ACCOUNT", "ROUTING", "STATUS", "NAME"])
-    return 0
+    return print_list(
+        args, [{"id": z.id, "name": z.name, "account_id": z.account_id,
+                "routing_enabled": z.routing_enabled, "routing_status": z.routing_status,
+                "created_at": z.created_at} for z in rows],
+        [[z.id, z.account_id, "on" if z.routing_enabled else "off", z.routing_status, z.name]
+         for z in rows], ["ID", "ACCOUNT", "ROUTING", "STATUS", "NAME"])
 
 
 def register(sub) -> None:
@@ -187,6 +185,5 @@ def register(sub) -> None:
     c.add_argument("zone", help="zone id or name")
     c.add_argument("new_name")
     c.add_argument("--yes", action="store_true", help="rename without asking again")
-    c = ps.add("list", _cmd_list, "list zones with their ids")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = ps.add("list", _cmd_list, "list zones with their ids", json=True)
     c.add_argument("--account", help="only this account's zones (id or name)")
