@@ -15,38 +15,21 @@ report's policies.
 from __future__ import annotations
 
 import sys
-from datetime import UTC, date, datetime, timedelta
 
+from mta.commands import _reports_received as shared
 from mta.commands._common import CommandGroup, open_database, print_json, print_table
 from mta.commands._errors import CliError
-from mta.commands._reports_received import (
-    add_list_and_show,
-    print_invalid_count,
-    show_header,
-)
 from mta.config import Settings
 from mta.dnscache import DnsResolver
-from mta.reports.tls_received import (
-    daily_summary,
-    report_detail,
-    report_list,
-    report_summary,
-)
+from mta.reports.tls_received import daily_summary, report_detail, report_list, report_summary
 from mta.reports.tlsrpt_job import build_day, send_day
 from mta.routing.forward import forwarding_signer
 
 __all__ = ["register"]
 
 
-def _day(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise CliError(f"--date {value!r}: expected YYYY-MM-DD", exit_code=2) from None
-
-
 async def _cmd_send(args, settings: Settings) -> int:
-    day = _day(args.date) if args.date else (datetime.now(UTC) - timedelta(days=1)).date()
+    day = shared.day_to_send(args)
     resolver = DnsResolver.from_settings(settings.dns)
     async with open_database(settings) as db:
         sent = await send_day(db, settings, resolver, day, dry_run=args.dry_run,
@@ -75,39 +58,27 @@ def _failures(failures: dict[str, int]) -> str:
 
 
 async def _cmd_list(args, settings: Settings) -> int:
-    since = datetime.now(UTC) - timedelta(days=args.days)
-    async with open_database(settings) as db:
-        reports = await report_list(db, since)
+    reports = await shared.received_reports(args, settings, report_list)
     if args.reports:
-        rows = [report_summary(r) for r in reports]
+        files = [report_summary(r) for r in reports]
         if args.domain:
-            rows = [r for r in rows if args.domain.lower() in r["policy_domains"]]
-        if args.json:
-            print_json(rows)
-            return 0
-        print_table([[r["id"], r["received_at"].strftime("%Y-%m-%d %H:%M"), r["status"],
-                      r["org_name"] or "-", ", ".join(r["policy_domains"]) or "-",
-                      r["begin"].date().isoformat() if r["begin"] else "-", r["successful"],
-                      r["failed"], r["error"] or ""] for r in rows],
-                    ["ID", "RECEIVED", "STATUS", "REPORTER", "DOMAINS", "DAY", "SUCCESSFUL",
-                     "FAILED", "ERROR"], empty="no TLS reports received")
-        return 0
+            files = [f for f in files if args.domain.lower() in f["policy_domains"]]
+        return shared.print_report_files(
+            args, "tls", files, domains=("DOMAINS", lambda f: ", ".join(f["policy_domains"])),
+            counts=("successful", "failed"))
     days = daily_summary(reports, args.domain)
-    if args.json:
-        print_json(days)
-        return 0
-    print_table([[d["day"], d["org_name"] or "-", d["policy_domain"], d["policy_type"],
-                  d["successful"], d["failed"], _failures(d["failures"])] for d in days],
-                ["DAY", "REPORTER", "DOMAIN", "POLICY", "SUCCESSFUL", "FAILED", "FAILURES"],
-                empty="no TLS reports received")
-    print_invalid_count(reports, "tls")
-    return 0
+    return shared.print_reports(
+        args, "tls", days,
+        [[d["day"], d["org_name"] or "-", d["policy_domain"], d["policy_type"], d["successful"],
+          d["failed"], _failures(d["failures"])] for d in days],
+        ["DAY", "REPORTER", "DOMAIN", "POLICY", "SUCCESSFUL", "FAILED", "FAILURES"],
+        footer=shared.invalid_count(reports, "tls"))
 
 
 async def _cmd_show(args, settings: Settings) -> int:
-    detail = await show_header(args, settings, report_detail, kind="tls",
-                               keys=("id", "status", "error", "org_name", "report_id",
-                                     "begin", "end", "successful", "failed", "filename"))
+    detail = await shared.show_header(args, settings, report_detail, kind="tls",
+                                      keys=("id", "status", "error", "org_name", "report_id",
+                                            "begin", "end", "successful", "failed", "filename"))
     if detail is None:
         return 0
     print_table([[p["policy_domain"], p["policy_type"], ", ".join(p["mx_host"]) or "-",
@@ -120,10 +91,10 @@ async def _cmd_show(args, settings: Settings) -> int:
 
 def register(kinds) -> None:
     tls = CommandGroup(kinds, "tls", "TLS reports (RFC 8460): ours, and those about us")
-    send = tls.add("send", _cmd_send, "send one day's reports now (default: yesterday)")
-    send.add_argument("--date", help="the day, YYYY-MM-DD (UTC)")
+    send = tls.add("send", _cmd_send, "send one day's reports now (default: yesterday)",
+                   json=True)
+    send.add_argument("--date", type=shared.utc_day, help="the day, YYYY-MM-DD (UTC)")
     send.add_argument("--dry-run", action="store_true",
                       help="build the reports and show where they would go; send nothing")
-    send.add_argument("--json", action="store_true")
-    add_list_and_show(tls, _cmd_list, _cmd_show,
-                      show_help="one received report and its policies")
+    shared.add_list_and_show(tls, _cmd_list, _cmd_show,
+                             show_help="one received report and its policies")
