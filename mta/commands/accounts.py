@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from mta.commands._common import CommandGroup, open_database, print_list
+from mta.commands._common import CommandGroup, find_account, open_database, print_list
 from mta.commands._errors import CliError, confirm_delete
 from mta.config import Settings
 from mta.observe import audit
-from mta.store.accounts import resolve_account
 from mta.store.models import (
     Account,
     ApiToken,
@@ -27,6 +26,12 @@ from mta.store.models import (
 )
 
 __all__ = ["register"]
+
+# What an account owns besides its zones, as `delete` lists it: rows with its account_id,
+# or (rules, sending domains) with the zone_id of one of its zones.
+_OWNED = (("routing rules", RoutingRule), ("destination addresses", DestinationAddress),
+          ("sending domains", SendingDomain), ("API tokens", ApiToken),
+          ("suppressions", Suppression))
 
 
 def _name(raw: str) -> str:
@@ -40,13 +45,6 @@ async def _refuse_taken(s, name: str) -> None:
     taken = (await s.execute(select(Account.id).where(Account.name == name))).scalar()
     if taken:
         raise CliError(f"an account named {name!r} exists ({taken}); pick another name")
-
-
-async def _account(s, ref: str) -> Account:
-    account = await resolve_account(s, ref)
-    if account is None:
-        raise CliError(f"no account {ref!r}; see `mta accounts list`")
-    return account
 
 
 async def _cmd_create(args, settings: Settings) -> int:
@@ -74,7 +72,7 @@ async def _cmd_list(args, settings: Settings) -> int:
 async def _cmd_rename(args, settings: Settings) -> int:
     name = _name(args.new_name)
     async with open_database(settings) as db, db.session() as s:
-        account = await _account(s, args.account)
+        account = await find_account(s, args.account)
         if account.name == name:
             print(f"account {account.id} is already named {name!r}")
             return 0
@@ -88,30 +86,24 @@ async def _cmd_rename(args, settings: Settings) -> int:
     return 0
 
 
-async def _count(s, column, account_id: str, *where) -> int:
-    return (await s.execute(select(func.count()).select_from(column.table).where(
-        column == account_id, *where))).scalar_one()
+async def _count(s, model, account_id: str) -> int:
+    """How many rows of `model` (one of `_OWNED`) the account owns."""
+    query = select(func.count()).select_from(model)
+    if hasattr(model, "account_id"):
+        query = query.where(model.account_id == account_id)
+    else:
+        query = query.join(Zone, Zone.id == model.zone_id).where(Zone.account_id == account_id)
+    return (await s.execute(query)).scalar_one()
 
 
 async def _cmd_delete(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
-        account = await _account(s, args.account)
+        account = await find_account(s, args.account)
         zones = (await s.execute(select(Zone.name).where(
             Zone.account_id == account.id).order_by(Zone.name))).scalars().all()
-        rules = (await s.execute(select(func.count()).select_from(RoutingRule).join(
-            Zone, Zone.id == RoutingRule.zone_id).where(
-            Zone.account_id == account.id))).scalar_one()
-        counts = {
-            "zones": len(zones),
-            "routing rules": rules,
-            "destination addresses": await _count(s, DestinationAddress.account_id,
-                                                  account.id),
-            "sending domains": (await s.execute(select(func.count()).select_from(
-                SendingDomain).join(Zone, Zone.id == SendingDomain.zone_id).where(
-                Zone.account_id == account.id))).scalar_one(),
-            "API tokens": await _count(s, ApiToken.account_id, account.id),
-            "suppressions": await _count(s, Suppression.account_id, account.id),
-        }
+        counts = {"zones": len(zones)}
+        for what, model in _OWNED:
+            counts[what] = await _count(s, model, account.id)
         what = ", ".join(f"{n} {k}" for k, n in counts.items())
         print(f"account {account.name!r} ({account.id}) owns {what}"
               + (f" (zones: {', '.join(zones)})" if zones else ""))
