@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from mta.commands._common import (
     CommandGroup,
-    account_ref,
+    account_filter,
     open_database,
     parse_when,
     positive,
@@ -37,12 +37,8 @@ def _range(args, now: datetime) -> tuple[datetime, datetime]:
 
 async def _filter(args, session, now: datetime) -> EventFilter:
     since, until = _range(args, now)
-    try:
-        account_id = await account_ref(session, args.account)
-    except LookupError as exc:
-        raise CliError(f"{exc}; see `mta accounts list`") from None
     return EventFilter(
-        since=since, until=until, account_id=account_id,
+        since=since, until=until, account_id=await account_filter(session, args.account),
         status=args.status, direction=args.direction, domain=args.domain,
         mail_from=getattr(args, "from"), rcpt_to=args.to, message_id=args.message_id,
         event_type=args.event_type, zone_id=args.zone)
