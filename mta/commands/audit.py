@@ -25,14 +25,6 @@ from mta.observe import analytics
 __all__ = ["register"]
 
 
-def _change(row: dict) -> str:
-    before, after = row["oldValueJson"], row["newValueJson"]
-    if not isinstance(before, dict) or not isinstance(after, dict):
-        return ""  # a create or a delete: nothing to compare
-    keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
-    return ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys)[:100]
-
-
 async def _cmd_list(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
@@ -55,6 +47,15 @@ async def _cmd_list(args, settings: Settings) -> int:
                         _change(r)] for r in rows],
                       ["WHEN", "ACTOR", "ACTION", "RESOURCE", "ID", "CHANGE"],
                       empty="no audit entries", page=args.page, per_page=args.limit, total=total)
+
+
+def _change(row: dict) -> str:
+    """The CHANGE column: the fields an update changed, old -> new (cut at 100 characters)."""
+    before, after = row["oldValueJson"], row["newValueJson"]
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return ""  # a create or a delete: nothing to compare
+    keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    return ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys)[:100]
 
 
 def register(sub) -> None:
