@@ -88,7 +88,9 @@ SCHEMAS: dict[str, S] = {
                  ("id", "name", "enabled", "matchers", "actions")),
     "RuleInput": _obj({"matchers": _arr(_MATCHER), "actions": _arr(_ACTION), "name": _STR,
                        "enabled": _BOOL, "priority": {"type": "number", "minimum": 0},
-                       "source": _STR, "pattern": _PATTERN}, ("matchers", "actions")),
+                       "source": _STR, "pattern": _PATTERN}, ("actions",),
+                      # matchers, or (ours) a pattern in their place
+                      anyOf=[{"required": ["matchers"]}, {"required": ["pattern"]}]),
     "Address": _obj({"id": _STR, "tag": _STR, "email": _STR, "created": _NSTR,
                      "modified": _NSTR, "verified": _NSTR}, ("id", "email", "verified")),
     "SendingSubdomain": _obj({

@@ -176,3 +176,15 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(admin):
     reads = {label for label in statuses if label.startswith("GET ")}
     assert reads <= succeeded, {label: sorted(statuses[label]) for label in reads - succeeded}
     assert len(succeeded) >= len(statuses) * 2 // 3, sorted(set(statuses) - succeeded)
+
+
+def test_a_rule_has_matchers_or_a_pattern():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = document()["components"]["schemas"]["RuleInput"]
+    drop = [{"type": "drop"}]
+    literal = [{"type": "literal", "field": "to", "value": "a@example.com"}]
+    jsonschema.validate({"matchers": literal, "actions": drop}, schema)
+    jsonschema.validate({"pattern": {"type": "wildcard", "field": "to",
+                                     "value": "sales-*@example.com"}, "actions": drop}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"actions": drop}, schema)
