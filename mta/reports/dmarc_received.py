@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from mta.reports.received import usable_once
 from mta.store.db import Database
 from mta.store.models import DmarcReportReceived, RoutingDomain, SendingDomain, Zone
 
@@ -55,12 +56,11 @@ async def report_list(db: Database, since: datetime, domain: str | None = None,
 
 def daily_summary(reports: list[DmarcReportReceived]) -> list[dict[str, Any]]:
     """One entry per (day the report covers, policy domain): reporters, messages,
-    distinct sources, and messages with aligned SPF / aligned DKIM pass or fail."""
+    distinct sources, and messages with aligned SPF / aligned DKIM pass or fail; a report
+    received twice counts once."""
     days: dict[tuple, dict[str, Any]] = {}
     sources: dict[tuple, set] = defaultdict(set)
-    for r in reports:
-        if r.status != "ok" or r.period_begin is None:
-            continue
+    for r in usable_once(reports):
         key = (r.period_begin.date().isoformat(), r.policy_domain)
         d = days.setdefault(key, {"day": key[0], "policy_domain": key[1], "reports": 0,
                                   "reporters": [], "messages": 0, "sources": 0,

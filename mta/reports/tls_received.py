@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from mta.reports.received import usable_once
 from mta.reports.tls_intake import ParsedTlsReport
 from mta.store.db import Database
 from mta.store.models import TlsReportReceived
@@ -57,11 +58,10 @@ def daily_summary(reports: list[TlsReportReceived], domain: str | None = None,
                   domains: set[str] | None = None) -> list[dict[str, Any]]:
     """One entry per (day the report covers, reporting organization, policy domain,
     policy type): reports, successful and failed sessions, failed sessions per failure
-    type. `domain`: only that policy domain; `domains`: only those."""
+    type; a report received twice counts once. `domain`: only that policy domain;
+    `domains`: only those."""
     days: dict[tuple, dict[str, Any]] = {}
-    for r in reports:
-        if r.status != "ok" or r.period_begin is None:
-            continue
+    for r in usable_once(reports):
         day = r.period_begin.date().isoformat()
         seen: set[tuple] = set()
         for p in r.policies:

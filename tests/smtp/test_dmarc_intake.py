@@ -101,17 +101,19 @@ async def test_reports_mailed_to_the_mailbox_are_parsed_stored_and_listed(make_m
         report_mail("report.zip", zipped("r.xml", REPORT % {b"id": b"z-1"}),
                     "application/zip"),
         report_mail("report.xml", REPORT % {b"id": b"x-1"}, "text/xml"),
+        # google.com sends g-1 again: stored, but counted once by the list
+        report_mail("again.xml", REPORT % {b"id": b"g-1"}, "text/xml"),
     ]
     for raw in mails:
         code, _ = await smtp_send(mx, raw, sender, rcpts=("dmarc@ours.test",))
         assert code == 250
     rows = await stored(mx)
     assert [(r.status, r.report_id, r.messages) for r in rows] == [
-        ("ok", "g-1", 42), ("ok", "z-1", 42), ("ok", "x-1", 42)]
+        ("ok", "g-1", 42), ("ok", "z-1", 42), ("ok", "x-1", 42), ("ok", "g-1", 42)]
     assert rows[0].org_name == "google.com" and rows[0].policy_domain == "ours.test"
     assert rows[0].records[1]["source_ip"] == "198.51.100.7"
     msgs = [m for m in await mx.messages() if m.status == "report"]
-    assert len(msgs) == 3  # the mails themselves are kept
+    assert len(msgs) == 4  # the mails themselves are kept
 
     config = tmp_path / "mta.yaml"
     config.write_text(yaml.safe_dump({"database": {"url": mx.settings.database.url},

@@ -75,17 +75,19 @@ async def test_reports_mailed_to_the_mailbox_are_parsed_stored_and_listed(make_m
                     gzip.compress(report("r-gz")), "application/tlsrpt+gzip"),
         report_mail("report.json", report("r-json", org="Company-Y"),
                     "application/tlsrpt+json"),
+        # Company-X sends r-gz again: stored, but counted once below
+        report_mail("again.json", report("r-gz"), "application/tlsrpt+json"),
     ]
     for raw in mails:
         code, _ = await smtp_send(mx, raw, sender, rcpts=("tlsrpt@ours.test",))
         assert code == 250
     rows = await stored(mx)
     assert [(r.status, r.report_id, r.successful, r.failed) for r in rows] == [
-        ("ok", "r-gz", 5336, 303), ("ok", "r-json", 5336, 303)]
+        ("ok", "r-gz", 5336, 303), ("ok", "r-json", 5336, 303), ("ok", "r-gz", 5336, 303)]
     assert rows[0].org_name == "Company-X"
     assert rows[0].policies[0]["failures"] == {"certificate-expired": 103,
                                                "starttls-not-supported": 200}
-    assert [m.status for m in await mx.messages()] == ["report", "report"]
+    assert [m.status for m in await mx.messages()] == ["report"] * 3
 
     config = tmp_path / "mta.yaml"
     config.write_text(yaml.safe_dump({"database": {"url": mx.settings.database.url},
@@ -106,6 +108,7 @@ async def test_reports_mailed_to_the_mailbox_are_parsed_stored_and_listed(make_m
         ("2026-12-06", "Company-X", "ours.test", "sts", 5326, 303),
         ("2026-12-06", "Company-Y", "ours.test", "sts", 5326, 303)]
     assert days[2]["failures"] == {"certificate-expired": 103, "starttls-not-supported": 200}
+    assert [d["reports"] for d in days] == [1, 1, 1, 1]
     only = json.loads((await asyncio.to_thread(
         cli, "list", "--days", "30", "--domain", "other.ours.test", "--json")).stdout)
     assert {d["policy_domain"] for d in only} == {"other.ours.test"}
