@@ -333,6 +333,8 @@ class ObserveSettings:
     # with a delivery still queued or held, nor one waiting for a handler).
     message_retention: Duration = Duration(31 * 86400)
     audit_retention: Duration | None = None  # null keeps the audit log forever
+    # Received DMARC/TLS reports, TLS session counts and sent-report records; null: forever
+    report_retention: Duration | None = Duration(366 * 86400)
     retention_interval: Duration = Duration(3600)  # how often each node runs the job
     retention_batch: int = 1000  # rows per DELETE transaction
     retention_enabled: bool = True

@@ -1,6 +1,7 @@
 """The retention job on a real PostgreSQL: old events and finished old messages go, in
 bounded batches; a message with a delivery still queued or held, or waiting for a
-handler, stays; the node service runs it on its own."""
+handler, stays; old reports (received ones, our TLS counts and sent-report records) go;
+the node service runs it on its own."""
 
 from __future__ import annotations
 
@@ -16,7 +17,18 @@ from mta.node import NodeContext
 from mta.observe.events import event_rows, record_events, record_events_now
 from mta.observe.retention import RetentionJob, purge_events, run_once
 from mta.queue.queue import Recipient, enqueue
-from mta.store.models import AuditEntry, Delivery, DeliveryAttempt, Event, Message
+from mta.store.models import (
+    AuditEntry,
+    Delivery,
+    DeliveryAttempt,
+    DmarcReportReceived,
+    DmarcReportSent,
+    Event,
+    Message,
+    TlsReportReceived,
+    TlsReportRun,
+    TlsReportSession,
+)
 
 NOW = datetime.now(UTC)
 
@@ -108,6 +120,44 @@ async def test_finished_old_messages_go_active_and_recent_ones_stay(db):
     assert await _count(db, AuditEntry) == 1
     s.observe.audit_retention = 365 * 86400
     assert (await run_once(db, s, NOW)).audit == 1
+
+
+async def _reports_aged(db, age: timedelta) -> None:
+    """One row of every report table, `age` old: two received reports (one of them
+    invalid, without a period), a day's TLS session count and run, a sent DMARC report."""
+    when = NOW - age
+    async with db.session() as s:
+        s.add_all([
+            DmarcReportReceived(received_at=when, filename="r.xml", status="ok",
+                                report_id=f"d-{age.days}", period_begin=when, records=[]),
+            TlsReportReceived(received_at=when, filename="t.json", status="invalid",
+                              error="not JSON", policies=[]),
+            TlsReportSession(day=when.date(), policy_domain="dest.test", policy_type="sts",
+                             policy_key="k", policy_strings=[], result="success", count=3),
+            TlsReportRun(day=when.date(), lease_owner="n1", lease_until=when),
+            DmarcReportSent(policy_domain="ours.test", period_begin=when,
+                            period_end=when + timedelta(days=1), report_id=f"s-{age.days}",
+                            node_id="n1", destinations=[]),
+        ])
+
+
+REPORT_TABLES = (DmarcReportReceived, TlsReportReceived, TlsReportSession, TlsReportRun,
+                 DmarcReportSent)
+
+
+async def test_reports_older_than_their_retention_go_and_recent_ones_stay(db):
+    s = Settings()
+    s.observe.retention_batch = 2
+    for days in (400, 367, 300):
+        await _reports_aged(db, timedelta(days=days))
+    s.observe.report_retention = None  # kept forever
+    assert (await run_once(db, s, NOW)).reports == 0
+    s.observe.report_retention = 366 * 86400  # the default
+    assert Settings().observe.report_retention == s.observe.report_retention
+    assert (await run_once(db, s, NOW)).reports == 2 * len(REPORT_TABLES)
+    for table in REPORT_TABLES:
+        assert await _count(db, table) == 1, table.__name__
+    assert (await run_once(db, s, NOW)).reports == 0
 
 
 async def _ids(db) -> list[uuid.UUID]:

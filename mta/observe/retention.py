@@ -1,5 +1,6 @@
-"""The retention job: activity events, finished messages and (optionally) audit entries
-older than their retention (`observe.*` settings) are deleted, in bounded batches.
+"""The retention job: activity events, finished messages, the DMARC and TLS reports others
+sent us with our own reporting's records, and (optionally) audit entries older than their
+retention (`observe.*` settings) are deleted, in bounded batches.
 
 Every node runs it once (`RetentionJob`, a node service; under `--workers N` only in
 worker 0); batches lock their rows with
@@ -21,15 +22,27 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Exists, delete, exists, select
+from sqlalchemy import Column, Exists, delete, exists, select, tuple_
 
 from mta.background import LoopService, run_every
 from mta.store.db import Database
-from mta.store.models import ACTIVE_STATUSES, AuditEntry, Delivery, Event, Message
+from mta.store.models import (
+    ACTIVE_STATUSES,
+    AuditEntry,
+    Delivery,
+    DmarcReportReceived,
+    DmarcReportSent,
+    Event,
+    Message,
+    TlsReportReceived,
+    TlsReportRun,
+    TlsReportSession,
+)
 
-__all__ = ["RetentionJob", "RetentionReport", "purge_audit", "purge_events",
-           "purge_messages", "run_once"]
+__all__ = ["RetentionJob", "RetentionReport", "purge_events", "purge_messages", "purge_older",
+           "purge_reports", "run_once"]
 
 log = logging.getLogger("mta.retention")
 
@@ -39,12 +52,15 @@ MAX_BATCHES_PER_RUN = 1000  # a run stops after this many batches; the next one 
 
 @dataclass
 class RetentionReport:
+    """What one run deleted: rows of each kind (`reports`: of every report table)."""
+
     events: int = 0
     messages: int = 0
     audit: int = 0
+    reports: int = 0
 
     def total(self) -> int:
-        return self.events + self.messages + self.audit
+        return self.events + self.messages + self.audit + self.reports
 
 
 async def _batches(step, batch: int) -> int:
@@ -60,25 +76,37 @@ async def _batches(step, batch: int) -> int:
     return deleted
 
 
+async def purge_older(db: Database, column: Column, cutoff: Any, batch: int) -> int:
+    """Delete the rows of `column`'s table whose `column` is before `cutoff`, oldest first,
+    `batch` rows a transaction; rows another node holds are left for its next run."""
+    table = column.table
+    key = list(table.primary_key.columns)
+
+    async def step(limit: int) -> tuple[int, bool]:
+        doomed = (select(*key).where(column < cutoff).order_by(column).limit(limit)
+                  .with_for_update(skip_locked=True))
+        async with db.session() as s:
+            n = (await s.execute(delete(table).where(tuple_(*key).in_(doomed)))).rowcount or 0
+        return n, n == limit
+    return await _batches(step, batch)
+
+
 async def purge_events(db: Database, cutoff: datetime, batch: int) -> int:
-    async def step(limit: int) -> tuple[int, bool]:
-        ids = (select(Event.id).where(Event.ts < cutoff).order_by(Event.ts).limit(limit)
-               .with_for_update(skip_locked=True).scalar_subquery())
-        async with db.session() as s:
-            n = (await s.execute(delete(Event).where(Event.id.in_(ids)))).rowcount or 0
-        return n, n == limit
-    return await _batches(step, batch)
+    return await purge_older(db, Event.__table__.c.ts, cutoff, batch)
 
 
-async def purge_audit(db: Database, cutoff: datetime, batch: int) -> int:
-    async def step(limit: int) -> tuple[int, bool]:
-        ids = (select(AuditEntry.id).where(AuditEntry.ts < cutoff).order_by(AuditEntry.ts)
-               .limit(limit).with_for_update(skip_locked=True).scalar_subquery())
-        async with db.session() as s:
-            n = (await s.execute(delete(AuditEntry).where(AuditEntry.id.in_(ids)))
-                 ).rowcount or 0
-        return n, n == limit
-    return await _batches(step, batch)
+async def purge_reports(db: Database, cutoff: datetime, batch: int) -> int:
+    """The DMARC and TLS reports others sent us, received before `cutoff`, and our own
+    reporting's records (TLS session counts, sent-report bookkeeping) of days before it."""
+    deleted = 0
+    for column, before in (
+            (DmarcReportReceived.__table__.c.received_at, cutoff),
+            (TlsReportReceived.__table__.c.received_at, cutoff),
+            (DmarcReportSent.__table__.c.period_begin, cutoff),
+            (TlsReportSession.__table__.c.day, cutoff.date()),
+            (TlsReportRun.__table__.c.day, cutoff.date())):
+        deleted += await purge_older(db, column, before, batch)
+    return deleted
 
 
 def _active_delivery(message_id) -> Exists:
@@ -123,8 +151,12 @@ async def run_once(db: Database, settings, now: datetime) -> RetentionReport:
     report.messages = await purge_messages(db, now - timedelta(seconds=o.message_retention),
                                            o.retention_batch)
     if o.audit_retention is not None:
-        report.audit = await purge_audit(db, now - timedelta(seconds=o.audit_retention),
-                                         o.retention_batch)
+        report.audit = await purge_older(
+            db, AuditEntry.__table__.c.ts, now - timedelta(seconds=o.audit_retention),
+            o.retention_batch)
+    if o.report_retention is not None:
+        report.reports = await purge_reports(
+            db, now - timedelta(seconds=o.report_retention), o.retention_batch)
     return report
 
 
@@ -148,17 +180,20 @@ class RetentionJob(LoopService):
         return {"worker": self.name, "enabled": o.retention_enabled,
                 "event_retention_s": o.event_retention,
                 "message_retention_s": o.message_retention,
-                "audit_retention_s": o.audit_retention, "interval_s": o.retention_interval}
+                "audit_retention_s": o.audit_retention,
+                "report_retention_s": o.report_retention, "interval_s": o.retention_interval}
 
     async def run(self) -> RetentionReport:
         report = await run_once(self.ctx.db, self.ctx.settings, self.ctx.clock())
         self.last_run, self.last_report = self.ctx.clock(), report
         log.debug("retention run", extra={"event": "retention.ran", "deleted": report.total()})
         if report.total():
-            log.info("retention deleted %d event(s), %d message(s), %d audit entr(ies)",
-                     report.events, report.messages, report.audit,
+            log.info("retention deleted %d event(s), %d message(s), %d audit entr(ies), "
+                     "%d report row(s)", report.events, report.messages, report.audit,
+                     report.reports,
                      extra={"event": "retention.deleted", "events": report.events,
-                            "messages": report.messages, "audit": report.audit})
+                            "messages": report.messages, "audit": report.audit,
+                            "reports": report.reports})
         return report
 
     async def _loop(self) -> None:

@@ -587,7 +587,9 @@ class ReceivedReportColumns:
     used and why. Each table adds the report's own content."""
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    received_at: Mapped[datetime] = created_col()
+    # indexed: lists read the last days, retention deletes the oldest
+    received_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now(),
+                                                  nullable=False, index=True)
     message_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL"))
     filename: Mapped[str] = mapped_column(String(255), nullable=False)
