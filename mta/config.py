@@ -561,6 +561,11 @@ def _check_semantics(s: Settings) -> None:
         raise ConfigError("srs.max_age_days", "must be between 1 and 1023 (days)", source=src)
     if s.dns.min_ttl > s.dns.max_ttl:
         raise ConfigError("dns.min_ttl", "must not be above dns.max_ttl", source=src)
+    # A claim that ends while its POST may still be under way would let another node
+    # send the same event again.
+    if s.webhooks.lease_seconds <= s.webhooks.timeout:
+        raise ConfigError("webhooks.lease_seconds", "must be more than webhooks.timeout",
+                          source=src)
     _check_dnssec(s, src)
 
 

@@ -52,6 +52,7 @@ def test_wrong_type_names_key_and_line(tmp_path):
      "listeners.mx.proxy_protocol.trusted"),
     ("listeners:\n  http:\n    proxy_protocol: {trusted: [10.0.0.0/8]}\n",
      "listeners.http.proxy_protocol"),
+    ("webhooks:\n  timeout: 30s\n  lease_seconds: 30s\n", "webhooks.lease_seconds"),
 ])
 def test_bad_values_are_rejected_with_their_key(text, key):
     with pytest.raises(ConfigError) as err:

@@ -35,7 +35,7 @@ DNS = """
     evil.test.     300 IN TXT "v=spf1 -all"
 """
 FAST = {"poll_interval": "0.2s", "first_retry": "1s", "max_backoff": "2s",
-        "lease_seconds": "3s", "timeout": "5s",
+        "lease_seconds": "6s", "timeout": "5s",
         "allow_private_targets": True}  # the receivers are on loopback
 
 
@@ -264,7 +264,8 @@ def test_a_slow_endpoint_does_not_delay_smtp_acceptance(make_node, make_sink, dn
                                                         db_url, receiver):
     sink = make_sink("127.0.0.2")
     dns_server.add_zone(DNS)
-    node = make_node(node_config(db_url, sink, concurrency=2, timeout="20s"))
+    node = make_node(node_config(db_url, sink, concurrency=2, timeout="20s",
+                                 lease_seconds="25s"))
     d = Deployment(node, db_url)
     d.webhook(receiver)
     baseline = [smtp_send(node.port("mx"), f"warm{i}") for i in range(3)]
