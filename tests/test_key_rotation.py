@@ -18,12 +18,14 @@ import dkim
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import update
 
 from mta.checks.results import AuthResults
 from mta.config import Settings
 from mta.routing.forward import Forwarder, ensure_forwarding_key
 from mta.sending.domains import domain_records
 from mta.signing.keys import generate_private_key, private_key_to_pem
+from mta.store.models import DkimKey
 from tests.sending.test_service import SENDER, make_settings, world  # noqa: F401
 from tests.signing.test_dkim_sign import dns_txt_func, mail_dkim_verify
 
@@ -119,6 +121,22 @@ async def test_a_second_rotation_waits_for_the_first(world, config):  # noqa: F8
     assert again.returncode == 1 and again.stdout == b""
     err = again.stderr.decode()
     assert err.count("\n") == 1 and "already under way" in err, err
+
+
+async def test_the_sending_domain_names_the_selector_that_signs_now(world, config):  # noqa: F811
+    def listed() -> str:
+        [domain] = [d for d in ok_json(mta(config, "domains", "list", "--json"))
+                    if d["name"] == "sender.test"]
+        return domain["dkim_selector"]
+
+    old = listed()
+    pending = ok_json(mta(config, "keys", "rotate", "sender.test", "--algorithm", "rsa",
+                          "--delay", "1h", "--json"))
+    assert listed() == old  # published, but the old key still signs
+    async with world.db.session() as s:  # the rotation takes over: make it due now
+        await s.execute(update(DkimKey).where(DkimKey.selector == pending[0]["selector"])
+                        .values(not_before=datetime.now(UTC) - timedelta(seconds=1)))
+    assert listed() == pending[0]["selector"] != old
 
 
 async def test_imported_keys_sign_and_verify(world, config, tmp_path):  # noqa: F811

@@ -57,14 +57,25 @@ def _has_flag(name: str) -> bool:
     return hasattr(SendingDomain, name)
 
 
-def subdomain_body(row: SendingDomain) -> dict[str, Any]:
+def subdomain_body(row: SendingDomain, selector: str | None = None) -> dict[str, Any]:
+    """The API form of `row`; `selector`: the one it signs with now (default: the one it
+    was onboarded with)."""
     body: dict[str, Any] = {
         "tag": row.id, "name": row.name, "enabled": row.enabled,
         "created": isotime(row.created_at), "modified": isotime(row.modified_at),
-        "dkim_selector": row.dkim_selector, "return_path_domain": row.return_path_domain}
+        "dkim_selector": selector or row.dkim_selector,
+        "return_path_domain": row.return_path_domain}
     for flag in FLAGS:
         body[flag] = bool(getattr(row, flag, False))
     return body
+
+
+async def _bodies(request: Request, s: AsyncSession, rows: list[SendingDomain]) -> list[dict]:
+    """`rows` in their API form, each with the selector that signs its mail now: after a
+    key rotation (`mta keys rotate`) the new key's, once it has taken over."""
+    selectors = await dkimkeys.signing_selectors(s, [r.name for r in rows], SENDING,
+                                                 request.app.state.ctx.clock())
+    return [subdomain_body(r, selectors.get(r.name)) for r in rows]
 
 
 def subdomain_name(zone: Zone, raw: str) -> str:
@@ -95,7 +106,7 @@ async def list_subdomains(request: Request) -> JSONResponse:
     async with zone_session(request, EDIT) as (p, s, zone):
         rows = list((await s.execute(select(SendingDomain).where(
             SendingDomain.zone_id == zone.id).order_by(SendingDomain.name))).scalars())
-    return ok_all([subdomain_body(r) for r in rows])
+        return ok_all(await _bodies(request, s, rows))
 
 
 async def create_subdomain(request: Request) -> JSONResponse:
@@ -124,12 +135,15 @@ async def create_subdomain(request: Request) -> JSONResponse:
         await s.refresh(row)
         audit.record_row(s, p.actor, "create", "sending_subdomain", row, AUDIT_FIELDS,
                          account_id=zone.account_id)
-        return ok(subdomain_body(row))
+        [body] = await _bodies(request, s, [row])
+        return ok(body)
 
 
 async def get_subdomain(request: Request) -> JSONResponse:
     async with zone_session(request, EDIT) as (p, s, zone):
-        return ok(subdomain_body(await _subdomain(s, zone, request.path_params["tag"])))
+        row = await _subdomain(s, zone, request.path_params["tag"])
+        [body] = await _bodies(request, s, [row])
+        return ok(body)
 
 
 async def edit_subdomain(request: Request) -> JSONResponse:
@@ -146,7 +160,8 @@ async def edit_subdomain(request: Request) -> JSONResponse:
         if any(getattr(row, f) != v for f, v in changes.items()):
             await audit.update_row(s, p.actor, "sending_subdomain", row, changes,
                                    AUDIT_FIELDS, account_id=zone.account_id, refresh=True)
-        return ok(subdomain_body(row))
+        [body] = await _bodies(request, s, [row])
+        return ok(body)
 
 
 async def delete_subdomain(request: Request) -> JSONResponse:

@@ -18,6 +18,7 @@ them, for any domain we receive mail for (mta/api/wellknown.py); `--routing` and
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -33,6 +34,7 @@ from mta.commands._errors import CliError
 from mta.config import Settings
 from mta.dnscache import DnsResolver
 from mta.sending.domains import DomainError, check_domain, domain_records, onboard_sending_domain
+from mta.store.dkimkeys import SENDING, signing_selectors
 from mta.store.models import SendingDomain, Zone
 
 __all__ = ["register"]
@@ -70,11 +72,15 @@ async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         rows = (await s.execute(select(SendingDomain, Zone.account_id).join(
             Zone, Zone.id == SendingDomain.zone_id).order_by(SendingDomain.name))).all()
+        # The selector that signs now: a rotation's new key once it has taken over.
+        signing = await signing_selectors(s, [d.name for d, _ in rows], SENDING,
+                                          datetime.now(UTC))
+    selector = {d.name: signing.get(d.name, d.dkim_selector) for d, _ in rows}
     return print_list(
         args, [{"name": d.name, "status": d.status, "enabled": d.enabled,
-                "dkim_selector": d.dkim_selector, "return_path_domain": d.return_path_domain,
+                "dkim_selector": selector[d.name], "return_path_domain": d.return_path_domain,
                 "zone_id": d.zone_id, "account_id": account} for d, account in rows],
-        [[d.name, d.status, "enabled" if d.enabled else "disabled", d.dkim_selector,
+        [[d.name, d.status, "enabled" if d.enabled else "disabled", selector[d.name],
           d.return_path_domain, account] for d, account in rows],
         ["NAME", "STATUS", "STATE", "SELECTOR", "BOUNCE", "ACCOUNT"])
 

@@ -11,7 +11,8 @@ switches keys at the announced moment without asking the database again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mta.store.models import DkimKey
 
 __all__ = ["FORWARDING", "SENDING", "Schedule", "family", "published", "rotation_pending",
-           "schedule", "signers", "state", "supersede"]
+           "schedule", "signers", "signing_selectors", "state", "supersede"]
 
 SENDING, FORWARDING = "sending", "forwarding"
 T = TypeVar("T")
@@ -101,6 +102,22 @@ async def published(session: AsyncSession, domain: str, purpose: str,
     """The keys of `domain` whose TXT record must be in DNS at `now`."""
     return [r for r in await family(session, domain, purpose)
             if schedule(r).published(now)]
+
+
+async def signing_selectors(session: AsyncSession, domains: Collection[str], purpose: str,
+                            now: datetime) -> dict[str, str]:
+    """Per domain of `domains`, the selector of the RSA key that signs at `now` (a
+    rotation changes it when the new key takes over); a domain without one is left out."""
+    if not domains:
+        return {}
+    rows = (await session.execute(select(DkimKey).where(
+        DkimKey.domain.in_(sorted(domains)), DkimKey.purpose == purpose,
+        DkimKey.algorithm == "rsa"))).scalars()
+    keys: dict[str, list[tuple[Schedule, str]]] = defaultdict(list)
+    for r in rows:
+        keys[r.domain].append((schedule(r), r.selector))
+    return {domain: signing[0] for domain, items in keys.items()
+            if (signing := signers(items, now))}
 
 
 def rotation_pending(rows: Iterable[DkimKey], now: datetime) -> DkimKey | None:

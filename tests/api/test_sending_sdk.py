@@ -56,6 +56,17 @@ def test_sending_subdomains(admin):
         row.private_key_encrypted, f"news.example.test/{sub.dkim_selector}".encode())
     assert public_key_b64(private) == p
 
+    # Once a rotation's new key takes over, the subdomain names the selector that signs.
+    async def rotated(s):
+        s.add(DkimKey(domain="news.example.test", selector="mta2099rot", algorithm="rsa",
+                      purpose="sending", private_key_encrypted=row.private_key_encrypted,
+                      public_key=row.public_key, active=True))
+
+    admin.db_run(rotated)
+    assert cf.email_sending.subdomains.get(sub.tag, zone_id=z).dkim_selector == "mta2099rot"
+    assert {s.name: s.dkim_selector for s in cf.email_sending.subdomains.list(zone_id=z)} == {
+        "example.test": apex.dkim_selector, "news.example.test": "mta2099rot"}
+
     if hasattr(SendingDomain, "preview_enabled"):
         edited = cf.email_sending.subdomains.edit(sub.tag, zone_id=z, preview_enabled=True,
                                                   drop_suppressed_recipients=True)
