@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from mta.commands._common import (
     CommandGroup,
-    account_ref,
+    account_filter,
     open_database,
     parse_when,
     positive,
@@ -28,11 +28,7 @@ __all__ = ["register"]
 async def _cmd_list(args, settings: Settings) -> int:
     now = datetime.now(UTC)
     async with open_database(settings) as db, db.session() as s:
-        try:
-            account_id = await account_ref(s, args.account)
-        except LookupError as exc:
-            print(exc)
-            return 1
+        account_id = await account_filter(s, args.account)
         f = analytics.AuditFilter(
             since=parse_when(args.since, now) if args.since else None,
             until=parse_when(args.until, now) if args.until else None,
