@@ -24,9 +24,9 @@ from mta.store.accounts import resolve_account
 from mta.store.db import Database
 from mta.store.models import Account
 
-__all__ = ["CommandGroup", "account_filter", "account_ref", "add_json_option", "find_account",
-           "open_database", "parse_when", "positive", "print_json", "print_list", "print_table",
-           "table"]
+__all__ = ["CommandGroup", "account_filter", "account_ref", "add_json_option",
+           "add_page_options", "find_account", "open_database", "page_footer", "page_query",
+           "parse_when", "positive", "print_json", "print_list", "print_table", "table"]
 
 
 @asynccontextmanager
@@ -129,6 +129,26 @@ class CommandGroup:
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     """`--json` (`args.json`): print JSON for programs instead of text for people."""
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_page_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--limit N` `what` a page (50), `--page N` (from 1), `--oldest-first`; a command
+    reads them with `page_query` and passes `page_footer` to `print_list`."""
+    parser.add_argument("--limit", type=positive, default=50,
+                        help=f"{what} per page (default 50)")
+    parser.add_argument("--page", type=positive, default=1)
+    parser.add_argument("--oldest-first", action="store_true")
+
+
+def page_query(args) -> dict[str, Any]:
+    """The page the options ask for, as the analytics listings take it."""
+    return {"offset": (args.page - 1) * args.limit, "limit": args.limit,
+            "newest_first": not args.oldest_first}
+
+
+def page_footer(args, total: int) -> dict[str, int]:
+    """`print_table`'s options for the closing "more: --page N" line."""
+    return {"page": args.page, "per_page": args.limit, "total": total}
 
 
 def parse_when(value: str, now: datetime) -> datetime:

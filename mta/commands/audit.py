@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from mta.commands._common import (
     CommandGroup,
     account_filter,
+    add_page_options,
     open_database,
+    page_footer,
+    page_query,
     parse_when,
-    positive,
     print_list,
 )
 from mta.config import Settings
@@ -35,14 +37,13 @@ async def _cmd_list(args, settings: Settings) -> int:
             account_id=account_id, actor=args.actor, action=args.action,
             resource_type=args.resource_type, resource_id=args.resource_id)
         rows, total = await analytics.list_audit(
-            s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
-            newest_first=not args.oldest_first)
+            s, f, **page_query(args))
     return print_list(args, {"entries": rows, "total": total},
                       [[r["when"], f"{r['actor']['type']}:{r['actor']['id']}",
                         r["action"]["type"], r["resource"]["type"], r["resource"]["id"] or "-",
                         _change(r)] for r in rows],
                       ["WHEN", "ACTOR", "ACTION", "RESOURCE", "ID", "CHANGE"],
-                      empty="no audit entries", page=args.page, per_page=args.limit, total=total)
+                      empty="no audit entries", **page_footer(args, total))
 
 
 def _change(row: dict) -> str:
@@ -64,6 +65,4 @@ def register(sub) -> None:
     lst.add_argument("--action", help="create, update, delete, enable, verify ...")
     lst.add_argument("--resource-type", help="routing_rule, destination_address, ...")
     lst.add_argument("--resource-id")
-    lst.add_argument("--limit", type=positive, default=50)
-    lst.add_argument("--page", type=positive, default=1)
-    lst.add_argument("--oldest-first", action="store_true")
+    add_page_options(lst, "entries")

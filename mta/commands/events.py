@@ -16,7 +16,10 @@ from datetime import UTC, datetime, timedelta
 from mta.commands._common import (
     CommandGroup,
     account_filter,
+    add_page_options,
     open_database,
+    page_footer,
+    page_query,
     parse_when,
     positive,
     print_list,
@@ -49,15 +52,14 @@ async def _cmd_list(args, settings: Settings) -> int:
     async with open_database(settings) as db, db.session() as s:
         f = await _filter(args, s, now)
         rows, total = await analytics.list_events(
-            s, f, offset=(args.page - 1) * args.limit, limit=args.limit,
-            newest_first=not args.oldest_first)
+            s, f, **page_query(args))
     return print_list(args, {"events": rows, "total": total},
                       [[r["datetime"], r["direction"], r["status"], r["from"] or "-",
                         r["to"] or "-", _auth(r), r["action"] or "-",
                         (r["errorCause"] or "")[:30], r["queueId"] or "-"] for r in rows],
                       ["TIME", "DIR", "STATUS", "FROM", "TO", "SPF/DKIM/DMARC/ARC", "ACTION",
                        "CAUSE", "QUEUE ID"],
-                      empty="no events", page=args.page, per_page=args.limit, total=total)
+                      empty="no events", **page_footer(args, total))
 
 
 def _auth(row: dict) -> str:
@@ -104,9 +106,7 @@ def register(sub) -> None:
     ev = CommandGroup(sub, "events", "the activity log (per-message events, aggregates)")
     lst = ev.add("list", _cmd_list, "events, newest first", json=True)
     _common(lst)
-    lst.add_argument("--limit", type=positive, default=50, help="events per page (default 50)")
-    lst.add_argument("--page", type=positive, default=1)
-    lst.add_argument("--oldest-first", action="store_true")
+    add_page_options(lst, "events")
     st = ev.add("stats", _cmd_stats, "event counts grouped by dimensions", json=True)
     _common(st)
     st.add_argument("--by", action="append", metavar="DIMENSION",

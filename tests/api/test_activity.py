@@ -229,6 +229,14 @@ def test_events_cli(seeded):
     listed = json.loads(admin.cli("events", "list", "--json", "--direction", "inbound"))
     # The operator sees every account, the other one's events included.
     assert listed["total"] == 4
+    # Pages: --limit a page, --page N, the oldest first on request, the way to the next.
+    first = admin.cli("events", "list", "--direction", "inbound", "--limit", "3")
+    assert first.rstrip().endswith("3 of 4; more: --page 2"), first
+    last = json.loads(admin.cli("events", "list", "--json", "--direction", "inbound",
+                                "--limit", "3", "--page", "2"))["events"]
+    oldest = json.loads(admin.cli("events", "list", "--json", "--direction", "inbound",
+                                  "--limit", "1", "--oldest-first"))["events"]
+    assert last == oldest and len(last) == 1
     stats = json.loads(admin.cli("events", "stats", "--by", "status", "--account", "acme",
                                  "--json"))
     assert {g["dimensions"]["status"]: g["count"] for g in stats["groups"]} == {
