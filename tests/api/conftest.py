@@ -99,8 +99,11 @@ class Admin:
         return f"{self.base_url}/client/v4"
 
     def cli(self, *args: str, expect: int = 0) -> str:
-        """Run `mta --config ... ARGS` in-process; returns stdout, or stderr (where the
-        error goes) when `expect` is a failure."""
+        """Run `mta --config ... ARGS` in-process; returns stdout."""
+        return self.cli_streams(*args, expect=expect)[0]
+
+    def cli_streams(self, *args: str, expect: int = 0) -> tuple[str, str]:
+        """`cli`, returning stdout and stderr."""
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -108,7 +111,7 @@ class Admin:
             except SystemExit as exc:  # argparse refusing the arguments
                 code = exc.code if isinstance(exc.code, int) else 1
         assert code == expect, f"mta {' '.join(args)} -> {code}\n{out.getvalue()}{err.getvalue()}"
-        return out.getvalue() if expect == 0 else err.getvalue()
+        return out.getvalue(), err.getvalue()
 
     def db_run(self, fn):
         """Run `await fn(session)` in one transaction on the deployment's database."""
