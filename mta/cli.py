@@ -19,7 +19,8 @@ import sys
 import mta.commands
 from mta import __version__
 from mta.commands._errors import CliError, explain
-from mta.config import ConfigError, Settings, load_settings
+from mta.config import ConfigError, Settings
+from mta.config_load import load_settings
 
 __all__ = ["main"]
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mta.config import Settings, load_settings
+from mta.config import Settings
+from mta.config_load import load_settings
 from mta.dnscache import DnsResolver
 from mta.handlers.loader import reload_handlers
 from mta.logsetup import setup_logging

@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mta.config import Settings, load_settings
+from mta.config import Settings
+from mta.config_load import load_settings
 from mta.logsetup import setup_logging
 from mta.node import database_url, describe_database, event_loop_runner, ready_summary
 from mta.sdnotify import Notifier, parse_fields

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mta.config import ConfigError, load_settings, settings_from_text
+from mta.config import ConfigError
+from mta.config_load import load_settings, settings_from_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -146,7 +146,7 @@ def test_install_under_a_prefix_is_a_working_idempotent_node_setup(tmp_path, db_
     assert first.returncode == 0, first.stdout + first.stderr
     etc = root / "etc" / "mta"
 
-    from mta.config import load_settings
+    from mta.config_load import load_settings
 
     s = load_settings(etc / "mta.yaml", env={})
     assert (s.listeners.mx.address, s.listeners.mx.port) == ("::", 25)

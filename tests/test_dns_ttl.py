@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mta.config import settings_from_text
+from mta.config_load import settings_from_text
 from mta.dnscache import DnsResolver
 
 

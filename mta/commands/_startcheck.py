@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from mta.config import ConfigError, Settings, with_line
+from mta.config import ConfigError, Settings
+from mta.config_load import with_line
 
 __all__ = ["startup_problems"]
 

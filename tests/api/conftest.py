@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from mta.cli import main as mta_main
-from mta.config import Settings, load_settings
+from mta.config import Settings
+from mta.config_load import load_settings
 from mta.dnscache import DnsResolver
 from mta.node import NodeContext
 from mta.store.db import Database

@@ -8,7 +8,7 @@ import httpx
 import yaml
 
 from mta.api.wellknown import policy_id
-from mta.config import settings_from_text
+from mta.config_load import settings_from_text
 from mta.queue.mtasts import parse_policy, parse_txt
 
 STS = {"mode": "enforce", "mx": ["mx1.example.test", "*.mx.example.test"], "max_age": "1d",

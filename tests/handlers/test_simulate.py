@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from mta.config import settings_from_text
+from mta.config_load import settings_from_text
 from mta.store.db import Database
 from mta.store.models import Account, DestinationAddress, RoutingDomain, RoutingRule, Zone
 

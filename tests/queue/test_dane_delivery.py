@@ -12,7 +12,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mta.config import settings_from_text
+from mta.config_load import settings_from_text
 from mta.dnscache import DnsResolver
 from mta.observe import metrics
 from mta.queue.dane import Tlsa, tlsa_for_certificate

@@ -408,7 +408,7 @@ async def test_smart_host_with_starttls_and_auth(dns_server, tls, relay):
 async def test_configured_smart_host_takes_all_mail(dns_server, make_sink):
     """delivery.smart_host in the config: mail for a domain with no DNS at all goes to
     the relay, and the password may come from the environment."""
-    from mta.config import settings_from_text
+    from mta.config_load import settings_from_text
     from mta.dnscache import DnsResolver
     from mta.queue.remote import remote_delivery_from_settings
 

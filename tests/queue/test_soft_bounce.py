@@ -9,7 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from mta.config import Duration, Settings, load_settings
+from mta.config import Duration, Settings
+from mta.config_load import load_settings
 from mta.queue import queue as q
 from mta.queue.delivery import DeliveryOptions, SuppressionPolicy
 from mta.store import suppression
