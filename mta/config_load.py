@@ -24,7 +24,7 @@ from mta.config import (
     ProxyProtocolSettings,
     Settings,
 )
-from mta.yamlschema import ConfigError, build, line
+from mta.yamlschema import ConfigError, build, compose_mapping
 
 __all__ = ["load_settings", "settings_from_text", "with_line"]
 
@@ -215,14 +215,7 @@ def _check_inbound(inbound: InboundSettings, src: str) -> None:
 
 def settings_from_text(text: str, source: str = "<string>",
                        env: typing.Mapping[str, str] | None = None) -> Settings:
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                          mark.line + 1 if mark else None, source) from None
-    if root is not None and not isinstance(root, yaml.MappingNode):
-        raise ConfigError("", "the top level must be a mapping", line(root), source)
+    root = compose_mapping(text, source)
     try:
         settings = build(Settings, root, "", source) if root is not None else Settings()
         settings.source = source

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "Duration", "Size", "build", "line", "parse_duration",
+__all__ = ["ConfigError", "Duration", "Size", "build", "compose_mapping", "line", "parse_duration",
            "parse_size"]
 
 
@@ -68,6 +68,20 @@ def parse_size(value: Any) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+
+
+def compose_mapping(text: str, source: str) -> yaml.MappingNode | None:
+    """The YAML document `text` as a node tree (None when it is empty); a ConfigError
+    with the line when it is not YAML or its top level is not a mapping."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                          mark.line + 1 if mark else None, source) from None
+    if root is not None and not isinstance(root, yaml.MappingNode):
+        raise ConfigError("", "the top level must be a mapping", line(root), source)
+    return root
 
 
 def line(node: yaml.Node | None) -> int | None:

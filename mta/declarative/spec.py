@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from mta.config import ConfigError
-from mta.yamlschema import build, line
+from mta.yamlschema import build, compose_mapping
 
 __all__ = ["AccountSpec", "ActionSpec", "CatchAllSpec", "Document", "Loaded", "MatcherSpec",
            "RouteActions", "RuleSpec", "SendingDomainSpec", "ZoneSpec", "load_document",
@@ -152,16 +152,9 @@ def _index(node: yaml.Node, path: str, out: dict[str, int]) -> None:
 
 
 def load_text(text: str, source: str = "<string>") -> Loaded:
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                          mark.line + 1 if mark else None, source) from None
+    root = compose_mapping(text, source)
     if root is None:
         return Loaded(Document(), source)
-    if not isinstance(root, yaml.MappingNode):
-        raise ConfigError("", "the top level must be a mapping", line(root), source)
     loaded = Loaded(build(Document, root, "", source), source)
     _index(root, "", loaded.lines)
     if loaded.doc.version != 1:
